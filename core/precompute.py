@@ -1,0 +1,395 @@
+"""Precompute a run: load model and data, attribute every example in chunks, write the cache.
+
+    python -m core.precompute --model DIR --data FILE [--text-col text --label-col label --split-col split
+        --max-length 128 --batch-size 32 --method grad_l2 --k 5 --limit N --sample N]
+
+With no --model/--data it builds (or reuses) the embedded demo. The work is split into chunks written
+atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last finished
+chunk. The finished run is assembled in a temporary folder and moved into place in one step.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.data import DataLoadError, LoadedData, load_dataset
+from core.models import (LoadedModel, ModelLoadError, ignored_token_mask, input_embedding_matrix, load_classifier,
+                         vocabulary)
+from core.representations import RepresentationKey
+from core.saliency import ATTRIBUTION_METHODS, forward_and_attribute, get_method
+from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
+                        file_digest, load_npz, open_run, publish_run, run_fingerprint, runs_dir, stat_signature)
+
+DEFAULT_REPRESENTATIONS = ("s1", "s2", "b1", "b2", "b3")
+
+
+@dataclass(frozen=True)
+class PrecomputeSettings:
+    """Everything that changes the stored results (and so the fingerprint), plus execution knobs.
+
+    batch_size, chunk_size and device change speed only, and k / include_special only pick which
+    representations are built up front (others are built from the stored saliency on demand), so these
+    are left out of the fingerprint.
+    """
+
+    text_col: str = "text"
+    label_col: str = "label"
+    split_col: str | None = None
+    max_length: int = 128
+    methods: tuple[str, ...] = ("grad_l2",)
+    target_class: int | None = None
+    limit: int | None = None
+    sample: int | None = None
+    seed: int = 0
+    ig_steps: int = 20
+    k: int | None = field(default=5, compare=False)
+    include_special: bool = field(default=False, compare=False)
+    batch_size: int = field(default=32, compare=False)
+    chunk_size: int = field(default=512, compare=False)
+    device: str | None = field(default=None, compare=False)
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """Return the settings that determine the results, as a plain dict."""
+        out = asdict(self)
+        for name in ("batch_size", "chunk_size", "device", "k", "include_special"):
+            out.pop(name)
+        out["methods"] = list(self.methods)
+        return out
+
+
+@dataclass
+class PrecomputeResult:
+    """Where the run lives and how it went."""
+
+    run_path: Path
+    reused: bool
+    manifest: dict[str, Any]
+
+
+def _chunk_path(partial: Path, index: int) -> Path:
+    return partial / "chunks" / f"{index:06d}.npz"
+
+
+def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeSettings) -> dict[str, np.ndarray]:
+    """Return the chunk's arrays: ragged tokens + offsets + per-method scores, logits and [CLS] per example.
+
+    Examples are batched in length order so batches carry little padding; results come back in input order.
+    """
+    enc = loaded.tokenizer(texts, truncation=True, max_length=settings.max_length, return_offsets_mapping=True,
+                           return_special_tokens_mask=True)
+    lengths = np.array([len(ids) for ids in enc["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory error shows up at once
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    n = len(texts)
+    logits = np.zeros((n, loaded.num_labels), dtype=np.float32)
+    cls = None
+    scores = {m: [None] * n for m in settings.methods}
+    options = {"integrated_gradients": {"n_steps": settings.ig_steps}}
+    for start in range(0, n, settings.batch_size):
+        idx = order[start:start + settings.batch_size]
+        batch = {"input_ids": _pad([enc["input_ids"][i] for i in idx], pad_id),
+                 "attention_mask": _pad([enc["attention_mask"][i] for i in idx], 0),
+                 "special_tokens_mask": _pad([enc["special_tokens_mask"][i] for i in idx], 1)}
+        if "token_type_ids" in enc:
+            batch["token_type_ids"] = _pad([enc["token_type_ids"][i] for i in idx], 0)
+        batch = {k: v.to(loaded.device, non_blocking=True) for k, v in batch.items()}
+        result = forward_and_attribute(loaded, batch, list(settings.methods), settings.target_class, options)
+        logits[idx] = result.logits.cpu().numpy()
+        batch_cls = result.cls.cpu().numpy()
+        if cls is None:
+            cls = np.zeros((n, batch_cls.shape[1]), dtype=np.float32)
+        cls[idx] = batch_cls
+        for method, values in result.attributions.items():
+            values = values.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                scores[method][i] = values[row, :lengths[i]]
+    offsets = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
+    # a text was cut when the tokens stop before its last non-space character
+    truncated = np.array([ln >= settings.max_length and int(o[:, 1].max(initial=0)) < len(t.rstrip())
+                          for ln, o, t in zip(lengths, offsets, texts)], dtype=bool)
+    arrays = {
+        "token_ids": np.concatenate([np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]),
+        "lengths": lengths.astype(np.int64),
+        "truncated": truncated,
+        "char_starts": np.concatenate([o[:, 0] for o in offsets]),
+        "char_ends": np.concatenate([o[:, 1] for o in offsets]),
+        "logits": logits,
+        "cls": cls,
+    }
+    for method in settings.methods:
+        arrays[f"scores__{method}"] = np.concatenate(scores[method]).astype(np.float32)
+    return arrays
+
+
+def _load_chunk(path: Path, methods: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """Return a finished chunk's arrays, or None when it is missing or unreadable (it is then recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        arrays = load_npz(path)
+    except (OSError, ValueError, EOFError):
+        return None
+    needed = {"token_ids", "lengths", "truncated", "char_starts", "char_ends", "logits", "cls"} | {f"scores__{m}" for m in methods}
+    return arrays if needed <= set(arrays) else None
+
+
+def _digest_with_stat(path: Path, digest_fn, previous: dict[str, Any] | None) -> tuple[str, str]:
+    """Return (content digest, stat signature), reusing a previous digest when the stat signature is unchanged."""
+    signature = stat_signature(path)
+    if previous and previous.get("stat") == signature and previous.get("digest"):
+        return previous["digest"], signature
+    return digest_fn(path), signature
+
+
+def _versions() -> dict[str, str]:
+    import captum
+    import sklearn
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "captum": captum.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+def precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings = PrecomputeSettings(),
+               force: bool = False, progress: bool = True, stop_after_chunks: int | None = None) -> PrecomputeResult:
+    """Compute (or reuse) the run for this model, data and settings and return where it is stored.
+
+    `stop_after_chunks` simulates an interruption (raises KeyboardInterrupt) after that many new chunks.
+    """
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    for method in settings.methods:
+        get_method(method)
+    model_dir, data_path = Path(model_dir).expanduser().resolve(), Path(data_path).expanduser().resolve()
+    loaded = load_classifier(model_dir, device=settings.device)
+    data = load_dataset(data_path, loaded.id2label, settings.text_col, settings.label_col, settings.split_col,
+                        settings.limit, settings.sample, settings.seed)
+    t_loaded = time.perf_counter()
+    model_digest, model_stat = _digest_with_stat(model_dir, directory_digest, None)
+    data_digest, data_stat = _digest_with_stat(data_path, file_digest, None)
+    fingerprint = run_fingerprint(model_digest, data_digest, settings.fingerprinted())
+    final = runs_dir() / fingerprint[:16]
+    if final.exists() and not force:
+        try:
+            run = open_run(final)
+            return PrecomputeResult(final, reused=True, manifest=run.manifest)
+        except CacheError as exc:
+            print(f"Existing run at {final} is unusable ({exc}); recomputing it.", file=sys.stderr)
+
+    partial = runs_dir() / f".partial-{fingerprint[:16]}"
+    state = {"fingerprint": fingerprint, "examples": len(data.frame), "chunk_size": settings.chunk_size}
+    state_path = partial / "state.json"
+    if force or not state_path.exists() or json.loads(state_path.read_text()) != state:
+        shutil.rmtree(partial, ignore_errors=True)
+        atomic_write_json(state_path, state)
+
+    texts = data.frame["text"].tolist()
+    n = len(texts)
+    n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
+    chunks: list[dict[str, np.ndarray]] = []
+    computed = 0
+    t_compute = time.perf_counter()
+    with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
+        for c in range(n_chunks):
+            lo, hi = c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)
+            arrays = _load_chunk(_chunk_path(partial, c), settings.methods)
+            if arrays is None:
+                if stop_after_chunks is not None and computed >= stop_after_chunks:
+                    raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
+                arrays = attribute_chunk(loaded, texts[lo:hi], settings)
+                atomic_save_npz(_chunk_path(partial, c), **arrays)
+                computed += 1
+            else:
+                bar.set_postfix_str("resumed")
+            chunks.append(arrays)
+            bar.update(hi - lo)
+    compute_seconds = time.perf_counter() - t_compute
+
+    run_path = _assemble(loaded, data, chunks, settings, partial, final, {
+        "fingerprint": fingerprint,
+        "model": {"path": str(model_dir), "digest": model_digest, "stat": model_stat, "name": model_dir.name,
+                  "id2label": {str(i): n for i, n in loaded.id2label.items()},
+                  "architecture": type(loaded.model).__name__},
+        "data": {"path": str(data_path), "digest": data_digest, "stat": data_stat,
+                 "skipped": data.skipped, "label_mapping": data.label_mapping},
+        "timings": {"load_seconds": round(t_loaded - t_start, 3), "compute_seconds": round(compute_seconds, 3),
+                    "chunks_computed": computed, "chunks_resumed": n_chunks - computed},
+    }, t_start)
+    shutil.rmtree(partial, ignore_errors=True)
+    run = open_run(run_path)
+    return PrecomputeResult(run_path, reused=False, manifest=run.manifest)
+
+
+def _assemble(loaded: LoadedModel, data: LoadedData, chunks: list[dict[str, np.ndarray]],
+              settings: PrecomputeSettings, partial: Path, final: Path, manifest: dict[str, Any],
+              t_start: float) -> Path:
+    """Write the run folder from its chunks in a staging folder and publish it atomically; return its path."""
+    staging = final.parent / f".staging-{final.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "saliency").mkdir(parents=True)
+    t0 = time.perf_counter()
+    lengths = np.concatenate([c["lengths"] for c in chunks])
+    row_ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=row_ptr[1:])
+    np.savez(staging / "tokens.npz", token_ids=np.concatenate([c["token_ids"] for c in chunks]), row_ptr=row_ptr,
+             char_starts=np.concatenate([c["char_starts"] for c in chunks]),
+             char_ends=np.concatenate([c["char_ends"] for c in chunks]))
+    for method in settings.methods:
+        np.save(staging / "saliency" / f"{method}.npy", np.concatenate([c[f"scores__{method}"] for c in chunks]))
+    np.save(staging / "cls.npy", np.concatenate([c["cls"] for c in chunks]))
+    np.save(staging / "embedding_matrix.npy", input_embedding_matrix(loaded))
+    np.save(staging / "ignore_mask.npy", ignored_token_mask(loaded.tokenizer))
+    (staging / "vocab.json").write_text(json.dumps(vocabulary(loaded.tokenizer)), encoding="utf-8")
+
+    logits = np.concatenate([c["logits"] for c in chunks])
+    probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    examples = data.frame.copy()
+    examples["pred"] = probs.argmax(axis=1).astype(np.int64)
+    examples["correct"] = examples["pred"] == examples["label"]
+    examples["n_tokens"] = lengths
+    examples["truncated"] = np.concatenate([c["truncated"] for c in chunks])
+    for i in range(loaded.num_labels):
+        examples[f"prob_{i}"] = probs[:, i].astype(np.float32)
+    examples.to_parquet(staging / "examples.parquet", index=False)
+
+    # the default representations are built into the staging folder, so the first open is fast
+    staged = Run(staging, {"settings": {"methods": list(settings.methods)},
+                           "model": {"id2label": manifest["model"]["id2label"]}})
+    for method in settings.methods:
+        for name in ("s1", "s2"):
+            staged.representation(RepresentationKey(name, method, settings.k, settings.include_special))
+    for name in ("b1", "b2", "b3"):
+        staged.representation(RepresentationKey(name, include_special=settings.include_special))
+    manifest["timings"]["assemble_seconds"] = round(time.perf_counter() - t0, 3)
+    manifest["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    n = len(examples)
+    accuracy = {"overall": float(examples["correct"].mean())}
+    if examples["split"].nunique() > 1:
+        for split, group in examples.groupby("split"):
+            accuracy[str(split)] = float(group["correct"].mean())
+    manifest.update({
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {**settings.fingerprinted(), "batch_size": settings.batch_size,
+                     "chunk_size": settings.chunk_size, "k": settings.k, "include_special": settings.include_special},
+        "counts": {"examples": n, "tokens": int(lengths.sum()), "truncated": int(examples["truncated"].sum()),
+                   "per_split": {str(k): int(v) for k, v in examples["split"].value_counts().items()},
+                   "per_label": {str(k): int(v) for k, v in examples["label"].value_counts().sort_index().items()}},
+        "accuracy": accuracy,
+        "device": str(loaded.device) + (f" ({torch.cuda.get_device_name()})" if loaded.device.type == "cuda" else ""),
+        "versions": _versions(),
+        "examples_per_second": round(n / max(manifest["timings"]["compute_seconds"], 1e-9), 2),
+    })
+    return publish_run(staging, final, manifest)
+
+
+def folder_size(path: Path) -> int:
+    """Return the total size in bytes of the files under `path`."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summary(result: PrecomputeResult) -> str:
+    """Return a one-screen text summary of a run."""
+    m = result.manifest
+    t = m["timings"]
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items())
+    skipped = m["data"]["skipped"]
+    lines = [
+        "Saliency Atlas precompute " + ("(reused cached run)" if result.reused else "finished"),
+        f"  model      {m['model']['path']}",
+        f"  data       {m['data']['path']}",
+        f"  examples   {m['counts']['examples']} ({', '.join(f'{k}: {v}' for k, v in m['counts']['per_split'].items())})"
+        f"; skipped {skipped['empty_text']} empty texts, {skipped['missing_label']} missing labels;"
+        f" {m['counts']['truncated']} truncated at {m['settings']['max_length']} tokens",
+        f"  accuracy   {acc}",
+        f"  methods    {', '.join(m['settings']['methods'])} (target: "
+        f"{'predicted class' if m['settings']['target_class'] is None else m['settings']['target_class']})",
+        f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
+        f" ({m['examples_per_second']:.1f} examples/s; {t['chunks_resumed']} chunks resumed)",
+        f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
+        "  open it    make demo  (or: streamlit run app.py)",
+    ]
+    return "\n".join(lines)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m core.precompute", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", help="local folder of a HuggingFace sequence classifier (default: the demo)")
+    parser.add_argument("--data", help="CSV, JSONL or parquet file with text and label columns (default: the demo)")
+    parser.add_argument("--text-col", default="text", help="column holding the text")
+    parser.add_argument("--label-col", default="label", help="column holding the label (ids or the model's names)")
+    parser.add_argument("--split-col", default=None, help="optional column holding the split (e.g. train/test)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per example; longer texts are truncated")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward/backward pass")
+    parser.add_argument("--chunk-size", type=int, default=512, help="examples per resumable chunk")
+    parser.add_argument("--method", "--methods", dest="methods", default="grad_l2",
+                        help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)}")
+    parser.add_argument("--target-class", type=int, default=None,
+                        help="attribute this class id instead of each example's predicted class")
+    parser.add_argument("--k", default="5", help="top-k salient tokens per example in S1/S2 ('all' keeps all)")
+    parser.add_argument("--include-special", action="store_true",
+                        help="keep special tokens and punctuation in the representations")
+    parser.add_argument("--ig-steps", type=int, default=20, help="integration steps for integrated_gradients")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    parser.add_argument("--sample", type=int, default=None, help="use a random sample of N rows (seeded)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--force", action="store_true", help="recompute even if the run is cached")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: run precompute with the given arguments, print the summary; return the exit code."""
+    args = _parse_args(argv)
+    if bool(args.model) != bool(args.data):
+        print("error: pass both --model and --data, or neither to build the embedded demo.", file=sys.stderr)
+        return 2
+    if not args.model:
+        from core.demo import ensure_demo
+
+        demo = ensure_demo(progress=not args.quiet)
+        args.model, args.data, args.split_col = demo.model_dir, demo.data_path, args.split_col or "split"
+    k = None if str(args.k).lower() in ("all", "0") else int(args.k)
+    settings = PrecomputeSettings(
+        text_col=args.text_col, label_col=args.label_col, split_col=args.split_col, max_length=args.max_length,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), target_class=args.target_class,
+        k=k, include_special=args.include_special, limit=args.limit, sample=args.sample, seed=args.seed,
+        ig_steps=args.ig_steps, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
+    try:
+        result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet)
+    except (ModelLoadError, DataLoadError, CacheError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished chunks are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The on-disk cache: fingerprints, atomic run folders, and reading runs back.
+
+Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
+    manifest.json          settings, fingerprints, counts, accuracy, versions, timings, file sizes + hashes
+    examples.parquet       text, label, split, source_row, pred, correct, prob_<i>
+    tokens.npz             token_ids, row_ptr (n+1), char_starts, char_ends (ragged, CSR-style)
+    saliency/<method>.npy  one float32 score per token, aligned with tokens.npz
+    cls.npy                last-layer first-token encodings (n x hidden)
+    embedding_matrix.npy   the model's input embeddings E (vocab x dim)
+    vocab.json             token string per id; ignore_mask.npy: special tokens and punctuation
+    representations/<slug>.npz|.npy   built on first use, keyed by their parameters
+A run is built in a temporary folder and moved into place with one os.replace. No pickle anywhere.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from core.representations import REPRESENTATIONS, RepresentationKey, build_representation, presence_matrix
+
+SCHEMA_VERSION = 1
+CACHE_ENV = "SALIENCY_ATLAS_CACHE"
+MANIFEST = "manifest.json"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CacheError(RuntimeError):
+    """A cached run that is missing, corrupt or stale, with what to do about it."""
+
+
+def cache_dir() -> Path:
+    """Return the cache root: $SALIENCY_ATLAS_CACHE if set, else `<repo>/cache`."""
+    return Path(os.environ.get(CACHE_ENV) or REPO_ROOT / "cache").expanduser()
+
+
+def runs_dir() -> Path:
+    """Return the folder holding one sub-folder per run."""
+    return cache_dir() / "runs"
+
+
+# ---------------------------------------------------------------- fingerprints
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """Return the sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def directory_digest(folder: Path) -> str:
+    """Return a sha256 over the relative paths and contents of every file under `folder` (hidden files skipped)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        h.update(rel.encode())
+        h.update(file_digest(path).encode())
+    return h.hexdigest()
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """Return a sha256 of `settings` that does not depend on key order."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_fingerprint(model_digest: str, data_digest: str, settings: dict[str, Any]) -> str:
+    """Return the run fingerprint chained from model, data and settings digests."""
+    return hashlib.sha256(f"v{SCHEMA_VERSION}|{model_digest}|{data_digest}|{settings_digest(settings)}"
+                          .encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and os.replace, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Save numpy arrays to `path` (.npz) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Return every array of an .npz file (pickle refused)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _save_matrix(path: Path, matrix) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        if sp.issparse(matrix):
+            sp.save_npz(tmp, sp.csr_matrix(matrix), compressed=False)
+        else:
+            np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
+    """Return {relative path: {bytes, sha256}} for every file under `folder` except the manifest."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST:
+            out[rel] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    return out
+
+
+def publish_run(staging: Path, final: Path, manifest: dict[str, Any]) -> Path:
+    """Write the manifest (with file sizes and hashes) into `staging` and move it to `final` in one step.
+
+    An existing run at `final` is replaced only once the new one is complete.
+    """
+    manifest = {**manifest, "files": describe_files(staging)}
+    atomic_write_json(staging / MANIFEST, manifest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        trash = final.with_name(f".old-{final.name}-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(staging, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+    return final
+
+
+# ---------------------------------------------------------------- reading runs
+
+class Run:
+    """A complete cached run, read lazily. Open with `open_run`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = path
+        self.manifest = manifest
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def label_names(self) -> list[str]:
+        id2label = self.manifest["model"]["id2label"]
+        return [id2label[str(i)] for i in range(len(id2label))]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.manifest["settings"]["methods"])
+
+    @property
+    def title(self) -> str:
+        m = self.manifest
+        return f"{Path(m['data']['path']).name} · {Path(m['model']['path']).name} · {m['counts']['examples']} ex"
+
+    @cached_property
+    def examples(self) -> pd.DataFrame:
+        """Return one row per example: text, label, split, source_row, pred, correct, prob_<i>."""
+        return pd.read_parquet(self.path / "examples.parquet")
+
+    @cached_property
+    def _tokens(self) -> dict[str, np.ndarray]:
+        return load_npz(self.path / "tokens.npz")
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        return self._tokens["token_ids"]
+
+    @property
+    def row_ptr(self) -> np.ndarray:
+        return self._tokens["row_ptr"]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        """Return the token string of every vocabulary id."""
+        return json.loads((self.path / "vocab.json").read_text(encoding="utf-8"))
+
+    @cached_property
+    def ignore_mask(self) -> np.ndarray:
+        """Return a bool mask over the vocabulary: special tokens and punctuation."""
+        return np.load(self.path / "ignore_mask.npy", allow_pickle=False)
+
+    def scores(self, method: str) -> np.ndarray:
+        """Return the per-token scores of `method`, aligned with `token_ids`."""
+        path = self.path / "saliency" / f"{method}.npy"
+        if not path.exists():
+            raise CacheError(f"Run {self.run_id} has no saliency for method '{method}' (it has: "
+                             f"{', '.join(self.methods)}). Re-run precompute with --method {method}.")
+        return np.load(path, allow_pickle=False)
+
+    def embedding_matrix(self) -> np.ndarray:
+        """Return the model's input embedding matrix (memory-mapped)."""
+        return np.load(self.path / "embedding_matrix.npy", mmap_mode="r", allow_pickle=False)
+
+    def cls(self) -> np.ndarray:
+        """Return the [CLS] encodings (n x hidden)."""
+        return np.load(self.path / "cls.npy", allow_pickle=False)
+
+    def predictions(self) -> np.ndarray:
+        return self.examples["pred"].to_numpy()
+
+    def probabilities(self) -> np.ndarray:
+        """Return the (n x num_labels) class probabilities."""
+        return self.examples[[f"prob_{i}" for i in range(self.num_labels)]].to_numpy()
+
+    def tokens_of(self, row: int, method: str | None = None) -> pd.DataFrame:
+        """Return one example's tokens: token id, token string, char start/end, and `method` score if given."""
+        lo, hi = int(self.row_ptr[row]), int(self.row_ptr[row + 1])
+        ids = self.token_ids[lo:hi]
+        frame = pd.DataFrame({"token_id": ids, "token": [self.vocab[i] for i in ids],
+                              "start": self._tokens["char_starts"][lo:hi], "end": self._tokens["char_ends"][lo:hi]})
+        if method:
+            frame["score"] = self.scores(method)[lo:hi]
+        return frame
+
+    @cached_property
+    def presence(self) -> sp.csr_matrix:
+        """Return the binary (n x vocab) token-presence matrix."""
+        return presence_matrix(self.token_ids, self.row_ptr, self.vocab_size)
+
+    def representation(self, key: RepresentationKey):
+        """Return the representation named by `key`, building and caching it in the run folder on first use."""
+        key = key.normalised()
+        if key.method and key.method not in self.methods:
+            raise CacheError(f"Run {self.run_id} has no saliency for method '{key.method}' (it has: "
+                             f"{', '.join(self.methods)}).")
+        folder = self.path / "representations"
+        sparse = REPRESENTATIONS[key.name].sparse
+        path = folder / f"{key.slug}.{'npz' if sparse else 'npy'}"
+        if path.exists():
+            try:
+                return sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
+            except (ValueError, OSError, KeyError):
+                path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
+        matrix = build_representation(self, key)
+        folder.mkdir(exist_ok=True)
+        _save_matrix(path, matrix)
+        return matrix
+
+    def analysis_dir(self) -> Path:
+        """Return a folder inside the run for cached analysis results (projections, ...)."""
+        folder = self.path / "analysis"
+        folder.mkdir(exist_ok=True)
+        return folder
+
+    def staleness(self) -> list[str]:
+        """Return reasons this run no longer matches its model or data files (empty if it still matches)."""
+        reasons = []
+        for part, digest_fn in (("model", directory_digest), ("data", file_digest)):
+            info = self.manifest[part]
+            path = Path(info["path"])
+            if not path.exists():
+                continue  # moved away: the run is still self-contained
+            stat_key = _stat_signature(path)
+            if stat_key == info.get("stat") or digest_fn(path) == info["digest"]:
+                continue
+            reasons.append(f"the {part} at {path} changed after this run was computed; re-run precompute "
+                           f"on it to refresh the cache")
+        return reasons
+
+
+def _stat_signature(path: Path) -> str:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+                          .encode()).hexdigest()
+
+
+def stat_signature(path: Path) -> str:
+    """Return a cheap signature (names, sizes, mtimes) of a file or folder, used to skip re-hashing."""
+    return _stat_signature(path)
+
+
+def open_run(path: str | Path, verify: bool = False) -> Run:
+    """Return the run stored at `path` after checking its manifest and files.
+
+    Sizes are always checked; `verify=True` also checks every file's sha256. Raises CacheError naming the
+    problem and the fix for a missing, incomplete, corrupt or old-schema run.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise CacheError(f"{path} is not a complete run (no {MANIFEST}). Run `python -m core.precompute` "
+                         "to build it; an interrupted precompute resumes where it stopped.")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"The manifest of {path} is corrupt ({exc}). Delete {path} and re-run precompute.") from exc
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise CacheError(f"Run {path.name} was written with cache schema {manifest.get('schema_version')}, this "
+                         f"version reads schema {SCHEMA_VERSION}. Re-run precompute to rebuild it.")
+    for rel, info in manifest.get("files", {}).items():
+        file = path / rel
+        if not file.exists():
+            raise CacheError(f"Run {path.name} is corrupt: {rel} is missing. Delete {path} and re-run precompute.")
+        if file.stat().st_size != info["bytes"] or (verify and file_digest(file) != info["sha256"]):
+            raise CacheError(f"Run {path.name} is corrupt: {rel} does not match its manifest. "
+                             f"Delete {path} and re-run precompute.")
+    return Run(path, manifest)
+
+
+def list_runs(root: Path | None = None) -> list[Path]:
+    """Return the folders of complete runs under the cache, most recent first (partial/temporary ones skipped)."""
+    root = root or runs_dir()
+    if not root.exists():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).exists()]
+    return sorted(runs, key=lambda p: (p / MANIFEST).stat().st_mtime, reverse=True)
