@@ -16,6 +16,7 @@ import platform
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def _load_chunk(path: Path, methods: tuple[str, ...]) -> dict[str, np.ndarray] |
         return None
     try:
         arrays = load_npz(path)
-    except (OSError, ValueError, EOFError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
         return None
     needed = {"token_ids", "lengths", "truncated", "char_starts", "char_ends", "logits", "cls"} | {f"scores__{m}" for m in methods}
     return arrays if needed <= set(arrays) else None

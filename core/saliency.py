@@ -88,7 +88,7 @@ class GradXInput(AttributionMethod):
     def attribute(self, loaded, batch, target, **options):
         from captum.attr import InputXGradient
 
-        embeds = _embed(loaded, batch["input_ids"]).detach()
+        embeds = _embed(loaded, batch["input_ids"]).detach().requires_grad_(True)
         attr = InputXGradient(_EmbeddingForward(loaded, batch)).attribute(embeds, target=target)
         return attr.float().sum(dim=-1).detach()
 

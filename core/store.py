@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,7 @@ class Run:
         if path.exists():
             try:
                 return sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
-            except (ValueError, OSError, KeyError):
+            except (ValueError, OSError, KeyError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
         matrix = build_representation(self, key)
         folder.mkdir(exist_ok=True)

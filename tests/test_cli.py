@@ -1,0 +1,47 @@
+"""End to end: the precompute CLI on a small slice, then the cache loaded back."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from core.representations import RepresentationKey
+from core.store import REPO_ROOT, list_runs, open_run
+
+
+def run_cli(args, cache):
+    env = {**os.environ, "SALIENCY_ATLAS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "core.precompute", *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=env, timeout=300)
+
+
+def test_cli_end_to_end(tiny_model_dir, tiny_data_csv, isolated_cache):
+    out = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--split-col", "split",
+                   "--limit", "12", "--max-length", "16", "--k", "3", "--quiet"], isolated_cache)
+    assert out.returncode == 0, out.stderr
+    assert "examples   12" in out.stdout and "examples/s" in out.stdout and "cache" in out.stdout
+    runs = list_runs(isolated_cache / "runs")
+    assert len(runs) == 1 and str(runs[0]) in out.stdout
+    run = open_run(runs[0], verify=True)
+    assert len(run.examples) == 12 and run.manifest["counts"]["examples"] == 12
+    assert set(run.examples["split"]) == {"train", "test"}
+    s1 = run.representation(RepresentationKey("s1", "grad_l2", 3))
+    assert (np.diff(s1.indptr) <= 3).all() and (s1.getnnz(axis=1) > 0).all()
+    assert run.manifest["accuracy"]["overall"] == run.examples["correct"].mean()
+
+    again = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--split-col", "split",
+                     "--limit", "12", "--max-length", "16", "--quiet"], isolated_cache)
+    assert again.returncode == 0 and "reused cached run" in again.stdout
+
+
+def test_cli_errors_are_one_clear_line(tiny_model_dir, tiny_data_csv, isolated_cache):
+    out = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--text-col", "review"],
+                  isolated_cache)
+    assert out.returncode == 2
+    assert "Column 'review' not found" in out.stderr and "text, label, split" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--method", "saliency"],
+                  isolated_cache)
+    assert out.returncode == 2 and "Known methods" in out.stderr

@@ -1,0 +1,159 @@
+"""The cache: fingerprints, atomic runs, resume after interruption, corrupt and stale runs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file, save_file
+
+from core.precompute import PrecomputeSettings, precompute
+from core.store import (REPO_ROOT, CacheError, directory_digest, file_digest, list_runs, open_run, run_fingerprint,
+                        runs_dir, settings_digest)
+from tests.conftest import write_tiny_model
+
+SETTINGS = PrecomputeSettings(split_col="split", max_length=16, batch_size=3, chunk_size=4,
+                              methods=("grad_l2", "grad_x_input"))
+
+
+def run_arrays(path) -> dict[str, np.ndarray]:
+    run = open_run(path, verify=True)
+    out = {"token_ids": run.token_ids, "row_ptr": run.row_ptr, "cls": run.cls(), "probs": run.probabilities()}
+    for method in run.methods:
+        out[method] = run.scores(method)
+    return out
+
+
+def test_settings_digest_ignores_key_order_and_process():
+    a = settings_digest({"max_length": 64, "methods": ["grad_l2"], "k": 5})
+    b = settings_digest({"k": 5, "methods": ["grad_l2"], "max_length": 64})
+    code = ("from core.store import settings_digest;"
+            "print(settings_digest({'methods': ['grad_l2'], 'k': 5, 'max_length': 64}))")
+    other_process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT,
+                                   check=True).stdout.strip()
+    assert a == b == other_process
+    assert settings_digest({"max_length": 65, "methods": ["grad_l2"], "k": 5}) != a
+
+
+def test_fingerprint_changes_with_one_weight_or_one_text(tmp_path, tiny_data_csv):
+    model = write_tiny_model(tmp_path / "model")
+    base = run_fingerprint(directory_digest(model), file_digest(tiny_data_csv), SETTINGS.fingerprinted())
+    assert base == run_fingerprint(directory_digest(model), file_digest(tiny_data_csv), SETTINGS.fingerprinted())
+
+    weights = load_file(model / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] += 1e-3
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    changed_model = run_fingerprint(directory_digest(model), file_digest(tiny_data_csv), SETTINGS.fingerprinted())
+
+    data = pd.read_csv(tiny_data_csv)
+    data.loc[0, "text"] = data.loc[0, "text"] + " !"
+    other_csv = tmp_path / "other.csv"
+    data.to_csv(other_csv, index=False)
+    changed_data = run_fingerprint(directory_digest(model), file_digest(other_csv), SETTINGS.fingerprinted())
+    assert len({base, changed_model, changed_data}) == 3
+
+
+def test_batch_size_does_not_change_the_fingerprint_but_max_length_does():
+    a = PrecomputeSettings(batch_size=8).fingerprinted()
+    assert a == PrecomputeSettings(batch_size=64, chunk_size=7, k=9).fingerprinted()
+    assert a != PrecomputeSettings(max_length=99).fingerprinted()
+
+
+def test_interrupted_precompute_leaves_no_run_and_resumes_to_the_same_arrays(tiny_model_dir, tiny_data_csv,
+                                                                            isolated_cache, monkeypatch):
+    with pytest.raises(KeyboardInterrupt):
+        precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False, stop_after_chunks=2)
+    assert list_runs() == []
+    partial = [p for p in runs_dir().iterdir() if p.name.startswith(".partial-")]
+    assert len(partial) == 1 and len(list((partial[0] / "chunks").glob("*.npz"))) == 2
+
+    resumed = precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False)
+    assert resumed.manifest["timings"]["chunks_resumed"] == 2
+    assert not partial[0].exists()
+
+    monkeypatch.setenv("SALIENCY_ATLAS_CACHE", str(isolated_cache.parent / "fresh"))
+    fresh = precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False)
+    assert fresh.manifest["timings"]["chunks_resumed"] == 0
+    a, b = run_arrays(resumed.run_path), run_arrays(fresh.run_path)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    pd.testing.assert_frame_equal(open_run(resumed.run_path).examples, open_run(fresh.run_path).examples)
+
+
+def test_a_damaged_chunk_is_recomputed(tiny_model_dir, tiny_data_csv):
+    with pytest.raises(KeyboardInterrupt):
+        precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False, stop_after_chunks=2)
+    partial = next(p for p in runs_dir().iterdir() if p.name.startswith(".partial-"))
+    chunk = sorted((partial / "chunks").glob("*.npz"))[1]
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    result = precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False)
+    assert result.manifest["timings"]["chunks_resumed"] == 1
+    open_run(result.run_path, verify=True)
+
+
+def test_a_second_precompute_reuses_the_cached_run(tiny_model_dir, tiny_data_csv):
+    first = precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False)
+    second = precompute(tiny_model_dir, tiny_data_csv, SETTINGS, progress=False)
+    assert not first.reused and second.reused and first.run_path == second.run_path
+
+
+@pytest.fixture
+def fresh_run(tiny_model_dir, tiny_data_csv, tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_bytes(tiny_data_csv.read_bytes())
+    return precompute(tiny_model_dir, data, SETTINGS, progress=False).run_path, data
+
+
+def test_corrupt_files_are_reported_not_used(fresh_run):
+    path, _ = fresh_run
+    scores = path / "saliency" / "grad_l2.npy"
+    scores.write_bytes(scores.read_bytes()[:-8])
+    with pytest.raises(CacheError, match="grad_l2.npy"):
+        open_run(path)
+
+
+def test_same_size_corruption_is_caught_by_verify(fresh_run):
+    path, _ = fresh_run
+    scores = path / "saliency" / "grad_l2.npy"
+    raw = bytearray(scores.read_bytes())
+    raw[-1] ^= 0xFF
+    scores.write_bytes(bytes(raw))
+    open_run(path)  # sizes still match
+    with pytest.raises(CacheError, match="does not match"):
+        open_run(path, verify=True)
+
+
+def test_missing_file_bad_manifest_and_old_schema(fresh_run):
+    path, _ = fresh_run
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "cls.npy").unlink()
+    with pytest.raises(CacheError, match="cls.npy is missing"):
+        open_run(path)
+    (path / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 0}))
+    with pytest.raises(CacheError, match="schema"):
+        open_run(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(CacheError, match="corrupt"):
+        open_run(path)
+
+
+def test_changed_data_makes_the_run_stale(fresh_run):
+    path, data = fresh_run
+    assert open_run(path).staleness() == []
+    data.write_text(data.read_text() + "one more great film,1,train\n")
+    reasons = open_run(path).staleness()
+    assert len(reasons) == 1 and "data" in reasons[0] and "re-run precompute" in reasons[0]
+
+
+def test_no_pickle_in_the_cache(fresh_run):
+    path, _ = fresh_run
+    for file in path.rglob("*.np[yz]"):
+        loaded = np.load(file, allow_pickle=False)  # raises if any array needs pickle
+        if hasattr(loaded, "close"):
+            loaded.close()
