@@ -209,26 +209,23 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     texts = data.frame["text"].tolist()
     n = len(texts)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
-    chunks: list[dict[str, np.ndarray]] = []
     computed = 0
     t_compute = time.perf_counter()
     with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
         for c in range(n_chunks):
             lo, hi = c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)
-            arrays = _load_chunk(_chunk_path(partial, c), settings.methods)
-            if arrays is None:
+            if _load_chunk(_chunk_path(partial, c), settings.methods) is None:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
-                arrays = attribute_chunk(loaded, texts[lo:hi], settings)
-                atomic_save_npz(_chunk_path(partial, c), **arrays)
+                atomic_save_npz(_chunk_path(partial, c), **attribute_chunk(loaded, texts[lo:hi], settings))
                 computed += 1
             else:
                 bar.set_postfix_str("resumed")
-            chunks.append(arrays)
             bar.update(hi - lo)
     compute_seconds = time.perf_counter() - t_compute
 
-    run_path = _assemble(loaded, data, chunks, settings, partial, final, {
+    chunk_paths = [_chunk_path(partial, c) for c in range(n_chunks)]
+    run_path = _assemble(loaded, data, chunk_paths, settings, final, {
         "fingerprint": fingerprint,
         "model": {"path": str(model_dir), "digest": model_digest, "stat": model_stat, "name": model_dir.name,
                   "id2label": {str(i): n for i, n in loaded.id2label.items()},
@@ -243,34 +240,64 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     return PrecomputeResult(run_path, reused=False, manifest=run.manifest)
 
 
-def _assemble(loaded: LoadedModel, data: LoadedData, chunks: list[dict[str, np.ndarray]],
-              settings: PrecomputeSettings, partial: Path, final: Path, manifest: dict[str, Any],
-              t_start: float) -> Path:
-    """Write the run folder from its chunks in a staging folder and publish it atomically; return its path."""
+def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], settings: PrecomputeSettings,
+              final: Path, manifest: dict[str, Any], t_start: float) -> Path:
+    """Write the run folder from its chunk files in a staging folder and publish it atomically; return its path.
+
+    Chunks are streamed into memory-mapped arrays one at a time, so memory stays bounded by one chunk
+    (plus the per-example arrays) however large the dataset.
+    """
     staging = final.parent / f".staging-{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "saliency").mkdir(parents=True)
+    for folder in ("saliency", "tokens"):
+        (staging / folder).mkdir(parents=True)
     t0 = time.perf_counter()
-    lengths = np.concatenate([c["lengths"] for c in chunks])
+    per_example: dict[str, list[np.ndarray]] = {"lengths": [], "truncated": [], "logits": []}
+    for path in chunk_paths:
+        with np.load(path, allow_pickle=False) as chunk:
+            for name in per_example:
+                per_example[name].append(chunk[name])
+            hidden = chunk["cls"].shape[1]
+    lengths = np.concatenate(per_example["lengths"])
     row_ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=row_ptr[1:])
-    np.savez(staging / "tokens.npz", token_ids=np.concatenate([c["token_ids"] for c in chunks]), row_ptr=row_ptr,
-             char_starts=np.concatenate([c["char_starts"] for c in chunks]),
-             char_ends=np.concatenate([c["char_ends"] for c in chunks]))
-    for method in settings.methods:
-        np.save(staging / "saliency" / f"{method}.npy", np.concatenate([c[f"scores__{method}"] for c in chunks]))
-    np.save(staging / "cls.npy", np.concatenate([c["cls"] for c in chunks]))
+    np.save(staging / "tokens" / "row_ptr.npy", row_ptr)
+    n_tokens, n = int(row_ptr[-1]), len(lengths)
+    outputs = {
+        "token_ids": (staging / "tokens" / "token_ids.npy", np.int32, (n_tokens,)),
+        "char_starts": (staging / "tokens" / "char_starts.npy", np.int32, (n_tokens,)),
+        "char_ends": (staging / "tokens" / "char_ends.npy", np.int32, (n_tokens,)),
+        "cls": (staging / "cls.npy", np.float32, (n, hidden)),
+        **{f"scores__{m}": (staging / "saliency" / f"{m}.npy", np.float32, (n_tokens,)) for m in settings.methods},
+    }
+    targets = {name: np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+               for name, (path, dtype, shape) in outputs.items()}
+    token_pos = example_pos = 0
+    for path in chunk_paths:
+        with np.load(path, allow_pickle=False) as chunk:
+            size = len(chunk["lengths"])
+            width = int(chunk["lengths"].sum())
+            for name, target in targets.items():
+                if name == "cls":
+                    target[example_pos:example_pos + size] = chunk[name]
+                else:
+                    target[token_pos:token_pos + width] = chunk[name]
+            token_pos += width
+            example_pos += size
+    for target in targets.values():
+        target.flush()
+    del targets
     np.save(staging / "embedding_matrix.npy", input_embedding_matrix(loaded))
     np.save(staging / "ignore_mask.npy", ignored_token_mask(loaded.tokenizer))
     (staging / "vocab.json").write_text(json.dumps(vocabulary(loaded.tokenizer)), encoding="utf-8")
 
-    logits = np.concatenate([c["logits"] for c in chunks])
+    logits = np.concatenate(per_example["logits"])
     probs = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
     examples = data.frame.copy()
     examples["pred"] = probs.argmax(axis=1).astype(np.int64)
     examples["correct"] = examples["pred"] == examples["label"]
     examples["n_tokens"] = lengths
-    examples["truncated"] = np.concatenate([c["truncated"] for c in chunks])
+    examples["truncated"] = np.concatenate(per_example["truncated"])
     for i in range(loaded.num_labels):
         examples[f"prob_{i}"] = probs[:, i].astype(np.float32)
     examples.to_parquet(staging / "examples.parquet", index=False)

@@ -3,8 +3,8 @@
 Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
     manifest.json          settings, fingerprints, counts, accuracy, versions, timings, file sizes + hashes
     examples.parquet       text, label, split, source_row, pred, correct, prob_<i>
-    tokens.npz             token_ids, row_ptr (n+1), char_starts, char_ends (ragged, CSR-style)
-    saliency/<method>.npy  one float32 score per token, aligned with tokens.npz
+    tokens/*.npy           token_ids, row_ptr (n+1), char_starts, char_ends (ragged, CSR-style)
+    saliency/<method>.npy  one float32 score per token, aligned with tokens/token_ids.npy
     cls.npy                last-layer first-token encodings (n x hidden)
     embedding_matrix.npy   the model's input embeddings E (vocab x dim)
     vocab.json             token string per id; ignore_mask.npy: special tokens and punctuation
@@ -202,17 +202,18 @@ class Run:
         """Return one row per example: text, label, split, source_row, pred, correct, prob_<i>."""
         return pd.read_parquet(self.path / "examples.parquet")
 
+    def _token_array(self, name: str) -> np.ndarray:
+        return np.load(self.path / "tokens" / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
     @cached_property
-    def _tokens(self) -> dict[str, np.ndarray]:
-        return load_npz(self.path / "tokens.npz")
-
-    @property
     def token_ids(self) -> np.ndarray:
-        return self._tokens["token_ids"]
+        """Return all examples' token ids concatenated (memory-mapped)."""
+        return self._token_array("token_ids")
 
-    @property
+    @cached_property
     def row_ptr(self) -> np.ndarray:
-        return self._tokens["row_ptr"]
+        """Return the n + 1 offsets of each example's tokens in `token_ids`."""
+        return np.asarray(self._token_array("row_ptr"))
 
     @property
     def vocab_size(self) -> int:
@@ -234,7 +235,7 @@ class Run:
         if not path.exists():
             raise CacheError(f"Run {self.run_id} has no saliency for method '{method}' (it has: "
                              f"{', '.join(self.methods)}). Re-run precompute with --method {method}.")
-        return np.load(path, allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
 
     def embedding_matrix(self) -> np.ndarray:
         """Return the model's input embedding matrix (memory-mapped)."""
@@ -256,7 +257,8 @@ class Run:
         lo, hi = int(self.row_ptr[row]), int(self.row_ptr[row + 1])
         ids = self.token_ids[lo:hi]
         frame = pd.DataFrame({"token_id": ids, "token": [self.vocab[i] for i in ids],
-                              "start": self._tokens["char_starts"][lo:hi], "end": self._tokens["char_ends"][lo:hi]})
+                              "start": self._token_array("char_starts")[lo:hi],
+                              "end": self._token_array("char_ends")[lo:hi]})
         if method:
             frame["score"] = self.scores(method)[lo:hi]
         return frame
