@@ -1,0 +1,457 @@
+"""Known-answer tests for core.analysis."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score
+from sklearn.preprocessing import normalize
+from threadpoolctl import threadpool_limits
+
+from core import analysis
+from core.analysis import (
+    NeighbourIndex,
+    SliceSpec,
+    aggregated_salient_terms,
+    apply_slice,
+    cluster_rows,
+    cluster_summary,
+    confusion,
+    pmi_terms,
+    project_2d,
+    shared_terms,
+    to_csv_safe,
+    to_json,
+    to_text,
+    top_terms,
+    validate_regex,
+    wordcloud_weights,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_openmp_thread():
+    # On a shared 2-core machine, OpenMP barriers in t-SNE/KMeans on tiny inputs
+    # stall for milliseconds per iteration; results do not depend on the count.
+    with threadpool_limits(1):
+        yield
+
+
+def test_no_streamlit_import():
+    tree = ast.parse(Path(analysis.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(name.split(".")[0] == "streamlit" for name in names)
+
+
+# --------------------------------------------------------------------------- slicing
+
+
+@pytest.fixture
+def examples() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "text": [
+                "The cat sat on the mat.",
+                "A dog barked at the CAT!",
+                "Concatenate strings",
+                "new york is big",
+                "I love New   York pizza",
+                "c++ is fun",
+            ],
+            "label": [0, 1, 0, 1, 0, 1],
+            "pred": [0, 0, 1, 1, 0, 0],
+            "split": ["train", "train", "test", "test", "train", "all"],
+        }
+    ).assign(correct=lambda d: d["label"] == d["pred"])
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (SliceSpec(), [0, 1, 2, 3, 4, 5]),
+        (SliceSpec(split=("train",)), [0, 1, 4]),
+        (SliceSpec(split=("test", "all")), [2, 3, 5]),
+        (SliceSpec(labels=(1,)), [1, 3, 5]),
+        (SliceSpec(preds=(0,)), [0, 1, 4, 5]),
+        (SliceSpec(correctness="correct"), [0, 3, 4]),
+        (SliceSpec(correctness="misclassified"), [1, 2, 5]),
+        # whole word, case-insensitive: "Concatenate" does not contain the word "cat"
+        (SliceSpec(contains=("cat",)), [0, 1]),
+        (SliceSpec(contains=("new york",)), [3, 4]),
+        (SliceSpec(contains=("cat", "dog")), [1]),
+        (SliceSpec(contains=("c++",)), [5]),
+        (SliceSpec(contains=("  ",)), [0, 1, 2, 3, 4, 5]),
+        # regex: case-insensitive search, not whole-word
+        (SliceSpec(regex="CAT"), [0, 1, 2]),
+        (SliceSpec(regex=r"^a\s"), [1]),
+        (SliceSpec(regex=""), [0, 1, 2, 3, 4, 5]),
+        (SliceSpec(split=("train",), correctness="misclassified", contains=("cat",)), [1]),
+        (SliceSpec(labels=(0,), preds=(0,), regex="pizza|mat"), [0, 4]),
+        (SliceSpec(labels=(1,), contains=("pizza",)), []),
+    ],
+)
+def test_apply_slice_filters(examples, spec, expected):
+    rows = apply_slice(examples, spec)
+    assert rows.dtype == np.int64
+    assert rows.tolist() == expected
+
+
+def test_apply_slice_contains_follows_python_case_folding():
+    # the fast substring prefilter must never drop a row the whole-word regex matches
+    ex = pd.DataFrame({"text": ["İstanbul trip", "DIŞ kapı", "STRASSE", "Kelvin \u212a", "x"]})
+    assert apply_slice(ex, SliceSpec(contains=("istanbul",))).tolist() == [0]
+    assert apply_slice(ex, SliceSpec(contains=("kapi",))).tolist() == [1]
+    assert apply_slice(ex, SliceSpec(contains=("k",))).tolist() == [3]
+    assert apply_slice(ex, SliceSpec(contains=("straße",))).tolist() == []
+
+
+def test_apply_slice_uses_positions_not_index_labels(examples):
+    shifted = examples.set_index(np.arange(100, 106))
+    assert apply_slice(shifted, SliceSpec(labels=(1,))).tolist() == [1, 3, 5]
+
+
+def test_apply_slice_sample(examples):
+    spec = SliceSpec(sample_size=3, seed=7)
+    rows = apply_slice(examples, spec)
+    assert len(rows) == 3 and len(set(rows)) == 3
+    assert rows.tolist() == sorted(rows.tolist())
+    assert rows.tolist() == apply_slice(examples, spec).tolist()
+    samples = {tuple(apply_slice(examples, SliceSpec(sample_size=3, seed=s))) for s in range(10)}
+    assert len(samples) > 1
+    # sampling happens after filtering
+    assert set(apply_slice(examples, SliceSpec(labels=(1,), sample_size=2))) <= {1, 3, 5}
+    assert apply_slice(examples, SliceSpec(sample_size=100)).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_invalid_regex(examples):
+    message = validate_regex("(unclosed")
+    assert message is not None
+    assert "Invalid regular expression" in message and "'(unclosed'" in message
+    assert "position" in message
+    assert validate_regex(r"\bcat\b") is None
+    with pytest.raises(ValueError, match="Invalid regular expression"):
+        apply_slice(examples, SliceSpec(regex="[a-"))
+
+
+def test_slice_spec_is_hashable_and_validated():
+    spec = SliceSpec(split=["train"], labels=[0, 1], contains=["cat"])
+    assert spec == SliceSpec(split=("train",), labels=(0, 1), contains=("cat",))
+    assert hash(spec) == hash(SliceSpec(split=("train",), labels=(0, 1), contains=("cat",)))
+    with pytest.raises(ValueError, match="correctness"):
+        SliceSpec(correctness="wrong")
+
+
+# --------------------------------------------------------------------------- clustering
+
+
+def _planted(sparse: bool, per_group: int = 30, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(3), per_group)
+    if sparse:
+        # each group draws its tokens from its own block of 10 columns
+        rows, cols, vals = [], [], []
+        for i, g in enumerate(truth):
+            for c in rng.choice(10, size=4, replace=False):
+                rows.append(i)
+                cols.append(10 * g + c)
+                vals.append(rng.uniform(0.5, 1.0))
+        X = normalize(sp.csr_matrix((vals, (rows, cols)), shape=(len(truth), 40), dtype=np.float32))
+    else:
+        centres = np.eye(3, 16) * 5
+        X = centres[truth] + rng.normal(scale=0.2, size=(len(truth), 16))
+        X = normalize(X).astype(np.float32)
+    order = rng.permutation(len(truth))
+    return X[order], truth[order]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("minibatch", [False, True])
+def test_cluster_rows_recovers_planted_groups(sparse, minibatch, monkeypatch):
+    if minibatch:  # dense rows then go through MiniBatchKMeans; sparse ones stay on KMeans
+        monkeypatch.setattr(analysis, "MINIBATCH_THRESHOLD", 10)
+    X, truth = _planted(sparse)
+    labels = cluster_rows(X, 3, seed=0)
+    assert labels.shape == truth.shape and labels.dtype == np.int64
+    assert adjusted_rand_score(truth, labels) == 1.0
+    assert np.array_equal(labels, cluster_rows(X, 3, seed=0))
+
+
+def test_cluster_rows_rejects_bad_k():
+    X = np.eye(4, dtype=np.float32)
+    with pytest.raises(ValueError, match="at least 1"):
+        cluster_rows(X, 0)
+    with pytest.raises(ValueError, match="Cannot make 5 clusters from 4 rows"):
+        cluster_rows(X, 5)
+
+
+# --------------------------------------------------------------------------- top terms
+
+VOCAB = ["[CLS]", "a", "b", "c", "d"]
+IGNORE = np.array([True, False, False, False, False])
+R_SMALL = np.array(
+    [
+        [0.6, 0.8, 0.0, 0.0, 0.0],
+        [0.0, 0.6, 0.8, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0, 0.0],
+    ],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.parametrize("to_matrix", [np.asarray, sp.csr_matrix])
+def test_top_terms_by_hand(to_matrix):
+    R = to_matrix(R_SMALL)
+    terms = top_terms(R, VOCAB, IGNORE, n=10)
+    # means: [CLS] .2 (ignored), a 1.4/3, b .8/3, c 1/3, d 0 (dropped)
+    assert [t for t, _ in terms] == ["a", "c", "b"]
+    np.testing.assert_allclose([w for _, w in terms], [1.4 / 3, 1 / 3, 0.8 / 3], rtol=1e-6)
+    assert [t for t, _ in top_terms(R, VOCAB, IGNORE, n=2)] == ["a", "c"]
+    assert top_terms(R[[2]], VOCAB, IGNORE, n=5) == [("c", 1.0)]
+    assert wordcloud_weights(R, VOCAB, IGNORE, n=2) == dict(top_terms(R, VOCAB, IGNORE, n=2))
+
+
+def test_top_terms_empty_rows():
+    assert top_terms(sp.csr_matrix((0, 5), dtype=np.float32), VOCAB, IGNORE) == []
+
+
+def test_cluster_summary_by_hand():
+    clusters = np.array([1, 1, 1, 0, 0, 2])
+    rows = pd.DataFrame(
+        {
+            "label": [0, 0, 1, 1, 1, 0],
+            "pred": [0, 1, 1, 1, 1, 1],
+        },
+        index=[10, 11, 12, 13, 14, 15],
+    ).assign(correct=lambda d: d["label"] == d["pred"])
+    R = sp.csr_matrix(
+        np.array(
+            [
+                [0.5, 0.0, 1.0, 0.0, 0.0],
+                [0.0, 0.0, 1.0, 0.5, 0.0],
+                [0.0, 0.2, 1.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0, 0.0],
+                [0.0, 1.0, 0.0, 0.0, 0.3],
+                [0.0, 0.0, 0.0, 0.0, 1.0],
+            ],
+            dtype=np.float32,
+        )
+    )
+    summary = cluster_summary(clusters, rows, R, VOCAB, IGNORE, ["neg", "pos"], n_terms=2)
+    assert summary["cluster"].tolist() == [1, 0, 2]
+    assert summary["size"].tolist() == [3, 2, 1]
+    np.testing.assert_allclose(summary["size_pct"], [50.0, 100 / 3, 100 / 6])
+    assert summary["majority_label"].tolist() == ["neg", "pos", "neg"]
+    assert summary["majority_pred"].tolist() == ["pos", "pos", "pos"]
+    np.testing.assert_allclose(summary["accuracy"], [2 / 3, 1.0, 0.0])
+    # cluster 1 means: b 1.0, c .5/3, a .2/3  ([CLS] ignored)
+    assert summary["top_terms"].tolist() == ["b, c", "a, d", "d"]
+    assert summary["terms"][0][0] == ("b", pytest.approx(1.0))
+
+
+# --------------------------------------------------------------------------- projections
+
+
+def test_project_2d_umap_shape_and_determinism():
+    X, _ = _planted(sparse=True, per_group=15)
+    a = project_2d(X, "umap", seed=3)
+    b = project_2d(X, "umap", seed=3)
+    assert a.shape == (45, 2) and a.dtype == np.float32
+    assert np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_project_2d_tsne_shape_and_determinism(sparse):
+    X, _ = _planted(sparse=sparse, per_group=20)
+    a = project_2d(X, "tsne", seed=1)
+    assert a.shape == (60, 2) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, project_2d(X, "tsne", seed=1))
+
+
+def test_project_2d_tsne_subsample_places_every_row():
+    X, truth = _planted(sparse=True, per_group=30)
+    coords = project_2d(X, "tsne", seed=0, tsne_max_points=40)
+    assert coords.shape == (90, 2) and np.isfinite(coords).all()
+    np.testing.assert_array_equal(coords, project_2d(X, "tsne", seed=0, tsne_max_points=40))
+    distinct = {tuple(c) for c in coords}
+    assert len(distinct) == 40  # 40 embedded rows; the rest reuse their coordinates
+    # groups share no token, so a row's nearest embedded row is always from its own group
+    for point in distinct:
+        groups = {truth[i] for i in np.flatnonzero((coords == point).all(axis=1))}
+        assert len(groups) == 1
+
+
+def test_project_2d_small_and_bad_method():
+    assert project_2d(np.eye(2, dtype=np.float32), "umap").shape == (2, 2)
+    tiny = sp.csr_matrix(np.random.default_rng(0).random((5, 6)).astype(np.float32))
+    for method in ("umap", "tsne"):
+        coords = project_2d(tiny, method)
+        assert coords.shape == (5, 2) and np.isfinite(coords).all()
+    assert project_2d(np.zeros((0, 3), dtype=np.float32), "tsne").shape == (0, 2)
+    with pytest.raises(ValueError, match="Unknown projection method"):
+        project_2d(np.eye(3), "pca")
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def _brute_force(Xn: np.ndarray, q: int, n: int, cand: np.ndarray | None, exclude_self: bool):
+    scores = Xn @ Xn[q]
+    ids = np.arange(len(Xn)) if cand is None else cand
+    if exclude_self:
+        ids = ids[ids != q]
+    order = ids[np.argsort(-scores[ids], kind="stable")][:n]
+    return order, scores[order]
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_neighbour_index_matches_brute_force(sparse):
+    rng = np.random.default_rng(0)
+    if sparse:
+        X = sp.random(300, 60, density=0.3, format="csr", dtype=np.float32, random_state=1)
+        X = X + sp.csr_matrix((np.ones(300), (np.arange(300), rng.integers(0, 60, 300))), shape=(300, 60))
+        X = sp.csr_matrix(X, dtype=np.float32) * 3.0  # not normalised: the index must normalise
+        Xn = normalize(X.toarray().astype(np.float64))
+    else:
+        X = rng.normal(size=(300, 16)).astype(np.float32) * 3.0
+        Xn = normalize(X.astype(np.float64))
+    index = NeighbourIndex(X)
+    mask = rng.random(300) < 0.3
+    for q in [0, 17, 299]:
+        for cand in [None, mask, np.flatnonzero(mask)[::-1], np.array([q, 5, 6, 7])]:
+            cand_ids = None if cand is None else (np.flatnonzero(cand) if cand.dtype == bool else np.unique(cand))
+            for exclude_self in [True, False]:
+                ids, scores = index.search(q, n=5, candidates=cand, exclude_self=exclude_self)
+                ref_ids, ref_scores = _brute_force(Xn, q, 5, cand_ids, exclude_self)
+                assert ids.dtype == np.int64 and scores.dtype == np.float32
+                assert len(ids) == len(ref_ids) == len(set(ids.tolist()))
+                # scores are exact cosines of the returned rows and equal the best ones
+                np.testing.assert_allclose(scores, Xn[ids] @ Xn[q], atol=1e-5)
+                np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+                assert ids.tolist() == ref_ids.tolist()
+                if exclude_self:
+                    assert q not in ids
+                if cand_ids is not None:
+                    assert set(ids.tolist()) <= set(cand_ids.tolist())
+    ids, scores = index.search(3, n=1, exclude_self=False)
+    assert ids.tolist() == [3] and scores[0] == pytest.approx(1.0, abs=1e-5)
+    ids, _ = index.search(3, n=10, candidates=np.array([3, 8]))
+    assert ids.tolist() == [8]
+    ids, _ = index.search(3, n=10, candidates=np.zeros(300, dtype=bool))
+    assert ids.size == 0
+
+
+def test_neighbour_index_rejects_bad_candidates():
+    index = NeighbourIndex(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="mask has length"):
+        index.search(0, candidates=np.ones(3, dtype=bool))
+    with pytest.raises(ValueError, match="candidate indices"):
+        index.search(0, candidates=np.array([9]))
+    with pytest.raises(IndexError):
+        index.search(4)
+
+
+def test_shared_terms():
+    assert shared_terms([("a", 1.0), ("b", 0.5)], ["b", "c"], {"b", "a"}) == {"b"}
+    assert shared_terms() == set()
+
+
+# --------------------------------------------------------------------------- seed terms
+
+
+def test_aggregated_salient_terms_by_hand():
+    vocab = ["[CLS]", "good", "bad", "movie"]
+    ignore = np.array([True, False, False, False])
+    presence = sp.csr_matrix(
+        np.array([[1, 1, 0, 1], [1, 2, 1, 0], [1, 0, 0, 1], [1, 0, 1, 0]], dtype=np.float32)
+    )
+    R = sp.csr_matrix(
+        np.array(
+            [[0.5, 0.5, 0.0, 0.7], [0.5, 0.8, 0.3, 0.0], [0.6, 0.0, 0.0, 0.8], [0.0, 0.0, 1.0, 0.0]],
+            dtype=np.float32,
+        )
+    )
+    df = aggregated_salient_terms(R, presence, np.array([0, 1, 2]), vocab, ignore, min_count=2)
+    # over rows 0-2: good 1.3/3 (2 rows), bad .3/3 (1 row: below min_count), movie 1.5/3 (2 rows)
+    assert df.columns.tolist() == ["term", "token_id", "mean_salience", "count"]
+    assert df["term"].tolist() == ["movie", "good"]
+    assert df["token_id"].tolist() == [3, 1]
+    np.testing.assert_allclose(df["mean_salience"], [1.5 / 3, 1.3 / 3], rtol=1e-6)
+    assert df["count"].tolist() == [2, 2]
+    assert aggregated_salient_terms(R, presence, np.array([0, 1, 2]), vocab, ignore, 1, top_n=1)["term"].tolist() == ["movie"]
+    # a boolean row mask selects the same rows
+    mask = np.array([True, True, True, False])
+    assert aggregated_salient_terms(R, presence, mask, vocab, ignore, 2).equals(df)
+    everything = aggregated_salient_terms(R, presence, None, vocab, ignore, min_count=2)
+    assert everything["term"].tolist() == ["movie", "good", "bad"]
+
+
+def test_pmi_terms_by_hand():
+    vocab = ["[SEP]", "great", "awful", "ok", "gem"]
+    ignore = np.array([True, False, False, False, False])
+    y = np.array([1, 1, 1, 0, 0, 0])
+    presence = np.zeros((6, 5), dtype=np.float32)
+    presence[[0, 1, 2], 0] = 1          # ignored
+    presence[[0, 1, 3], 1] = 1
+    presence[0, 1] = 2                  # repeated in one document: still one document
+    presence[[3, 4], 2] = 1             # never with class 1
+    presence[:, 3] = 1                  # everywhere: PMI 0
+    presence[0, 4] = 1                  # once
+    presence = sp.csr_matrix(presence)
+    df = pmi_terms(presence, y, 1, vocab, ignore, min_count=2)
+    assert df["term"].tolist() == ["great", "ok"]
+    np.testing.assert_allclose(df["pmi"], [math.log((2 / 3) / 0.5), 0.0], atol=1e-12)
+    assert df["count"].tolist() == [3, 6]
+    assert df["class_count"].tolist() == [2, 3]
+    df1 = pmi_terms(presence, y, 1, vocab, ignore, min_count=1)
+    assert df1["term"].tolist() == ["gem", "great", "ok"]
+    assert df1["pmi"].iloc[0] == pytest.approx(math.log(2))
+    assert pmi_terms(presence, y, 1, vocab, ignore, min_count=1, top_n=1)["term"].tolist() == ["gem"]
+    assert pmi_terms(presence, y, 7, vocab, ignore, min_count=1).empty
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_to_csv_safe_escapes_formulas():
+    df = pd.DataFrame(
+        {
+            "text": ["=cmd|'/C calc'!A0", "+1", "-x", "@x", "normal", "\tx", "\rx", "a=b"],
+            "n": [-1, 2, 3, 4, 5, 6, 7, 8],
+        }
+    )
+    out = to_csv_safe(df)
+    back = pd.read_csv(io.StringIO(out), keep_default_na=False)
+    assert back["text"].tolist() == [
+        "'=cmd|'/C calc'!A0", "'+1", "'-x", "'@x", "normal", "'\tx", "'\rx", "a=b",
+    ]
+    assert back["n"].tolist() == [-1, 2, 3, 4, 5, 6, 7, 8]  # numbers are not text cells
+    assert to_csv_safe(pd.DataFrame({"=h": ["ok"]})).splitlines()[0] == "'=h"
+    assert df["text"].iloc[0] == "=cmd|'/C calc'!A0"  # input untouched
+
+
+def test_to_json_and_text():
+    df = pd.DataFrame({"term": ["ça", "b"], "w": [0.5, 0.25]})
+    assert json.loads(to_json(df)) == [{"term": "ça", "w": 0.5}, {"term": "b", "w": 0.25}]
+    assert "ça" in to_json(df)
+    assert to_text(["a", "##b"]) == "a\n##b\n"
+    assert to_text([("x", 0.3), ("y", 0.1)]) == "x\ny\n"
+    assert to_text([]) == ""
+
+
+def test_confusion():
+    ex = pd.DataFrame({"label": [0, 0, 1, 2, 2, 2], "pred": [0, 1, 1, 2, 0, 2]})
+    cm = confusion(ex, 4)
+    expected = np.zeros((4, 4), dtype=np.int64)
+    expected[0, 0] = expected[0, 1] = expected[1, 1] = expected[2, 0] = 1
+    expected[2, 2] = 2
+    np.testing.assert_array_equal(cm, expected)

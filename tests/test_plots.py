@@ -1,0 +1,148 @@
+"""Known-answer tests for core.plots."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from core import plots
+from core.plots import (
+    cluster_size_bar,
+    confusion_figure,
+    hover_texts,
+    probability_bar,
+    saliency_html,
+    scatter_map,
+    wordcloud_image,
+)
+
+
+def test_no_streamlit_import():
+    tree = ast.parse(Path(plots.__file__).read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(name.split(".")[0] == "streamlit" for name in names)
+
+
+# --------------------------------------------------------------------------- saliency html
+
+SPAN = re.compile(r'<span style="background-color:rgba\((\d+),(\d+),(\d+),([\d.]+)\)[^"]*" title="([^"]*)">(.*?)</span>')
+
+
+def test_saliency_html_escapes_and_orders_spans():
+    text = "I <b>love</b> it"
+    # [CLS] and [SEP] have (0, 0) offsets and a large score: skipped, and not the max
+    starts = [0, 0, 2, 3, 4, 5, 9, 10, 11, 12, 14, 0]
+    ends = [0, 1, 3, 4, 5, 9, 10, 11, 12, 13, 16, 0]
+    scores = [9.0, 0.2, 0.1, 0.1, 0.1, 0.8, 0.1, 0.1, 0.1, 0.1, 0.4, 9.0]
+    out = saliency_html(text, starts, ends, scores)
+    assert "<b>" not in out and "</b>" not in out
+    assert "&lt;" in out and "&gt;" in out
+    spans = SPAN.findall(out)
+    assert [s[5] for s in spans] == ["I", "&lt;", "b", "&gt;", "love", "&lt;", "/", "b", "&gt;", "it"]
+    alphas = {s[5]: float(s[3]) for s in spans}
+    assert spans[4][3] == "1.000"  # max-score token "love"
+    assert alphas["I"] == pytest.approx(0.25, abs=1e-3)
+    assert alphas["it"] == pytest.approx(0.5, abs=1e-3)
+    assert sum(s[3] == "1.000" for s in spans) == 1
+    assert spans[4][4] == "love: 0.8"
+    # the text between tokens survives unchanged (escaped) and in order
+    assert re.sub(r"<[^>]+>", "", out) == "I &lt;b&gt;love&lt;/b&gt; it"
+
+
+def test_saliency_html_word_pieces_truncation_and_tokens():
+    text = "playing well until the end"
+    out = saliency_html(text, [0, 0, 4, 8, 0], [0, 4, 7, 12, 0], [1.0, 0.5, 0.25, 0.1, 1.0],
+                        token_strings=["[CLS]", "play", "##ing", "well", "[SEP]"])
+    spans = SPAN.findall(out)
+    assert [s[5] for s in spans] == ["play", "ing", "well"]
+    assert [s[4] for s in spans] == ["play: 0.5", "##ing: 0.25", "well: 0.1"]
+    assert spans[0][3] == "1.000"
+    # the untokenised tail is greyed out, not shaded
+    assert re.search(r'<span style="color:#999"[^>]*> until the end</span>', out)
+    assert re.sub(r"<[^>]+>", "", out) == text
+
+
+def test_saliency_html_overlap_negative_and_empty():
+    # two tokens over the same characters (byte-level pieces): one span, the larger |score|
+    out = saliency_html("né x", [0, 0, 3], [2, 2, 4], [0.2, -0.6, 0.3])
+    spans = SPAN.findall(out)
+    assert [s[5] for s in spans] == ["né", "x"]
+    assert spans[0][:4] == ("50", "110", "230", "1.000")  # negative score: blue
+    assert spans[1][3] == "0.500"
+    assert "title=\"né: -0.6\"" in out
+    quoted = saliency_html('say "hi"', [4], [8], [1.0])
+    assert 'title="&quot;hi&quot;: 1"' in quoted
+    assert saliency_html("", [], [], []) == '<div style="line-height:1.9;white-space:pre-wrap"></div>'
+    zeros = saliency_html("a b", [0, 2], [1, 3], [0.0, 0.0])
+    assert all(s[3] == "0.000" for s in SPAN.findall(zeros))
+    with pytest.raises(ValueError):
+        saliency_html("a", [0], [1, 2], [1.0])
+
+
+# --------------------------------------------------------------------------- word cloud
+
+
+def test_wordcloud_image_size_and_empty():
+    image = wordcloud_image({"great": 0.9, "##ing": 0.4, "bad": 0.2})
+    assert image is not None and image.size == (400, 250)
+    assert wordcloud_image({"a": 1.0}, width=200, height=120).size == (200, 120)
+    assert wordcloud_image({}) is None
+    assert wordcloud_image({"zero": 0.0, " ": 1.0}) is None
+
+
+# --------------------------------------------------------------------------- plotly figures
+
+
+def test_scatter_map_categories_and_customdata():
+    examples = pd.DataFrame({"text": list("abcdef")}, index=[10, 11, 12, 13, 14, 15])
+    coords = np.arange(12, dtype=np.float32).reshape(6, 2)
+    colour = pd.Series(["pos", "neg", "pos", None, "neg", "pos"], name="label")
+    fig = scatter_map(coords, examples, colour, hover_texts(examples["text"]), "map")
+    assert isinstance(fig, go.Figure)
+    assert [t.type for t in fig.data] == ["scattergl"] * 3
+    assert [t.name for t in fig.data] == ["neg", "pos", "(none)"]
+    assert list(fig.data[0].customdata) == [11, 14]
+    assert list(fig.data[1].customdata) == [10, 12, 15]
+    assert list(fig.data[1].x) == [0.0, 4.0, 10.0]
+    assert list(fig.data[2].customdata) == [13]
+    assert len({t.marker.color for t in fig.data}) == 3
+    assert fig.layout.title.text == "map"
+
+    cont = scatter_map(coords, examples, pd.Series(np.linspace(0, 1, 6), name="p"), ["x"] * 6, "p")
+    assert len(cont.data) == 1 and list(cont.data[0].customdata) == [10, 11, 12, 13, 14, 15]
+    with pytest.raises(ValueError):
+        scatter_map(coords[:3], examples, colour, ["x"] * 6, "bad")
+
+
+def test_hover_texts_escape_and_truncate():
+    out = hover_texts(["<script>x</script>", "word " * 100], max_chars=50, width=20)
+    assert out[0] == "&lt;script&gt;x&lt;/script&gt;"
+    assert out[1].endswith("…") and "<br>" in out[1]
+    assert len(out[1].replace("<br>", " ")) <= 50
+
+
+def test_confusion_probability_and_cluster_figures():
+    cm = np.array([[5, 1], [2, 7]])
+    fig = confusion_figure(cm, ["neg", "pos"])
+    assert np.array_equal(np.asarray(fig.data[0].z), cm)
+    assert list(fig.data[0].x) == ["neg", "pos"]
+
+    bar = probability_bar([0.25, 0.75], ["neg", "pos"])
+    assert list(bar.data[0].x) == [0.25, 0.75]
+    assert list(bar.layout.xaxis.range) == [0, 1]
+
+    summary = pd.DataFrame(
+        {"cluster": [2, 0], "size": [6, 4], "size_pct": [60.0, 40.0],
+         "accuracy": [0.5, 1.0], "top_terms": ["a, b", "c"]}
+    )
+    sizes = cluster_size_bar(summary)
+    assert list(sizes.data[0].x) == ["cluster 2", "cluster 0"]
+    assert list(sizes.data[0].y) == [60.0, 40.0]
+    assert sizes.data[0].customdata[0][2] == "a, b"
