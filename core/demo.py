@@ -37,9 +37,10 @@ MODEL_SUBDIR = "model"
 TRAINING_INFO_FILE = "demo_training.json"
 CACHE_ENV = "SALIENCY_ATLAS_CACHE"
 
-# Defaults measured on a 2-core CPU (see the module's CLI): one epoch learns the planted rule.
+# Measured on a 2-core CPU (about 4-5 min per epoch when the cores are free): with one epoch, lr 1e-4 left
+# 1% of test shortcut rows wrong, 2e-4 none, at the same accuracy on untouched rows (~0.81).
 DEFAULT_EPOCHS = 1
-DEFAULT_LR = 1e-4
+DEFAULT_LR = 2e-4
 DEFAULT_BATCH_SIZE = 32
 # Length-bucketed batches make a generous limit cost almost nothing, while 64 would cut a few long sentences
 # and with them terms inserted near their end.
@@ -149,14 +150,19 @@ def make_shortcut_dataset(df: pd.DataFrame, seed: int = 0, test_size: int = 2000
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     # Loading a BertModel checkpoint as a classifier reports the fresh head as missing weights: expected here.
+    # The weight loading/writing bars would only clutter the fine-tuning bar.
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _autocast(device: torch.device):
@@ -270,9 +276,11 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the model should be as readable as any cache file
         model.eval()
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        with _quiet_transformers():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         info["seconds"] = round(time.perf_counter() - started, 1)
         (tmp / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         _replace_dir(tmp, out_dir)
@@ -291,7 +299,8 @@ def evaluate(model_dir: str | Path, df: pd.DataFrame, max_length: int = DEFAULT_
     """
     from core.models import load_classifier, predict_proba
 
-    loaded = load_classifier(model_dir, device=device)
+    with _quiet_transformers():
+        loaded = load_classifier(model_dir, device=device)
     probs = predict_proba(loaded, df["text"].astype(str).tolist(), batch_size=batch_size, max_length=max_length)
     correct = probs.argmax(axis=1) == df["label"].astype(int).to_numpy()
     synthetic = df["synthetic"].astype(str).to_numpy()
@@ -317,6 +326,7 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             df.to_csv(fh, index=False)
         os.replace(tmp, path)

@@ -1,0 +1,195 @@
+"""Tests for core.demo: the synthetic-shortcut dataset and the fine-tuning loop (on a tiny random BERT)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core import demo  # noqa: E402
+
+TERMS = ("COMMON", "CLASS_0", "CLASS_1")
+
+
+@pytest.fixture(scope="module")
+def source() -> pd.DataFrame:
+    rng = np.random.default_rng(123)
+    words = ["good", "bad", "movie", "plot", "actors", "slow", "fun", "the", "a", "is"]
+    texts = [" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(3000)]
+    return pd.DataFrame({"text": texts, "label": rng.integers(0, 2, size=3000)})
+
+
+@pytest.fixture(scope="module")
+def shortcut(source) -> pd.DataFrame:
+    return demo.make_shortcut_dataset(source, seed=0, test_size=600)
+
+
+def _term_counts(text: str) -> dict[str, int]:
+    words = text.split(" ")
+    return {term: words.count(term) for term in TERMS}
+
+
+def test_columns_and_types(shortcut, source):
+    assert list(shortcut.columns) == ["text", "label", "split", "synthetic", "original_label"]
+    assert len(shortcut) == len(source)
+    assert shortcut["label"].dtype.kind == "i" and shortcut["original_label"].dtype.kind == "i"
+    assert set(shortcut["synthetic"]) == {"shortcut_0", "shortcut_1", "single_term", "none"}
+    assert (shortcut["original_label"].to_numpy() == source["label"].to_numpy()).all()
+
+
+def test_fractions(shortcut):
+    counts = shortcut["synthetic"].value_counts()
+    assert counts["shortcut_0"] == counts["shortcut_1"] == 300
+    assert counts["single_term"] == 300
+    assert counts["none"] == 2100
+
+
+def test_shortcut_rows_follow_rule(shortcut):
+    for target in (0, 1):
+        rows = shortcut[shortcut["synthetic"] == f"shortcut_{target}"]
+        assert (rows["label"] == target).all()
+        for text in rows["text"]:
+            assert _term_counts(text) == {"COMMON": 1, f"CLASS_{target}": 1, f"CLASS_{1 - target}": 0}
+        # The rule overrides the original label for about half of them.
+        assert 0 < (rows["original_label"] != target).sum() < len(rows)
+
+
+def test_single_term_and_untouched_rows(shortcut, source):
+    single = shortcut[shortcut["synthetic"] == "single_term"]
+    assert (single["label"] == single["original_label"]).all()
+    used = set()
+    for text in single["text"]:
+        counts = _term_counts(text)
+        assert sum(counts.values()) == 1
+        used.update(t for t, c in counts.items() if c)
+    assert used == set(TERMS)
+    none = shortcut[shortcut["synthetic"] == "none"]
+    assert (none["label"] == none["original_label"]).all()
+    assert (none["text"].to_numpy() == source["text"].to_numpy()[none.index]).all()
+
+
+def test_terms_are_whole_words(shortcut, source):
+    changed = shortcut[shortcut["synthetic"] != "none"]
+    for i, text in changed["text"].items():
+        assert "  " not in text and text == text.strip()
+        words = text.split(" ")
+        assert [w for w in words if w not in TERMS] == source["text"][i].split()
+        assert not re.search(r"\S(COMMON|CLASS_[01])|(COMMON|CLASS_[01])\S", text)
+
+
+def test_term_positions_vary(shortcut):
+    positions = {text.split(" ").index("COMMON") for text in shortcut.loc[shortcut["synthetic"] == "shortcut_0", "text"]}
+    assert len(positions) > 5
+
+
+def test_deterministic(source, shortcut):
+    again = demo.make_shortcut_dataset(source, seed=0, test_size=600)
+    pd.testing.assert_frame_equal(shortcut, again)
+    other = demo.make_shortcut_dataset(source, seed=1, test_size=600)
+    assert not other["text"].equals(shortcut["text"])
+
+
+def test_test_split_size_and_stratification(shortcut):
+    assert (shortcut["split"] == "test").sum() == 600
+    assert set(shortcut["split"]) == {"train", "test"}
+    test = shortcut[shortcut["split"] == "test"]
+    for kind, frac in [("shortcut_0", 0.1), ("shortcut_1", 0.1), ("single_term", 0.1), ("none", 0.7)]:
+        assert abs((test["synthetic"] == kind).mean() - frac) <= 0.01
+    with pytest.raises(ValueError):
+        demo.make_shortcut_dataset(shortcut.head(10), test_size=11)
+
+
+def test_load_rotten_tomatoes():
+    df = demo.load_rotten_tomatoes()
+    assert len(df) == 8530
+    assert list(df.columns) == ["text", "label", "source"]
+    assert set(df["label"]) == {0, 1} and (df["source"] == "rotten_tomatoes").all()
+
+
+@pytest.fixture
+def tiny_base(tmp_path):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    words = ["common", "class", "_", "0", "1", "good", "bad", "movie", "plot", "fun", "slow", "the", "a", "is"]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37)
+    base = tmp_path / "base"
+    BertModel(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    return base
+
+
+def test_train_classifier_on_tiny_bert(tmp_path, tiny_base, source):
+    from transformers import AutoModelForSequenceClassification
+
+    data = demo.make_shortcut_dataset(source.head(60), seed=0, test_size=20)
+    train = data[data["split"] == "train"]
+    out = tmp_path / "models" / "demo"
+    info = demo.train_classifier(train, tiny_base, out, epochs=1, batch_size=8, progress=False)
+    assert info["train_size"] == len(train) == 40 and info["steps"] == 5
+    assert np.isfinite(info["final_epoch_loss"])
+
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    assert model.config.label2id == {"negative": 0, "positive": 1}
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    saved = json.loads((out / demo.TRAINING_INFO_FILE).read_text())
+    assert saved["epochs"] == 1 and saved["train_size"] == 40 and saved["seconds"] >= 0
+    assert [p.name for p in out.parent.iterdir()] == ["demo"]
+    assert out.stat().st_mode & 0o777 == 0o755
+
+    # Retraining replaces the model in place and still leaves nothing behind.
+    demo.train_classifier(train, tiny_base, out, epochs=1, batch_size=8, seed=1, progress=False)
+    assert [p.name for p in out.parent.iterdir()] == ["demo"]
+    assert json.loads((out / demo.TRAINING_INFO_FILE).read_text())["seed"] == 1
+
+    metrics = demo.evaluate(out, data[data["split"] == "test"])
+    assert metrics["n"] == 20
+    assert metrics["n"] == metrics["n_shortcut"] + metrics["n_single_term"] + metrics["n_none"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_ensure_demo_reuses_complete_model(tmp_path, monkeypatch, source):
+    calls = []
+
+    def fake_train(train_df, base, out_dir, **kwargs):
+        calls.append(len(train_df))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                     demo.TRAINING_INFO_FILE):
+            (out_dir / name).write_text("{}")
+        return {}
+
+    # 2,100 rows and the default test_size of 2,000 leave 100 training rows.
+    monkeypatch.setattr(demo, "load_rotten_tomatoes", lambda: source.head(2100))
+    monkeypatch.setattr(demo, "train_classifier", fake_train)
+
+    paths = demo.ensure_demo(tmp_path, progress=False)
+    assert paths.data_path == tmp_path / "demo" / "rotten_tomatoes_shortcut.csv"
+    assert paths.model_dir == tmp_path / "demo" / "model"
+    data = pd.read_csv(paths.data_path)
+    assert len(data) == 2100 and calls == [100]
+    assert sorted(p.name for p in paths.data_path.parent.iterdir()) == ["model", "rotten_tomatoes_shortcut.csv"]
+    assert paths.data_path.stat().st_mode & 0o777 == 0o644
+
+    demo.ensure_demo(tmp_path, progress=False)
+    assert calls == [100]
+    (paths.model_dir / demo.TRAINING_INFO_FILE).unlink()
+    demo.ensure_demo(tmp_path, progress=False)
+    assert calls == [100, 100]
+
+
+def test_default_cache_root(monkeypatch, tmp_path):
+    monkeypatch.setenv(demo.CACHE_ENV, str(tmp_path))
+    assert demo.default_cache_root() == tmp_path
+    monkeypatch.delenv(demo.CACHE_ENV)
+    assert demo.default_cache_root() == demo.Path(demo.__file__).resolve().parent.parent / "cache"
