@@ -16,15 +16,16 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
 import torch
+
+from core.models import quiet_transformers
 
 COMMON = "COMMON"
 CLASS_TERMS = ("CLASS_0", "CLASS_1")
@@ -147,24 +148,6 @@ def make_shortcut_dataset(df: pd.DataFrame, seed: int = 0, test_size: int = 2000
     })
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    # Loading a BertModel checkpoint as a classifier reports the fresh head as missing weights: expected here.
-    # The weight loading/writing bars would only clutter the fine-tuning bar.
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _autocast(device: torch.device):
     if device.type != "cuda":
         return nullcontext()
@@ -226,7 +209,7 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model_dir, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
@@ -278,7 +261,7 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the model should be as readable as any cache file
         model.eval()
-        with _quiet_transformers():
+        with quiet_transformers():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
         info["seconds"] = round(time.perf_counter() - started, 1)
@@ -299,7 +282,7 @@ def evaluate(model_dir: str | Path, df: pd.DataFrame, max_length: int = DEFAULT_
     """
     from core.models import load_classifier, predict_proba
 
-    with _quiet_transformers():
+    with quiet_transformers():
         loaded = load_classifier(model_dir, device=device)
     probs = predict_proba(loaded, df["text"].astype(str).tolist(), batch_size=batch_size, max_length=max_length)
     correct = probs.argmax(axis=1) == df["label"].astype(int).to_numpy()

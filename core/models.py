@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,23 @@ def _check_model_dir(model_dir: Path) -> dict:
     return config
 
 
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' warnings and weight loading/writing progress bars inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_classifier(model_dir: str | Path, device: str | None = None,
                     trust_remote_code: bool = False) -> LoadedModel:
     """Return the classifier and fast tokenizer stored in `model_dir`, in eval mode on the chosen device.
@@ -78,19 +95,16 @@ def load_classifier(model_dir: str | Path, device: str | None = None,
     Raises ModelLoadError naming the problem and the fix when the folder is not a usable classifier.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     model_dir = Path(model_dir).expanduser().resolve()
     _check_model_dir(model_dir)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir,
+                                                                       trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"Could not load a sequence classifier from {model_dir}: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"The tokenizer in {model_dir} is a slow (Python) tokenizer; character offsets need a "
                              "fast one. Save a fast tokenizer (tokenizer.json) with the model.")
