@@ -1,0 +1,702 @@
+"""The Streamlit adapter: the only module in core/ that imports streamlit.
+
+It owns everything pages share: the cached run, the sidebar (run, slice, representation) kept in sync
+with the URL's query parameters, cached analyses (clusters, projections, neighbour indexes), and the
+messages shown instead of tracebacks. Pages read widgets, call one function here or in core/, and draw.
+
+Caching: opened runs, representation matrices and neighbour indexes are shared objects
+(`st.cache_resource`, never mutated); slices, clusters and summaries are `st.cache_data` keyed by
+primitives (run path, manifest mtime, representation fields, the slice spec as JSON). 2-D projections
+are also written to the run's analysis folder as .npy, so each run/slice/representation is projected once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import io
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import streamlit as st
+
+from core import analysis, plots
+from core.representations import REPRESENTATIONS, RepresentationKey
+from core.store import MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, runs_dir
+
+T = TypeVar("T")
+
+NO_RUN_MESSAGE = (
+    "**No cached run found** in `{folder}`.\n\n"
+    "Build one first, then reload this page:\n"
+    "- the demo (a sentiment set with planted shortcut terms and a small fine-tuned model): `make demo`\n"
+    "- your own classifier and data: `python -m core.precompute --model DIR --data FILE`\n\n"
+    "Set `SALIENCY_ATLAS_CACHE` to read runs from another cache folder."
+)
+
+PAGES: list[tuple[str, str, str]] = [  # (key, title, icon), in navigation order
+    ("summary", "Summary", ":material/dashboard:"),
+    ("clusters", "Clusters", ":material/workspaces:"),
+    ("map", "Map", ":material/scatter_plot:"),
+    ("examples", "Examples", ":material/article:"),
+    ("neighbours", "Neighbours", ":material/hub:"),
+    ("seed_terms", "Seed terms", ":material/format_list_bulleted:"),
+    ("sensitivity", "Sensitivity", ":material/science:"),
+    ("checks", "Checks", ":material/fact_check:"),
+]
+
+PAGE_FILES: dict[str, str] = {
+    "summary": "app.py",
+    "clusters": "pages/1_Clusters.py",
+    "map": "pages/2_Map.py",
+    "examples": "pages/3_Examples.py",
+    "neighbours": "pages/4_Neighbours.py",
+    "seed_terms": "pages/5_Seed_terms.py",
+    "sensitivity": "pages/6_Sensitivity.py",
+    "checks": "pages/7_Checks.py",
+}
+
+CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclassified": "misclassified only"}
+DEFAULT_K = 5
+DEFAULT_CLUSTERS = 5
+SAMPLE_SEED = 0
+CLUSTER_SEED = 0
+PROJECTION_SEED = 0
+
+# UMAP (numba) and t-SNE are not safe to run concurrently from several sessions' threads.
+_PROJECTION_LOCK = threading.Lock()
+
+_INITIAL_QUERY = "_atlas_initial_query"
+_KEEP = "_atlas_keep"
+_SIDEBAR_PARAMS = "_atlas_sidebar_params"
+
+
+# ============================================================================ pure helpers
+
+
+def slice_json(spec: analysis.SliceSpec) -> str:
+    """Return a canonical JSON string of a slice spec (a primitive cache key)."""
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def slice_hash(spec: analysis.SliceSpec) -> str:
+    """Return a short stable hash of a slice spec, used in file names of cached projections."""
+    return _short_hash(slice_json(spec))
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool]:
+    """Return the fields of a normalised representation key as a tuple of primitives."""
+    key = key.normalised()
+    return key.name, key.method, key.k, key.include_special
+
+
+def parse_tokens(text: str) -> tuple[str, ...]:
+    """Return the non-empty, comma-separated entries of `text`, stripped."""
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def example_terms(R_rows, vocab: Sequence[str], ignore_mask: np.ndarray,
+                  n: int = 5) -> list[list[tuple[str, float]]]:
+    """Return, for each row of a (sparse or dense) S1 matrix, its `n` heaviest (term, weight) pairs, best first.
+
+    Ignored tokens (special tokens, punctuation) and zero weights are left out.
+    """
+    ignore = np.asarray(ignore_mask, dtype=bool)
+    out: list[list[tuple[str, float]]] = []
+    if sp.issparse(R_rows):
+        R = sp.csr_matrix(R_rows)
+        for i in range(R.shape[0]):
+            lo, hi = R.indptr[i], R.indptr[i + 1]
+            cols, vals = R.indices[lo:hi], R.data[lo:hi]
+            keep = (vals > 0) & ~ignore[cols]
+            cols, vals = cols[keep], vals[keep]
+            order = np.lexsort((cols, -vals))[:n]
+            out.append([(vocab[c], float(v)) for c, v in zip(cols[order], vals[order])])
+        return out
+    for row in np.asarray(R_rows):
+        cols = np.flatnonzero((row > 0) & ~ignore)
+        order = cols[np.lexsort((cols, -row[cols]))][:n]
+        out.append([(vocab[c], float(row[c])) for c in order])
+    return out
+
+
+def selected_rows(event: Any, figure: Any) -> np.ndarray:
+    """Return the example row ids (int64, unique, sorted) of the points in a plotly selection event.
+
+    Each point's `customdata` holds its row id (see plots.scatter_map); when a point lacks it, the id is
+    read from the figure's trace by curve number and point index.
+    """
+    try:
+        points = event["selection"]["points"]
+    except (KeyError, TypeError):
+        return np.empty(0, dtype=np.int64)
+    ids: list[int] = []
+    for point in points or []:
+        custom = point.get("customdata")
+        if custom is not None:
+            ids.append(int(custom[0] if isinstance(custom, (list, tuple)) else custom))
+            continue
+        curve = point.get("curve_number", point.get("curveNumber"))
+        index = point.get("point_index", point.get("pointIndex", point.get("point_number")))
+        if curve is not None and index is not None and figure is not None:
+            ids.append(int(figure.data[int(curve)].customdata[int(index)]))
+    return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def terms_html(terms: Sequence[tuple[str, float]], highlight: set[str] = frozenset()) -> str:
+    """Return HTML chips for (term, weight) pairs; terms in `highlight` are drawn in orange and bold."""
+    chips = []
+    for term, weight in terms:
+        shared = term in highlight
+        style = ("background:#ffb347;font-weight:700;border:1px solid #e08a00" if shared
+                 else "background:#eef1f5;border:1px solid #d5dae1")
+        chips.append(f'<span style="{style};border-radius:10px;padding:1px 8px;margin:2px;display:inline-block" '
+                     f'title="weight {weight:.3f}">{html.escape(term)}</span>')
+    return "".join(chips) if chips else '<span style="color:#888">(no salient terms)</span>'
+
+
+def _parse_query(raw: list[str], default: Any) -> Any:
+    """Return a query-parameter value converted to the type of `default` (the default when unparsable)."""
+    if isinstance(default, list):
+        return [v for v in raw if v != ""]
+    if not raw:
+        return default
+    value = raw[-1]
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        try:
+            return int(value)
+        except ValueError:
+            return default
+    return value
+
+
+def _encode_query(value: Any) -> str | list[str]:
+    if isinstance(value, (list, tuple)):
+        # An empty list is written as one empty value (`?key=`), so "none chosen" survives in a link.
+        return [str(v) for v in value] or [""]
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+# ============================================================================ cached compute
+
+
+def run_stamp(path: str | Path) -> int:
+    """Return the manifest's mtime in ns: a run rebuilt in place gets a new cache key."""
+    try:
+        return (Path(path) / MANIFEST).stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(show_spinner="Opening the cached run…", max_entries=8)
+def _open_run(path: str, stamp: int) -> Run:
+    run = open_run(path)
+    run.examples  # noqa: B018 - every page needs the table; read it once per process
+    return run
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _run_titles(paths_and_stamps: tuple[tuple[str, int], ...]) -> dict[str, str]:
+    titles = {}
+    for path, _ in paths_and_stamps:
+        try:
+            manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+            when = str(manifest.get("created", ""))[:16].replace("T", " ")
+            titles[Path(path).name] = f"{Run(Path(path), manifest).title}" + (f" · {when}" if when else "")
+        except (OSError, ValueError, KeyError, TypeError):
+            titles[Path(path).name] = f"{Path(path).name} (unreadable manifest)"
+    return titles
+
+
+@st.cache_resource(show_spinner="Loading the representation (built on first use, then kept in the run folder)…",
+                   max_entries=6)
+def _matrix(path: str, stamp: int, name: str, method: str | None, k: int | None, include_special: bool):
+    return _open_run(path, stamp).representation(RepresentationKey(name, method, k, include_special))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _slice_rows(path: str, stamp: int, spec_json: str) -> np.ndarray:
+    spec = analysis.SliceSpec(**json.loads(spec_json))
+    return analysis.apply_slice(_open_run(path, stamp).examples, spec)
+
+
+@st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=64)
+def _cluster_labels(path: str, stamp: int, key: tuple, spec_json: str, n_clusters: int, seed: int) -> np.ndarray:
+    rows = _slice_rows(path, stamp, spec_json)
+    return analysis.cluster_rows(_matrix(path, stamp, *key)[rows], n_clusters, seed)
+
+
+@st.cache_data(show_spinner="Summarising the clusters…", max_entries=64)
+def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_json: str, n_clusters: int,
+                     seed: int, n_terms: int) -> pd.DataFrame:
+    run = _open_run(path, stamp)
+    rows = _slice_rows(path, stamp, spec_json)
+    labels = _cluster_labels(path, stamp, key, spec_json, n_clusters, seed)
+    return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
+                                    run.vocab, run.ignore_mask, run.label_names, n_terms=n_terms)
+
+
+@st.cache_data(show_spinner="Computing the 2-D projection (once per run, slice and representation; "
+                            "it is saved in the run folder)…", max_entries=32)
+def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, seed: int) -> np.ndarray:
+    run = _open_run(path, stamp)
+    rows = _slice_rows(path, stamp, spec_json)
+    slug = RepresentationKey(*key).slug
+    file = run.analysis_dir() / f"projection-{method}-{slug}-{_short_hash(spec_json)}-seed{seed}.npy"
+    if file.exists():
+        try:
+            coords = np.load(file, allow_pickle=False)
+            if coords.shape == (len(rows), 2):
+                return coords
+        except (ValueError, OSError):
+            pass  # a damaged file is recomputed below
+    with _PROJECTION_LOCK:
+        coords = analysis.project_2d(_matrix(path, stamp, *key)[rows], method, seed=seed).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, coords, allow_pickle=False)
+    atomic_write_bytes(file, buffer.getvalue())
+    return coords
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _slice_example_terms(path: str, stamp: int, vocab_key: tuple, spec_json: str,
+                         n: int) -> list[list[tuple[str, float]]]:
+    run = _open_run(path, stamp)
+    rows = _slice_rows(path, stamp, spec_json)
+    return example_terms(_matrix(path, stamp, *vocab_key)[rows], run.vocab, run.ignore_mask, n)
+
+
+@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=4)
+def _neighbour_index(path: str, stamp: int, key: tuple) -> analysis.NeighbourIndex:
+    return analysis.NeighbourIndex(_matrix(path, stamp, *key))
+
+
+@st.cache_data(show_spinner=False, ttl=120)
+def _staleness(path: str, stamp: int) -> list[str]:
+    return _open_run(path, stamp).staleness()
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def wordcloud_png(weights: tuple[tuple[str, float], ...], width: int = 400, height: int = 220) -> bytes | None:
+    """Return a PNG word cloud of (term, weight) pairs, or None when there is no positive weight."""
+    image = plots.wordcloud_image(dict(weights), width=width, height=height)
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ============================================================================ the view
+
+
+@dataclass(frozen=True)
+class View:
+    """What the sidebar selected: the run, the slice (as spec and row ids) and the representation."""
+
+    run: Run
+    stamp: int
+    spec: analysis.SliceSpec
+    rows: np.ndarray
+    key: RepresentationKey
+    n_clusters: int
+    regex_error: str | None = None
+
+    @property
+    def path(self) -> str:
+        """Return the run folder as a string (a cache key)."""
+        return str(self.run.path)
+
+    @property
+    def spec_json(self) -> str:
+        """Return the slice spec as canonical JSON (a cache key)."""
+        return slice_json(self.spec)
+
+    @property
+    def vocab_key(self) -> RepresentationKey:
+        """Return the S1 key (same method and k) that top terms and word clouds are always read from."""
+        return RepresentationKey("s1", self.key.method or self.run.methods[0], self.key.k)
+
+    @property
+    def method(self) -> str:
+        """Return the attribution method chosen in the sidebar."""
+        return self.key.method or self.run.methods[0]
+
+    @property
+    def examples(self) -> pd.DataFrame:
+        """Return the slice's rows of the examples table (index = row id in the run)."""
+        return self.run.examples.iloc[self.rows]
+
+    def matrix(self):
+        """Return the chosen representation for every example of the run (shared; do not modify)."""
+        return _matrix(self.path, self.stamp, *key_tuple(self.key))
+
+    def vocab_matrix(self):
+        """Return the S1 vocabulary matrix (R_vocab) for every example of the run (shared; do not modify)."""
+        return _matrix(self.path, self.stamp, *key_tuple(self.vocab_key))
+
+    def label_name(self, label: int) -> str:
+        """Return the class name of a label id."""
+        names = self.run.label_names
+        return names[label] if 0 <= label < len(names) else str(label)
+
+    def describe(self) -> str:
+        """Return the active slice filters in words, e.g. `split test · predicted negative · misclassified`."""
+        spec, names = self.spec, self.run.label_names
+        parts = []
+        if spec.split:
+            parts.append("split " + " or ".join(spec.split))
+        if spec.labels is not None:
+            parts.append("label " + " or ".join(names[i] for i in spec.labels))
+        if spec.preds is not None:
+            parts.append("predicted " + " or ".join(names[i] for i in spec.preds))
+        if spec.correctness != "all":
+            parts.append(CORRECTNESS_LABELS[spec.correctness])
+        if spec.contains:
+            parts.append("contains " + " and ".join(f"“{t}”" for t in spec.contains))
+        if spec.regex:
+            parts.append(f"matches /{spec.regex}/")
+        if spec.sample_size:
+            parts.append(f"random sample of {spec.sample_size:,}")
+        return " · ".join(parts) if parts else "all examples"
+
+    # ---- cached analyses of this view
+
+    def cluster_labels(self) -> np.ndarray:
+        """Return the k-means cluster of each slice row (aligned with `rows`)."""
+        return _cluster_labels(self.path, self.stamp, key_tuple(self.key), self.spec_json, self.n_clusters,
+                               CLUSTER_SEED)
+
+    def cluster_summary(self, n_terms: int = 8) -> pd.DataFrame:
+        """Return analysis.cluster_summary of the slice's clusters (largest first)."""
+        return _cluster_summary(self.path, self.stamp, key_tuple(self.key), key_tuple(self.vocab_key),
+                                self.spec_json, self.n_clusters, CLUSTER_SEED, n_terms)
+
+    def projection(self, method: str) -> np.ndarray:
+        """Return the slice's (n, 2) coordinates from `method` ("umap" or "tsne"), computed once and stored."""
+        return _projection(self.path, self.stamp, key_tuple(self.key), self.spec_json, method, PROJECTION_SEED)
+
+    def example_terms(self, n: int = 5) -> list[list[tuple[str, float]]]:
+        """Return the top (term, weight) pairs of each slice row, aligned with `rows`."""
+        return _slice_example_terms(self.path, self.stamp, key_tuple(self.vocab_key), self.spec_json, n)
+
+    def terms_of(self, row: int, n: int = 10) -> list[tuple[str, float]]:
+        """Return the top (term, weight) pairs of one example (by run row id) from R_vocab."""
+        return example_terms(self.vocab_matrix()[[row]], self.run.vocab, self.run.ignore_mask, n)[0]
+
+    def neighbour_index(self) -> analysis.NeighbourIndex:
+        """Return the exact cosine index over every example of the run in the chosen representation."""
+        return _neighbour_index(self.path, self.stamp, key_tuple(self.key))
+
+
+def current_view() -> View:
+    """Set up the page (wide layout) and draw the shared sidebar; return the view it selects.
+
+    Every page calls this once, first: pages are standalone scripts (Streamlit's pages/ convention), so a
+    page opened straight from a shared link builds the same view as one reached through the app.
+    """
+    st.set_page_config(page_title="Saliency Atlas", page_icon=":material/travel_explore:", layout="wide")
+    return render_sidebar()
+
+
+# ============================================================================ widgets synced with the URL
+
+
+def _initial_query() -> dict[str, list[str]]:
+    """Return the query parameters the session was opened with (captured on its first script run)."""
+    if _INITIAL_QUERY not in st.session_state:
+        st.session_state[_INITIAL_QUERY] = {k: st.query_params.get_all(k) for k in st.query_params}
+    return st.session_state[_INITIAL_QUERY]
+
+
+def _seed(key: str, default: Any, options: Sequence[Any] | None = None,
+          min_value: int | None = None, max_value: int | None = None) -> None:
+    """Put a widget's value into session state before it is drawn: its current value, else the value
+    remembered from an earlier visit to its page, else the shared link's query parameter, else `default`;
+    values no longer valid (an option that vanished with another run, a number out of range) are repaired."""
+    keep = st.session_state.setdefault(_KEEP, {})
+    if key in st.session_state:
+        value = st.session_state[key]
+    elif key in keep:
+        value = keep[key]
+    elif key in _initial_query():
+        value = _parse_query(_initial_query()[key], default)
+    else:
+        value = default
+    if options is not None:
+        if isinstance(default, list):
+            value = [v for v in (value or []) if v in options]
+        elif value not in options:
+            value = default if default in options else (options[0] if options else None)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if min_value is not None:
+            value = max(value, min_value)
+        if max_value is not None:
+            value = min(value, max_value)
+    if key not in st.session_state or st.session_state[key] != value:
+        st.session_state[key] = value
+
+
+def synced(widget: Callable[..., T], label: str, key: str, default: T, *, options: Sequence[Any] | None = None,
+           sidebar: bool = False, always: bool = False, **kwargs: Any) -> T:
+    """Draw `widget` (e.g. st.selectbox) keyed by `key`, with its value kept across pages and in the URL.
+
+    The query parameter is named like the key and left out while the value equals `default` (unless
+    `always`). Sidebar widgets are published together by the sidebar. Returns the widget's value.
+    """
+    _seed(key, default, options, kwargs.get("min_value"), kwargs.get("max_value"))
+    if options is not None:
+        kwargs["options"] = options
+    value = widget(label, key=key, **kwargs)
+    st.session_state[_KEEP][key] = value
+    if sidebar:
+        st.session_state[_SIDEBAR_PARAMS][key] = (value, default)
+    else:
+        try:
+            if not always and value == default:
+                if key in st.query_params:
+                    del st.query_params[key]
+            else:
+                st.query_params[key] = _encode_query(value)
+        except st.errors.StreamlitAPIException:  # a parameter bound elsewhere: leave the URL alone
+            pass
+    return value
+
+
+def _publish_sidebar_params(always: Sequence[str] = ("run",)) -> None:
+    params = {key: _encode_query(value) for key, (value, default) in st.session_state[_SIDEBAR_PARAMS].items()
+              if key in always or value != default}
+    as_lists = {k: v if isinstance(v, list) else [v] for k, v in params.items()}
+    # from_dict also drops the previous page's own parameters; the page re-adds its own as it draws.
+    if as_lists != {k: st.query_params.get_all(k) for k in st.query_params}:
+        st.query_params.from_dict(params)
+
+
+# ============================================================================ the sidebar
+
+
+def render_sidebar() -> View:
+    """Draw the shared sidebar (run, slice, representation, clusters) and return the view it selects.
+
+    Stops the script with a clear message when there is no cached run or the chosen run cannot be read.
+    """
+    st.session_state[_SIDEBAR_PARAMS] = {}
+    bar = st.sidebar
+    for key, title, icon in PAGES:
+        if (REPO_ROOT / PAGE_FILES[key]).exists():
+            bar.page_link(PAGE_FILES[key], label=title, icon=icon)
+    paths = list_runs()
+    if not paths:
+        st.title("Saliency Atlas")
+        st.info(NO_RUN_MESSAGE.format(folder=runs_dir()))
+        st.stop()
+    titles = _run_titles(tuple((str(p), run_stamp(p)) for p in paths))
+    by_id = {p.name: p for p in paths}
+    asked = _parse_query(_initial_query().get("run", []), "")
+    if asked and asked not in by_id and "run" not in st.session_state:
+        st.warning(f"The run `{asked}` from the link is not in this cache; showing the most recent run instead.")
+
+    bar.header("Run")
+    run_id = synced(bar.selectbox, "Cached run", "run", paths[0].name, options=list(by_id), sidebar=True,
+                    format_func=lambda rid: titles.get(rid, rid),
+                    help="Runs written by `python -m core.precompute`, most recent first.")
+    path = by_id[run_id]
+    stamp = run_stamp(path)
+    try:
+        run = _open_run(str(path), stamp)
+    except CacheError as exc:
+        _publish_sidebar_params()
+        st.error(f"This run cannot be read. {exc}")
+        st.stop()
+
+    names = run.label_names
+    examples = run.examples
+    splits = list(dict.fromkeys(examples["split"].astype(str)))
+
+    bar.header("Slice")
+    split = synced(bar.multiselect, "Split", "split", [], options=splits, sidebar=True, placeholder="all splits")
+    labels = synced(bar.multiselect, "True label", "label", [], options=names, sidebar=True,
+                    placeholder="all labels")
+    preds = synced(bar.multiselect, "Predicted class", "pred", [], options=names, sidebar=True,
+                   placeholder="all predictions")
+    correctness = synced(bar.segmented_control, "Correctness", "correct", "all", options=list(CORRECTNESS_LABELS),
+                         sidebar=True, format_func=lambda c: {"all": "all", "correct": "correct",
+                                                              "misclassified": "misclassified"}[c],
+                         required=True)
+    contains = synced(bar.text_input, "Contains word(s)", "contains", "", sidebar=True,
+                      placeholder="e.g. boring, plot",
+                      help="Comma-separated; every entry must occur as a whole word (case-insensitive).")
+    regex = synced(bar.text_input, "Matches regular expression", "regex", "", sidebar=True,
+                   placeholder=r"e.g. \b\d+/10\b", help="Python syntax, case-insensitive, searched anywhere.")
+    sample = synced(bar.number_input, "Random sample size (0 = all)", "sample", 0, sidebar=True, min_value=0,
+                    step=100, help="A seeded random sample of the slice: same sample on every page and reload.")
+
+    bar.header("Representation")
+    rep = synced(bar.selectbox, "Representation", "rep", "s1", options=list(REPRESENTATIONS), sidebar=True,
+                 format_func=lambda r: REPRESENTATIONS[r].title,
+                 help="Rows that clusters, maps and neighbours are computed on. Top terms and word clouds always "
+                      "come from S1 (same method and k).")
+    methods = run.methods
+    method = synced(bar.selectbox, "Attribution method", "method", methods[0], options=methods, sidebar=True,
+                    help="Saliency method of S1/S2, of top terms and of the text shading.")
+    k = synced(bar.number_input, "k: salient terms kept per example (0 = all)", "k",
+               int(run.manifest.get("settings", {}).get("k") or DEFAULT_K), sidebar=True, min_value=0,
+               max_value=10_000, step=1)
+    special = synced(bar.checkbox, "Include special tokens and punctuation", "special", False, sidebar=True,
+                     help="Whether [CLS], [SEP], punctuation… enter the representation. Displays never show them.")
+    bar.header("Clusters")
+    n_clusters = synced(bar.number_input, "Number of k-means clusters", "clusters", DEFAULT_CLUSTERS,
+                        sidebar=True, min_value=1, max_value=100, step=1,
+                        help="Used by the Clusters page and by the Map's colour-by-cluster.")
+    _publish_sidebar_params()
+
+    regex_error = analysis.validate_regex(regex) if regex else None
+    spec = analysis.SliceSpec(
+        split=tuple(split) or None,
+        labels=tuple(names.index(n) for n in labels) or None,
+        preds=tuple(names.index(n) for n in preds) or None,
+        correctness=correctness or "all",
+        contains=parse_tokens(contains),
+        regex=regex if regex and regex_error is None else None,
+        sample_size=int(sample) or None,
+        seed=SAMPLE_SEED,
+    )
+    rows = _slice_rows(str(path), stamp, slice_json(spec))
+    view = View(run=run, stamp=stamp, spec=spec, rows=rows,
+                key=RepresentationKey(rep, method, int(k) or None, bool(special)).normalised(),
+                n_clusters=int(n_clusters), regex_error=regex_error)
+    bar.divider()
+    bar.markdown(f"**{len(rows):,}** of {len(examples):,} examples in the slice")
+    bar.caption("The address bar holds these settings: copy it to share this view.")
+    if regex_error:
+        st.error(f"{regex_error}. Fix it in the sidebar; until then the regular-expression filter is ignored.")
+    for reason in _staleness(str(path), stamp):
+        st.warning(f"Stale run: {reason}.")
+    return view
+
+
+# ============================================================================ page helpers
+
+
+def page_header(title: str, view: View, intro: str | None = None, show_slice: bool = True) -> None:
+    """Draw a page's title, a caption naming run, slice and representation, and an optional intro line."""
+    st.title(title)
+    where = f"slice: {view.describe()} ({len(view.rows):,} examples) · " if show_slice else ""
+    st.caption(f"{view.run.title} · {where}{view.key.label()}")
+    if intro:
+        st.markdown(intro)
+
+
+def require_rows(view: View, minimum: int = 1, purpose: str = "") -> None:
+    """Stop the page with a clear message when the slice is empty or has fewer than `minimum` rows."""
+    n = len(view.rows)
+    if n == 0:
+        st.warning(f"**The slice is empty**: no example matches every filter ({view.describe()}). "
+                   "Remove or widen a filter in the sidebar.")
+        st.stop()
+    if n < minimum:
+        st.warning(f"**The slice has {n:,} example{'s' if n != 1 else ''}, fewer than {purpose or minimum}.** "
+                   "Widen the slice in the sidebar or lower the number.")
+        st.stop()
+
+
+def display_table(view: View, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Return a readable table of examples (index = row id): text, label and prediction names, correctness,
+    confidence of the prediction, split and token count. Defaults to the slice's rows."""
+    ex = view.run.examples.iloc[view.rows if rows is None else rows]
+    names = dict(enumerate(view.run.label_names))
+    probs = ex[[f"prob_{i}" for i in range(view.run.num_labels)]].to_numpy()
+    table = pd.DataFrame({
+        "text": ex["text"],
+        "label": ex["label"].map(names),
+        "prediction": ex["pred"].map(names),
+        "correct": ex["correct"].astype(bool),
+        "confidence": probs[np.arange(len(ex)), ex["pred"].to_numpy()] if len(ex) else np.empty(0),
+        "split": ex["split"],
+        "tokens": ex["n_tokens"],
+    }, index=ex.index)
+    table.index.name = "row"
+    return table
+
+
+MAX_LISTED = 1000
+
+
+def example_list(view: View, rows: np.ndarray, key: str | None = None) -> None:
+    """Draw a table of the given examples (at most MAX_LISTED rows, with a note when cut)."""
+    rows = np.asarray(rows)
+    if len(rows) > MAX_LISTED:
+        st.caption(f"Showing {MAX_LISTED:,} of {len(rows):,} examples (a seeded random sample, in row order).")
+        rows = np.sort(np.random.default_rng(0).choice(rows, MAX_LISTED, replace=False))
+    st.dataframe(display_table(view, rows), column_config=TABLE_COLUMNS, key=key,
+                 height="auto" if len(rows) <= 10 else 400)
+
+
+TABLE_COLUMNS = {
+    "text": st.column_config.TextColumn("text", width="large"),
+    "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="%.2f",
+                                                  help="Probability of the predicted class"),
+    "correct": st.column_config.CheckboxColumn("correct"),
+}
+
+
+def verdict_badges(view: View, label: int, pred: int) -> str:
+    """Return markdown badges for an example's label, prediction and whether the prediction is right."""
+    verdict = ":green-badge[correct]" if label == pred else ":red-badge[misclassified]"
+    return (f":gray-badge[label: {view.label_name(label)}] :blue-badge[predicted: {view.label_name(pred)}] "
+            f"{verdict}")
+
+
+def saliency_block(view: View, row: int, method: str | None = None) -> None:
+    """Draw one example's text with every token shaded by its saliency under `method` (default: the sidebar's)."""
+    run = view.run
+    tokens = run.tokens_of(row, method or view.method)
+    body = plots.saliency_html(str(run.examples["text"].iloc[row]), tokens["start"], tokens["end"],
+                               tokens["score"], tokens["token"].tolist())
+    st.html(f'<div style="font-size:1.05rem">{body}</div>')
+
+
+def set_focus(row: int) -> None:
+    """Remember `row` as the example that the Examples and Neighbours pages open on."""
+    st.session_state.setdefault(_KEEP, {})["row"] = int(row)
+
+
+def focus_row(default: int | None = None) -> int | None:
+    """Return the remembered focus example (from a link, the Examples page or Neighbours), else `default`."""
+    keep = st.session_state.setdefault(_KEEP, {})
+    if "row" in keep:
+        return int(keep["row"])
+    raw = _initial_query().get("row")
+    if raw:
+        value = _parse_query(raw, -1)
+        if value >= 0:
+            return value
+    return default
+
+
+def open_neighbours(row: int) -> None:
+    """Switch to the Neighbours page with `row` as its query example."""
+    set_focus(row)
+    st.session_state.pop("row", None)  # the Neighbours page's row widget: start it from the new focus
+    st.switch_page(PAGE_FILES["neighbours"])
+
+
+def open_examples(row: int) -> None:
+    """Switch to the Examples page showing `row` in its detail view."""
+    set_focus(row)
+    st.switch_page(PAGE_FILES["examples"])

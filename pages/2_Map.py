@@ -1,0 +1,94 @@
+"""Map: a 2-D projection (UMAP or t-SNE) of the slice, coloured by label, prediction, correctness, cluster or match."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import analysis, plots, ui
+
+COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "correctness",
+             "cluster": "k-means cluster", "match": "contains word / matches regex"}
+PROJECTIONS = {"umap": "UMAP", "tsne": "t-SNE"}
+
+view = ui.current_view()
+ui.page_header("Map", view,
+               "Nearby points have similar representations. Hover a point to read it; draw a **lasso** or **box** "
+               "around a region to list its examples and their aggregate top terms.")
+ui.require_rows(view)
+
+controls = st.columns([1, 1, 2])
+method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap", options=list(PROJECTIONS),
+                   format_func=PROJECTIONS.get, required=True,
+                   help="Computed once per run, slice and representation and saved in the run folder (about a "
+                        "minute for 25,000 examples on a laptop CPU). t-SNE embeds at most 10,000 points and places "
+                        "the others at their nearest embedded neighbour.")
+colour = ui.synced(controls[1].selectbox, "Colour by", "colour", "label", options=list(COLOUR_BY),
+                   format_func=COLOUR_BY.get)
+
+ex = view.examples
+names = dict(enumerate(view.run.label_names))
+colour_by: pd.Series
+if colour == "label":
+    colour_by = ex["label"].map(names).rename("true label")
+elif colour == "prediction":
+    colour_by = ex["pred"].map(names).rename("prediction")
+elif colour == "correctness":
+    colour_by = ex["correct"].map({True: "correct", False: "misclassified"}).rename("correctness")
+elif colour == "cluster":
+    if len(view.rows) < view.n_clusters:
+        st.warning(f"The slice has {len(view.rows)} examples, fewer than the {view.n_clusters} clusters asked "
+                   "for in the sidebar; colouring by true label instead.")
+        colour_by = ex["label"].map(names).rename("true label")
+    else:
+        colour_by = pd.Series([f"cluster {c}" for c in view.cluster_labels()], index=ex.index, name="cluster")
+else:
+    with controls[2]:
+        sub = st.columns(2)
+        words = ui.synced(sub[0].text_input, "Contains word(s)", "match_words", "", placeholder="e.g. COMMON",
+                          help="Comma-separated whole words, all required, case-insensitive.")
+        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d")
+    error = analysis.validate_regex(pattern) if pattern else None
+    if error:
+        st.error(f"{error}. Fix the expression; until then only the words are used.")
+        pattern = ""
+    spec = analysis.SliceSpec(contains=ui.parse_tokens(words), regex=pattern or None)
+    what = " and ".join([f"“{w}”" for w in spec.contains] + ([f"/{pattern}/"] if pattern else [])) or "nothing"
+    hits = analysis.apply_slice(ex.reset_index(drop=True), spec) if (spec.contains or spec.regex) else []
+    matched = np.zeros(len(ex), dtype=bool)
+    matched[np.asarray(hits, dtype=np.int64)] = True
+    colour_by = pd.Series(np.where(matched, f"matches {what}", "no match"), index=ex.index, name="match")
+    if not (spec.contains or spec.regex):
+        st.info("Type a word or a regular expression to highlight the examples that contain it.")
+    else:
+        st.caption(f"{matched.sum():,} of {len(ex):,} examples match {what}.")
+
+coords = view.projection(method)
+terms = view.example_terms(5)
+hover = [f"{text}<br><b>top terms:</b> {', '.join(t for t, _ in row_terms) or '—'}<br>"
+         f"row {row} · label {names[lab]} · predicted {names[pred]}"
+         for text, row_terms, row, lab, pred in zip(plots.hover_texts(ex["text"].tolist()), terms, ex.index,
+                                                     ex["label"], ex["pred"])]
+figure = plots.scatter_map(coords, ex, colour_by, hover,
+                           f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}")
+figure.update_layout(height=620)
+# Small slices get bigger points; dense ones stay small so regions remain visible.
+figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
+event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"))
+
+selected = ui.selected_rows(event, figure)
+if len(selected) == 0:
+    st.info("Draw a lasso or a box on the map (toolbar, top right) to list the examples inside it.")
+else:
+    st.subheader(f"{len(selected):,} selected examples")
+    cloud, table = st.columns([1, 2], gap="large")
+    top = analysis.top_terms(view.vocab_matrix()[selected], view.run.vocab, view.run.ignore_mask, n=40)
+    with cloud:
+        st.markdown("**Aggregate top terms** (mean salience over the selection)")
+        st.markdown(ui.terms_html(top[:12]), unsafe_allow_html=True)
+        png = ui.wordcloud_png(tuple(top), 400, 240)
+        if png is not None:
+            st.image(png, width="stretch")
+        sel = view.run.examples.iloc[selected]
+        st.caption(f"accuracy {sel['correct'].mean():.0%} · "
+                   + " · ".join(f"{names[c]}: {n}" for c, n in sel["label"].value_counts().sort_index().items()))
+    with table:
+        ui.example_list(view, selected, key="map_selection")

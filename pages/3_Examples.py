@@ -1,0 +1,97 @@
+"""Examples: a searchable, sortable table of the slice and a detail view of one example shaded by saliency."""
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import plots, ui
+
+SORTS = {
+    "row": ("row id", None),
+    "least_confident": ("least confident first", ("confidence", True)),
+    "confident_wrong": ("most confident mistakes first", None),
+    "longest": ("longest first", ("tokens", False)),
+}
+MAX_TABLE_ROWS = 2000
+
+view = ui.current_view()
+ui.page_header("Examples", view, "Search the slice, select a row, and read the example with each token shaded "
+                                 "by its saliency for the prediction.")
+ui.require_rows(view)
+
+controls = st.columns([3, 2])
+query = ui.synced(controls[0].text_input, "Search the texts", "q", "", placeholder="any substring, case-insensitive")
+sort = ui.synced(controls[1].selectbox, "Order", "sort", "row", options=list(SORTS),
+                 format_func=lambda s: SORTS[s][0])
+
+table = ui.display_table(view)
+if query:
+    table = table[table["text"].str.contains(query, case=False, regex=False, na=False)]
+if sort == "confident_wrong":
+    table = table.assign(_key=np.where(table["correct"], 2.0, 1.0 - table["confidence"])).sort_values("_key")
+    table = table.drop(columns="_key")
+elif SORTS[sort][1]:
+    column, ascending = SORTS[sort][1]
+    table = table.sort_values(column, ascending=ascending, kind="stable")
+
+if table.empty:
+    st.warning(f"No example of the slice contains “{query}”. Change the search or the slice.")
+    st.stop()
+total = len(table)
+table = table.iloc[:MAX_TABLE_ROWS]
+st.caption(f"{total:,} examples" + (f"; showing the first {MAX_TABLE_ROWS:,} in this order, narrow with the search "
+                                   "or the sidebar to see others" if total > MAX_TABLE_ROWS else "")
+           + ". Click a column header to sort, a row's checkbox to open it below.")
+
+focus = ui.focus_row()
+default_position = table.index.get_indexer([focus])[0] if focus is not None else 0
+state = st.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
+                     height="auto" if len(table) <= 8 else 320,
+                     column_config=ui.TABLE_COLUMNS,
+                     selection_default={"selection": {"rows": [int(default_position)]}} if default_position >= 0
+                     else None)
+chosen = [i for i in state.selection.rows if i < len(table)]  # a stale selection can outlive a new search
+if chosen:
+    row = int(table.index[chosen[0]])
+elif focus is not None and 0 <= focus < len(view.run.examples):
+    row = focus
+else:
+    row = int(table.index[0])
+ui.set_focus(row)
+
+# ------------------------------------------------------------------ detail view
+run = view.run
+example = run.examples.iloc[row]
+names = run.label_names
+label, pred = int(example["label"]), int(example["pred"])
+probs = [float(example[f"prob_{i}"]) for i in range(run.num_labels)]
+st.divider()
+title_col, button_col = st.columns([4, 1])
+title_col.subheader(f"Example {row}" + ("" if row in set(view.rows.tolist()) else " (outside the current slice)"))
+if button_col.button("Find its neighbours", icon=":material/hub:", key="to_neighbours", width="stretch"):
+    ui.open_neighbours(row)
+
+text_col, info_col = st.columns([3, 2], gap="large")
+with text_col:
+    st.markdown(f"**Saliency ({view.method})**: darker = more salient for the predicted class; "
+                "hover a word for its score.")
+    ui.saliency_block(view, row)
+    if bool(example.get("truncated", False)):
+        st.caption("The text was truncated at the model's max length: grey text was not seen by the model.")
+    others = [m for m in run.methods if m != view.method]
+    if others:
+        with st.expander("Other attribution methods"):
+            for other in others:
+                st.markdown(f"**{other}**")
+                ui.saliency_block(view, row, other)
+with info_col:
+    st.markdown(ui.verdict_badges(view, label, pred))
+    st.caption(f"split {example['split']} · {int(example['n_tokens'])} tokens · source row {example['source_row']}")
+    st.plotly_chart(plots.probability_bar(probs, names), key="probabilities")
+    terms = view.terms_of(row, n=max(view.key.k or 10, 1))
+    st.markdown(f"**Top terms** (S1, {view.method}, k = {view.key.k or 'all'})")
+    if terms:
+        st.dataframe(pd.DataFrame(terms, columns=["term", "salience"]), hide_index=True, key="example_terms",
+                     column_config={"salience": st.column_config.ProgressColumn(
+                         "salience", min_value=0.0, max_value=1.0, format="%.3f")})
+    else:
+        st.caption("(no salient terms: the text has only special tokens or punctuation)")

@@ -1,0 +1,191 @@
+"""One real-browser pass: start the app on the fixture run, open every page, use one control on each,
+save full-page screenshots to tests/screenshots/<page>.png and check the key text.
+
+Uses Debian's chromium (apt-get install chromium) through the playwright package; skipped without it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parent.parent
+SHOTS = REPO / "tests" / "screenshots"
+WIDTH = 1400
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed at /usr/bin/chromium "
+                                                             "(apt-get install -y chromium)")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tiny_run_path, tmp_path) -> Iterator[tuple[str, str]]:
+    """Start `streamlit run app.py` on a cache holding a copy of the fixture run; yield (base URL, run id)."""
+    cache = tmp_path / "browser_cache"
+    shutil.copytree(tiny_run_path, cache / "runs" / Path(tiny_run_path).name)
+    port = _free_port()
+    env = {**os.environ, "SALIENCY_ATLAS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    log = open(tmp_path / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"streamlit did not start: {(tmp_path / 'streamlit.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield base, Path(tiny_run_path).name
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def settle(page, timeout: float = 90) -> None:
+    """Wait until the script run triggered by the last action has finished and the page stopped moving."""
+    page.wait_for_selector("[data-testid=stApp]", timeout=timeout * 1000)
+    time.sleep(0.5)  # let a rerun request reach the server
+    page.wait_for_selector('[data-testid=stApp][data-test-script-state="notRunning"]', timeout=timeout * 1000)
+    page.wait_for_timeout(800)
+
+
+def shoot(page, name: str) -> Path:
+    """Save a screenshot of the whole page (Streamlit scrolls inside its main block, so grow the viewport)."""
+    height = page.evaluate(
+        "() => Math.max(...['[data-testid=stMain]', '[data-testid=stMainBlockContainer]',"
+        " '[data-testid=stSidebarContent]'].map(s => document.querySelector(s)?.scrollHeight || 0))")
+    page.set_viewport_size({"width": WIDTH, "height": max(900, int(height) + 80)})
+    page.wait_for_timeout(800)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size({"width": WIDTH, "height": 900})
+    return path
+
+
+def main_text(page) -> str:
+    return page.locator("[data-testid=stMain]").inner_text()
+
+
+def commit(page, label: str, value: str) -> None:
+    """Type `value` into the input labelled `label` and press Enter, then wait for the rerun."""
+    field = page.locator(f'input[aria-label="{label}"]').first
+    field.fill(value)
+    field.press("Enter")
+    settle(page)
+
+
+def test_every_page_in_a_browser(server):
+    from playwright.sync_api import sync_playwright
+
+    base, run_id = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync"])
+        page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        # Summary: open the settings expander.
+        page.goto(base)
+        settle(page)
+        assert "Saliency Atlas" in main_text(page)
+        assert f"run={run_id}" in page.url  # the chosen run is in the link
+        page.get_by_text("Run settings, versions and timings").click()
+        settle(page)
+        assert "fingerprint" in main_text(page)
+        shoot(page, "summary")
+
+        # Clusters: 3 clusters from the sidebar.
+        page.get_by_role("link", name="Clusters").first.click()
+        settle(page)
+        commit(page, "Number of k-means clusters", "3")
+        text = main_text(page)
+        assert "3 clusters of 16 examples" in text and "Word clouds" in text
+        assert "clusters=3" in page.url
+        assert page.locator("[data-testid=stImage]").count() >= 1
+        shoot(page, "clusters")
+
+        # Map: t-SNE, then a lasso around the whole plot lists the examples.
+        page.get_by_role("link", name="Map").first.click()
+        settle(page)
+        page.locator("[data-testid=stButtonGroup] button", has_text="t-SNE").click()
+        settle(page)
+        assert "proj=tsne" in page.url
+        assert "clusters=3" in page.url  # the sidebar setting made on Clusters is kept on the next page
+        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        box = plot.bounding_box()
+        x0, y0, x1, y1 = box["x"] + 4, box["y"] + 4, box["x"] + box["width"] - 4, box["y"] + box["height"] - 4
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for x, y in [(x1, y0), (x1, y1), (x0, y1), (x0, y0 + 2)]:
+            page.mouse.move(x, y, steps=8)
+        page.mouse.up()
+        settle(page)
+        text = main_text(page)
+        assert "selected examples" in text and "Aggregate top terms" in text
+        shoot(page, "map")
+
+        # Examples: search, read the detail, then follow the link to its neighbours.
+        page.get_by_role("link", name="Examples").first.click()
+        settle(page)
+        commit(page, "Search the texts", "awful")
+        text = main_text(page)
+        assert "Example " in text and "awful" in text and "Top terms" in text
+        shoot(page, "examples")
+        page.get_by_role("button", name="Find its neighbours").click()
+        settle(page)
+        assert "/neighbours" in page.url.lower() and "nearest neighbours" in main_text(page)
+
+        # Neighbours: ask for 3 neighbours.
+        commit(page, "Neighbours", "3")
+        assert "3 nearest neighbours" in main_text(page)
+        shoot(page, "neighbours")
+
+        # Seed terms: lower the minimum count so the tiny data yields lists, with download buttons.
+        page.get_by_role("link", name="Seed terms").first.click()
+        settle(page)
+        commit(page, "Minimum count", "2")
+        text = main_text(page)
+        assert "Aggregated salient terms" in text and "PMI terms" in text
+        assert page.locator("[data-testid=stDownloadButton]").count() == 6
+        shoot(page, "seed_terms")
+
+        # A shared link opens on the same page, slice and settings.
+        fresh = browser.new_page(viewport={"width": WIDTH, "height": 900})
+        fresh.goto(f"{base}/Clusters?run={run_id}&split=test&clusters=2")
+        settle(fresh)
+        assert "2 clusters of 4 examples" in main_text(fresh)
+        assert "4 of 16 examples" in fresh.locator("[data-testid=stSidebar]").inner_text()
+
+        for candidate in (page, fresh):
+            assert candidate.locator("[data-testid=stException]").count() == 0
+        assert not errors, errors
+        browser.close()
