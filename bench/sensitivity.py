@@ -115,16 +115,20 @@ def term_table(result: cf.SensitivityResult) -> pd.DataFrame:
     return out.reset_index()
 
 
-def verdict(result: cf.SensitivityResult) -> str:
-    """Return a sentence comparing the salient and PMI lists on insertion (larger rise) and masking (larger drop)."""
-    per_list = result.per_list()
-    by = {(row.source, row.test): row.mean_change for row in per_list.itertuples()}
-    ins_ok = by[("salient", cf.INSERTION)] >= by[("pmi", cf.INSERTION)]
-    mask_ok = by[("salient", cf.MASKING)] <= by[("pmi", cf.MASKING)]
-    return (f"insertion: salient {by[('salient', cf.INSERTION)]:+.3f} vs PMI {by[('pmi', cf.INSERTION)]:+.3f} "
-            f"({'salient ≥ PMI' if ins_ok else 'salient < PMI'}); masking: salient "
-            f"{by[('salient', cf.MASKING)]:+.3f} vs PMI {by[('pmi', cf.MASKING)]:+.3f} "
-            f"({'salient drops at least as much' if mask_ok else 'PMI drops more'}).")
+def verdict(result: cf.SensitivityResult) -> list[str]:
+    """Return one line per salient list comparing it with the PMI list on insertion (larger rise is better) and
+    masking (larger drop is better)."""
+    per_list = result.per_list().set_index(["list", "test"])
+    pmi = next(s.name for s in result.lists if s.source == "pmi")
+    p_ins, p_mask = per_list.loc[(pmi, cf.INSERTION), "mean_change"], per_list.loc[(pmi, cf.MASKING), "mean_change"]
+    lines = []
+    for seed_list in (s for s in result.lists if s.source == "salient"):
+        ins = per_list.loc[(seed_list.name, cf.INSERTION), "mean_change"]
+        mask = per_list.loc[(seed_list.name, cf.MASKING), "mean_change"]
+        lines.append(f"{seed_list.name}: insertion {ins:+.3f} vs PMI {p_ins:+.3f} "
+                     f"({'≥ PMI' if ins >= p_ins else '< PMI'}); masking {mask:+.3f} vs PMI {p_mask:+.3f} "
+                     f"({'drops at least as much' if mask <= p_mask else 'PMI drops more'})")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,9 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     sections, timings = [], []
     for target in (1, 0):
         t0 = time.perf_counter()
-        lists = [cf.salient_seed_list(run, target, top_n=args.top_n, min_count=args.min_count, method="grad_l2",
-                                      k=5, split="train", name="aggregated salient (Grad-L2, k=5)"),
-                 cf.pmi_seed_list(run, target, top_n=args.top_n, min_count=args.min_count, split="train"),
+        common = {"top_n": args.top_n, "min_count": args.min_count, "split": "train"}
+        salient = {"method": "grad_l2", "k": 5, **common}
+        lists = [cf.salient_seed_list(run, target, **salient, ranking="mean", name="salient (paper: column mean)"),
+                 cf.salient_seed_list(run, target, **salient, ranking="mean_when_present",
+                                      name="salient, per occurrence (default)"),
+                 cf.salient_seed_list(run, target, **salient, ranking="mean", by="pred",
+                                      name="salient, column mean, by prediction"),
+                 cf.pmi_seed_list(run, target, **common),
                  cf.user_seed_list(USER_TERMS, name="user (identity-like)")]
         lists_s = time.perf_counter() - t0
         result = cf.sensitivity_for_run(run, loaded, target, lists, settings, split="test")
@@ -158,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                    + int(result.per_term().drop_duplicates(["term", "test"]).query("test == 'masking'")
                          ["n_examples"].sum()))
         timings.append((target, lists_s, result.seconds, n_texts))
-        print(f"class {target}: {result.seconds:.1f} s, {verdict(result)}", flush=True)
+        print(f"class {target}: {result.seconds:.1f} s", *verdict(result), sep="\n  ", flush=True)
         dropped = "; ".join(f"{s.name}: {', '.join(s.dropped)}" for s in lists if s.dropped) or "none"
         sections.append("\n".join([
             f"## Target class {target} ({result.target_label})", "",
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             "Lists (terms in rank order):", "",
             *[f"- **{s.name}**: {', '.join(s.terms)}" for s in lists], "",
             markdown_table(list_table(result)), "",
-            f"**Shape check** — {verdict(result)}", "",
+            "**Shape check** (salient vs PMI):", "", *[f"- {line}" for line in verdict(result)], "",
             "<details><summary>Per term</summary>", "",
             markdown_table(term_table(result)), "", "</details>", ""]))
 
@@ -186,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         f"found in at least {args.min_count} training examples (salient: of the class; PMI: of any class); "
         f"m = {args.m}, seed {args.seed}, "
         f"{args.n_bootstrap} bootstrap resamples",
+        "- three aggregated-salient lists (Grad-L2, k = 5): **paper: column mean** ranks terms by the mean of "
+        "their S1 column over the training examples *labelled* with the class (method.md §4.3a; it grows with a "
+        "term's frequency as well as its salience, and Grad-L2 is unsigned, so terms that push *against* the class "
+        "rank too); **per occurrence** (the product's default) divides the same sum by the number of those "
+        "examples that contain the term (frequency-neutral); **column mean, by prediction** takes the examples "
+        "*predicted* as the class instead of labelled",
         "- change = p(target | edited) − p(target | original): insertion should be positive, masking negative; "
         "list values are mean ± std over the list's terms (population std), CIs are percentile bootstrap of the "
         "list mean over examples within terms; terms never found are left out of the masking mean",
