@@ -29,7 +29,7 @@ from core.data import DataLoadError, LoadedData, load_dataset
 from core.models import (LoadedModel, ModelLoadError, ignored_token_mask, input_embedding_matrix, load_classifier,
                          vocabulary)
 from core.representations import RepresentationKey
-from core.saliency import ATTRIBUTION_METHODS, forward_and_attribute, get_method
+from core.saliency import ATTRIBUTION_METHODS, dataset_token_distribution, forward_and_attribute, get_method
 from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
                         file_digest, load_npz, open_run, publish_run, run_fingerprint, runs_dir, stat_signature)
 
@@ -55,6 +55,9 @@ class PrecomputeSettings:
     sample: int | None = None
     seed: int = 0
     ig_steps: int = 20
+    im_mlm: str | None = None
+    im_top_n: int = 10
+    im_cum_prob: float = 0.95
     k: int | None = field(default=5, compare=False)
     include_special: bool = field(default=False, compare=False)
     batch_size: int = field(default=32, compare=False)
@@ -67,7 +70,17 @@ class PrecomputeSettings:
         for name in ("batch_size", "chunk_size", "device", "k", "include_special"):
             out.pop(name)
         out["methods"] = list(self.methods)
+        if "input_marginalization" not in self.methods:
+            # keeps the fingerprints of runs without the method unchanged
+            for name in ("im_mlm", "im_top_n", "im_cum_prob"):
+                out.pop(name)
         return out
+
+    def method_options(self, candidate_probs: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+        """Return the per-method keyword options for `forward_and_attribute`."""
+        return {"integrated_gradients": {"n_steps": self.ig_steps},
+                "input_marginalization": {"mlm_dir": self.im_mlm, "top_n": self.im_top_n,
+                                          "cum_prob": self.im_cum_prob, "candidate_probs": candidate_probs}}
 
 
 @dataclass
@@ -91,10 +104,13 @@ def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
     return out
 
 
-def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeSettings) -> dict[str, np.ndarray]:
+def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeSettings,
+                    candidate_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Return the chunk's arrays: ragged tokens + offsets + per-method scores, logits and [CLS] per example.
 
     Examples are batched in length order so batches carry little padding; results come back in input order.
+    `candidate_probs` is input marginalization's candidate distribution when no MLM is set; when it is
+    needed and missing, the token frequencies of this chunk's texts are used (precompute passes the dataset's).
     """
     enc = loaded.tokenizer(texts, truncation=True, max_length=settings.max_length, return_offsets_mapping=True,
                            return_special_tokens_mask=True)
@@ -105,7 +121,9 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     logits = np.zeros((n, loaded.num_labels), dtype=np.float32)
     cls = None
     scores = {m: [None] * n for m in settings.methods}
-    options = {"integrated_gradients": {"n_steps": settings.ig_steps}}
+    if "input_marginalization" in settings.methods and not settings.im_mlm and candidate_probs is None:
+        candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
+    options = settings.method_options(candidate_probs)
     for start in range(0, n, settings.batch_size):
         idx = order[start:start + settings.batch_size]
         batch = {"input_ids": _pad([enc["input_ids"][i] for i in idx], pad_id),
@@ -207,6 +225,9 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
         atomic_write_json(state_path, state)
 
     texts = data.frame["text"].tolist()
+    candidate_probs = None
+    if "input_marginalization" in settings.methods and not settings.im_mlm:
+        candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
     n = len(texts)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
     computed = 0
@@ -217,7 +238,8 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
             if _load_chunk(_chunk_path(partial, c), settings.methods) is None:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
-                atomic_save_npz(_chunk_path(partial, c), **attribute_chunk(loaded, texts[lo:hi], settings))
+                atomic_save_npz(_chunk_path(partial, c),
+                                **attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs))
                 computed += 1
             else:
                 bar.set_postfix_str("resumed")
@@ -381,6 +403,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--include-special", action="store_true",
                         help="keep special tokens and punctuation in the representations")
     parser.add_argument("--ig-steps", type=int, default=20, help="integration steps for integrated_gradients")
+    parser.add_argument("--im-mlm", default=None,
+                        help="input_marginalization: local masked-LM folder with the classifier's vocabulary "
+                             "(default: the dataset's token frequencies as the candidate distribution)")
+    parser.add_argument("--im-top-n", type=int, default=10, help="input_marginalization: candidates per token")
+    parser.add_argument("--im-cum-prob", type=float, default=0.95,
+                        help="input_marginalization: keep candidates up to this cumulative probability")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     parser.add_argument("--sample", type=int, default=None, help="use a random sample of N rows (seeded)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
@@ -406,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
         text_col=args.text_col, label_col=args.label_col, split_col=args.split_col, max_length=args.max_length,
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), target_class=args.target_class,
         k=k, include_special=args.include_special, limit=args.limit, sample=args.sample, seed=args.seed,
-        ig_steps=args.ig_steps, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
+        ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
+        batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
     try:
         result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet)
     except (ModelLoadError, DataLoadError, CacheError, ValueError) as exc:

@@ -6,7 +6,10 @@ Add a method by subclassing `AttributionMethod` and decorating it with `@registe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from core.models import LoadedModel
@@ -164,3 +167,150 @@ def forward_and_attribute(loaded: LoadedModel, batch: dict[str, torch.Tensor], m
         else:
             attributions[name] = get_method(name).attribute(loaded, batch, target, **method_options.get(name, {}))
     return BatchResult(logits=logits, cls=cls, attributions=attributions)
+
+
+# ============================================================================ input marginalization
+
+
+def token_distribution(token_ids: np.ndarray, vocab_size: int, exclude: Iterable[int] = ()) -> np.ndarray:
+    """Return the unigram distribution (vocab_size,) of `token_ids`, with the `exclude` ids (specials) at zero.
+
+    This is input marginalization's fallback candidate distribution when no masked language model is given.
+    """
+    counts = np.bincount(np.asarray(token_ids, dtype=np.int64).ravel(), minlength=vocab_size)[:vocab_size]
+    counts = counts.astype(np.float64)
+    counts[[i for i in exclude if 0 <= i < vocab_size]] = 0.0
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("No non-special tokens to build the candidate distribution from.")
+    return counts / total
+
+
+def dataset_token_distribution(tokenizer, texts: Sequence[str], max_length: int) -> np.ndarray:
+    """Return the token-frequency distribution (vocab,) of `texts` as tokenized for the run, specials excluded."""
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    ids = np.concatenate([np.asarray(x, dtype=np.int64) for x in enc["input_ids"]] or [np.zeros(0, np.int64)])
+    return token_distribution(ids, len(tokenizer), tokenizer.all_special_ids)
+
+
+@lru_cache(maxsize=2)
+def _load_mlm(mlm_dir: str, device: str):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from core.models import quiet_transformers
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
+        model = AutoModelForMaskedLM.from_pretrained(mlm_dir)
+    return model.to(device).eval(), tokenizer
+
+
+def _truncate_candidates(probs: torch.Tensor, top_n: int, cum_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the most likely candidates per row: at most `top_n`, stopping once their mass reaches `cum_prob`.
+
+    Returns (candidate ids (R, n), renormalised weights (R, n)); dropped slots have weight 0.
+    """
+    weights, ids = probs.topk(min(top_n, probs.shape[-1]), dim=-1)
+    before = weights.cumsum(dim=-1) - weights  # mass of the better candidates
+    weights = torch.where(before < cum_prob, weights, torch.zeros_like(weights))
+    return ids, weights / weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _log_odds(p: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    p = p.clamp(eps, 1 - eps)
+    return torch.log2(p) - torch.log2(1 - p)
+
+
+@register
+class InputMarginalization(AttributionMethod):
+    """Kim et al. (2020), "Interpretation of NLP models through input marginalization".
+
+    For token i: a_i = log-odds p(y | x) - log-odds p(y | x without x_i), where the second probability is
+    the average of p(y | x with x_i replaced by c) over candidates c, weighted by p(c | x without x_i).
+
+    Candidate distribution: a masked language model in the local folder `mlm_dir` (it must share the
+    classifier's vocabulary), queried with x_i masked; without one, the dataset's own token frequencies
+    (`candidate_probs`, the same for every position: a context-free approximation that still keeps the
+    replacements on the data distribution, unlike erasing to [PAD] or zero). Special tokens are never
+    candidates. The kept candidates (at most `top_n`, up to a cumulative probability of `cum_prob`) are
+    renormalised to sum to 1. The original token is a candidate like any other, as in the paper. Log-odds
+    are base 2. Positive scores mean the token supports the target class. Special tokens and padding score 0.
+    """
+
+    name = "input_marginalization"
+    description = ("Input marginalization (Kim et al.): log-odds drop when the token is replaced by likely "
+                   "candidates (masked LM, or dataset token frequencies without one).")
+    signed = True
+
+    @torch.no_grad()
+    def attribute(self, loaded, batch, target, mlm_dir: str | None = None, candidate_probs=None,
+                  top_n: int = 10, cum_prob: float = 0.95, chunk_size: int = 256, **options):
+        input_ids, attention = batch["input_ids"], batch["attention_mask"]
+        device = input_ids.device
+        special = batch.get("special_tokens_mask")
+        if special is None:
+            special = torch.zeros_like(input_ids)
+        extra = {k: batch[k] for k in ("token_type_ids",) if k in batch}
+        with loaded.autocast():
+            logits = loaded.model(input_ids=input_ids, attention_mask=attention, **extra).logits.float()
+        if target is None:
+            target = logits.argmax(dim=-1)
+        base = _log_odds(torch.softmax(logits, dim=-1).gather(1, target[:, None])[:, 0])
+
+        rows, cols = torch.nonzero((attention > 0) & (special == 0), as_tuple=True)
+        scores = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+        if len(rows) == 0:
+            return scores
+        cand_ids, cand_w = self._candidates(loaded, input_ids, attention, extra, rows, cols, mlm_dir,
+                                            candidate_probs, top_n, cum_prob, chunk_size)
+        # one classifier input per (position, kept candidate)
+        pair, slot = torch.nonzero(cand_w > 0, as_tuple=True)
+        marginal = torch.zeros(len(rows), dtype=torch.float32, device=device)
+        for lo in range(0, len(pair), chunk_size):
+            p, s = pair[lo:lo + chunk_size], slot[lo:lo + chunk_size]
+            b = rows[p]
+            ids = input_ids[b].clone()
+            ids[torch.arange(len(p), device=device), cols[p]] = cand_ids[p, s]
+            with loaded.autocast():
+                out = loaded.model(input_ids=ids, attention_mask=attention[b],
+                                   **{k: v[b] for k, v in extra.items()}).logits.float()
+            prob = torch.softmax(out, dim=-1).gather(1, target[b][:, None])[:, 0]
+            marginal.index_add_(0, p, prob * cand_w[p, s])
+        scores[rows, cols] = base[rows] - _log_odds(marginal)
+        return scores
+
+    def _candidates(self, loaded, input_ids, attention, extra, rows, cols, mlm_dir, candidate_probs, top_n,
+                    cum_prob, chunk_size) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (candidate ids, weights), each (positions, top_n), for the (rows, cols) positions."""
+        device = input_ids.device
+        specials = list(loaded.tokenizer.all_special_ids)
+        if mlm_dir:
+            mlm, mlm_tok = _load_mlm(str(mlm_dir), str(device))
+            if mlm_tok.get_vocab() != loaded.tokenizer.get_vocab():
+                raise ValueError(f"The masked language model in {mlm_dir} has another vocabulary than the "
+                                 "classifier; input marginalization needs the same tokenizer for both.")
+            mask_id = loaded.tokenizer.mask_token_id
+            if mask_id is None:
+                raise ValueError("The tokenizer has no mask token, so a masked language model cannot be queried.")
+            ids_out, w_out = [], []
+            for lo in range(0, len(rows), chunk_size):
+                r, c = rows[lo:lo + chunk_size], cols[lo:lo + chunk_size]
+                ids = input_ids[r].clone()
+                ids[torch.arange(len(r), device=device), c] = mask_id
+                with loaded.autocast():
+                    logits = mlm(input_ids=ids, attention_mask=attention[r],
+                                 **{k: v[r] for k, v in extra.items()}).logits
+                logits = logits[torch.arange(len(r), device=device), c].float()
+                logits[:, [s for s in specials if s < logits.shape[-1]]] = float("-inf")
+                ids_c, w_c = _truncate_candidates(torch.softmax(logits, dim=-1), top_n, cum_prob)
+                ids_out.append(ids_c)
+                w_out.append(w_c)
+            return torch.cat(ids_out), torch.cat(w_out)
+        if candidate_probs is None:
+            raise ValueError("input_marginalization needs a masked language model folder (mlm_dir) or a "
+                             "candidate distribution over the vocabulary (candidate_probs, e.g. "
+                             "core.saliency.dataset_token_distribution).")
+        probs = torch.as_tensor(np.asarray(candidate_probs), dtype=torch.float32, device=device).clone()
+        probs[[s for s in specials if s < len(probs)]] = 0.0
+        ids_c, w_c = _truncate_candidates(probs[None] / probs.sum(), top_n, cum_prob)
+        return ids_c.expand(len(rows), -1), w_c.expand(len(rows), -1)

@@ -6,6 +6,7 @@ Uses Debian's chromium (apt-get install chromium) through the playwright package
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -161,6 +162,7 @@ def test_every_page_in_a_browser(server):
         assert "Example " in text and "awful" in text and "Top terms" in text
         shoot(page, "examples")
         page.get_by_role("button", name="Find its neighbours").click()
+        page.wait_for_url(re.compile(r".*/neighbours.*", re.IGNORECASE), timeout=90_000)
         settle(page)
         assert "/neighbours" in page.url.lower() and "nearest neighbours" in main_text(page)
 
@@ -177,6 +179,19 @@ def test_every_page_in_a_browser(server):
         assert "Aggregated salient terms" in text and "PMI terms" in text
         assert page.locator("[data-testid=stDownloadButton]").count() == 6
         shoot(page, "seed_terms")
+
+        # Sensitivity: type two terms and run the counterfactual test on the tiny model.
+        page.get_by_role("link", name="Sensitivity").first.click()
+        settle(page)
+        terms = page.get_by_role("textbox", name="Your terms")
+        terms.fill("good awful")
+        terms.press("Control+Enter")
+        settle(page)
+        page.get_by_role("button", name="Run test").click()
+        settle(page, timeout=180)
+        text = main_text(page)
+        assert "Results for class" in text and "awful" in text
+        shoot(page, "sensitivity")
 
         # A shared link opens on the same page, slice and settings.
         fresh = browser.new_page(viewport={"width": WIDTH, "height": 900})
