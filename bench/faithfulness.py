@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="examples for the stored methods")
     parser.add_argument("--im-n", type=int, default=40, help="examples for input marginalization")
     parser.add_argument("--im-top-n", type=int, default=5, help="input marginalization candidates per token")
+    parser.add_argument("--ig-n", type=int, default=100, help="examples for integrated gradients")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--removal", default="mask", choices=fa.REMOVALS)
     parser.add_argument("--force", action="store_true", help="recompute results cached in the run")
@@ -114,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                                    methods=("grad_l2", "input_marginalization"), im_top_n=args.im_top_n)
     im_faith, _ = fa.run_faithfulness(run, im_settings, loaded, force=args.force)
     im_head, _ = fa.run_randomization(run, im_settings, None, loaded, force=args.force)
+    ig_settings = fa.CheckSettings(sample_size=args.ig_n, seed=args.seed, removal=args.removal,
+                                   methods=("grad_l2", "integrated_gradients"))
+    ig_faith, _ = fa.run_faithfulness(run, ig_settings, loaded, force=args.force)
+    ig_head, _ = fa.run_randomization(run, ig_settings, None, loaded, force=args.force)
     timings = {f"faithfulness, {args.n} examples": faith["seconds"],
+               f"faithfulness with integrated gradients, {args.ig_n} examples": ig_faith["seconds"],
+               f"untrained head with integrated gradients, {args.ig_n} examples": ig_head["seconds"],
                f"untrained head, {args.n} examples (reuses the faithfulness of the trained maps)": head["seconds"],
                f"faithfulness with input marginalization, {args.im_n} examples": im_faith["seconds"],
                f"untrained head with input marginalization, {args.im_n} examples": im_head["seconds"]}
@@ -127,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{m['model']['path']}` ({m['model'].get('architecture', '?')}). Device: {loaded.device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, a CPU shared with "
         f"other jobs). Command: `python -m bench.faithfulness --n {args.n} --im-n {args.im_n} --im-top-n "
-        f"{args.im_top_n} --seed {args.seed} --removal {args.removal}`.",
+        f"{args.im_top_n} --ig-n {args.ig_n} --seed {args.seed} --removal {args.removal}`.",
         "",
         f"Removal by **{args.removal}**; tokens ranked by |score|; q in 5/10/20/50% of the non-special tokens "
         "(at least one token); the target is the model's predicted class. Random = seeded uniform scores.",
@@ -153,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         "Untrained-head test on the same sample:",
         "",
         randomization_md(im_head),
+        "",
+        f"## 4. Integrated Gradients ({ig_faith['examples']} examples, {ig_settings.ig_steps} steps, [PAD] baseline)",
+        "",
+        faithfulness_md(ig_faith),
+        "",
+        "Untrained-head test on the same sample:",
+        "",
+        randomization_md(ig_head),
         "",
         "## Reading",
         "",

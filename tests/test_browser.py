@@ -193,6 +193,15 @@ def test_every_page_in_a_browser(server):
         assert "Results for class" in text and "awful" in text
         shoot(page, "sensitivity")
 
+        # Checks: compute faithfulness (AOPC against the random baseline) on the tiny run.
+        page.get_by_role("link", name="Checks").first.click()
+        settle(page)
+        page.get_by_role("button", name="Compute faithfulness").click()
+        settle(page, timeout=180)
+        text = main_text(page)
+        assert "AOPC comprehensiveness" in text and "random" in text
+        shoot(page, "checks")
+
         # A shared link opens on the same page, slice and settings.
         fresh = browser.new_page(viewport={"width": WIDTH, "height": 900})
         fresh.goto(f"{base}/Clusters?run={run_id}&split=test&clusters=2")
