@@ -58,7 +58,7 @@ class PrecomputeSettings:
     im_mlm: str | None = None
     im_top_n: int = 10
     im_cum_prob: float = 0.95
-    k: int | None = field(default=5, compare=False)
+    k: int | None = field(default=None, compare=False)
     include_special: bool = field(default=False, compare=False)
     batch_size: int = field(default=32, compare=False)
     chunk_size: int = field(default=512, compare=False)
@@ -399,7 +399,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)}")
     parser.add_argument("--target-class", type=int, default=None,
                         help="attribute this class id instead of each example's predicted class")
-    parser.add_argument("--k", default="5", help="top-k salient tokens per example in S1/S2 ('all' keeps all)")
+    parser.add_argument("--k", default="all",
+                        help="top-k salient tokens per example in S1/S2 built up front ('all' keeps all; others are "
+                             "built on demand)")
     parser.add_argument("--include-special", action="store_true",
                         help="keep special tokens and punctuation in the representations")
     parser.add_argument("--ig-steps", type=int, default=20, help="integration steps for integrated_gradients")
