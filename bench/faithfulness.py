@@ -12,7 +12,6 @@ the same sample. Writes bench/results/faithfulness.md; results are also cached i
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,24 +21,11 @@ import pandas as pd
 import torch
 
 from core import faithfulness as fa
-from core.demo import DATA_FILE
+from core.demo import find_demo_run
 from core.models import load_classifier
-from core.store import list_runs, open_run
+from core.store import open_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faithfulness.md"
-
-
-def find_demo_run() -> Path | None:
-    """Return the most recent complete run of the demo data with Grad-L2, or None."""
-    for path in list_runs():
-        try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if str(manifest.get("data", {}).get("path", "")).endswith(DATA_FILE) and \
-                "grad_l2" in manifest.get("settings", {}).get("methods", []):
-            return path
-    return None
 
 
 def faithfulness_md(summary: dict) -> str:

@@ -12,7 +12,6 @@ target class, and writes the tables to bench/results/sensitivity.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -25,27 +24,14 @@ import pandas as pd
 import torch
 
 from core import counterfactual as cf
-from core.demo import DATA_FILE
+from core.demo import find_demo_run
 from core.models import load_classifier
-from core.store import list_runs, open_run
+from core.store import open_run
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sensitivity.md"
 REPO = Path(__file__).resolve().parent.parent
 USER_TERMS = "he she they man woman"
 PAPER = {"salient": (0.41, -0.34), "pmi": (0.31, -0.22), "user": (0.06, -0.12)}  # insertion, masking
-
-
-def find_demo_run() -> Path | None:
-    """Return the most recent complete run whose data file is the demo's shortcut CSV and that has Grad-L2."""
-    for path in list_runs():
-        try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if str(manifest.get("data", {}).get("path", "")).endswith(DATA_FILE) and \
-                "grad_l2" in manifest.get("settings", {}).get("methods", []):
-            return path
-    return None
 
 
 def wait_for_demo(wait_s: float, poll_s: float = 30.0) -> Path:

@@ -339,6 +339,21 @@ def ensure_demo(cache_root: Path | None = None, *, force: bool = False, progress
     return paths
 
 
+def find_demo_run() -> Path | None:
+    """Return the most recent complete run of the demo's shortcut CSV that has Grad-L2, or None."""
+    from core.store import list_runs
+
+    for path in list_runs():
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if str(manifest.get("data", {}).get("path", "")).endswith(DATA_FILE) and \
+                "grad_l2" in manifest.get("settings", {}).get("methods", []):
+            return path
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="rebuild the dataset and retrain the model")

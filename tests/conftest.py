@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -73,23 +74,29 @@ def isolated_cache(tmp_path, monkeypatch):
     return cache
 
 
-@pytest.fixture(scope="session")
-def tiny_run_path(tiny_model_dir, tiny_data_csv, tmp_path_factory):
-    """A complete run precomputed on the tiny model and data, in a session-wide cache folder."""
-    from core.precompute import PrecomputeSettings, precompute
-
-    cache = tmp_path_factory.mktemp("session_cache")
+@contextmanager
+def cache_at(folder):
+    """Point SALIENCY_ATLAS_CACHE at `folder` inside the block (session fixtures cannot use monkeypatch)."""
     previous = os.environ.get("SALIENCY_ATLAS_CACHE")
-    os.environ["SALIENCY_ATLAS_CACHE"] = str(cache)
+    os.environ["SALIENCY_ATLAS_CACHE"] = str(folder)
     try:
-        result = precompute(tiny_model_dir, tiny_data_csv,
-                            PrecomputeSettings(split_col="split", max_length=16, batch_size=4, chunk_size=8,
-                                               methods=("grad_l2", "grad_x_input", "integrated_gradients"),
-                                               ig_steps=8),
-                            progress=False)
+        yield folder
     finally:
         if previous is None:
             os.environ.pop("SALIENCY_ATLAS_CACHE", None)
         else:
             os.environ["SALIENCY_ATLAS_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_run_path(tiny_model_dir, tiny_data_csv, tmp_path_factory):
+    """A complete run precomputed on the tiny model and data, in a session-wide cache folder."""
+    from core.precompute import PrecomputeSettings, precompute
+
+    with cache_at(tmp_path_factory.mktemp("session_cache")):
+        result = precompute(tiny_model_dir, tiny_data_csv,
+                            PrecomputeSettings(split_col="split", max_length=16, batch_size=4, chunk_size=8,
+                                               methods=("grad_l2", "grad_x_input", "integrated_gradients"),
+                                               ig_steps=8),
+                            progress=False)
     return result.run_path

@@ -17,7 +17,7 @@ from core.models import load_classifier, predict_proba
 from core.precompute import PrecomputeSettings, attribute_chunk, precompute
 from core.saliency import _truncate_candidates, get_method, token_distribution
 from core.store import open_run
-from tests.conftest import SPECIAL, WORDS, write_tiny_model
+from tests.conftest import SPECIAL, WORDS, cache_at, write_tiny_model
 
 TRIGGER = "cat"
 WITH_TRIGGER = ["the cat was boring", "good fun , the cat is great", "a very bad cat film", "cat", "hate the cat plot"]
@@ -81,22 +81,13 @@ def trigger(trigger_dir):
 @pytest.fixture(scope="module")
 def trigger_run(trigger_dir, tmp_path_factory):
     """A run of the trigger model on a dozen sentences, half with the trigger, with three methods stored."""
-    import os
-
     rows = [{"text": t, "label": 1} for t in WITH_TRIGGER] + [{"text": t, "label": 0} for t in WITHOUT]
     data = tmp_path_factory.mktemp("trigger_data") / "data.csv"
     pd.DataFrame(rows).to_csv(data, index=False)
-    previous = os.environ.get("SALIENCY_ATLAS_CACHE")
-    os.environ["SALIENCY_ATLAS_CACHE"] = str(tmp_path_factory.mktemp("trigger_cache"))
-    try:
+    with cache_at(tmp_path_factory.mktemp("trigger_cache")):
         result = precompute(trigger_dir, data, PrecomputeSettings(
             max_length=16, batch_size=4, methods=("grad_l2", "integrated_gradients", "input_marginalization"),
             ig_steps=16), progress=False)
-    finally:
-        if previous is None:
-            os.environ.pop("SALIENCY_ATLAS_CACHE", None)
-        else:
-            os.environ["SALIENCY_ATLAS_CACHE"] = previous
     return result.run_path
 
 
