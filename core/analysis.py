@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,11 +22,6 @@ import faiss
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.decomposition import TruncatedSVD
-from sklearn.manifold import TSNE
-from sklearn.metrics import confusion_matrix
-from sklearn.preprocessing import normalize
 
 Matrix = np.ndarray | sp.csr_matrix | sp.csr_array
 Correctness = Literal["all", "correct", "misclassified"]
@@ -34,9 +29,33 @@ ProjectionMethod = Literal["umap", "tsne"]
 
 CORRECTNESS_VALUES: tuple[str, ...] = ("all", "correct", "misclassified")
 PROJECTION_METHODS: tuple[str, ...] = ("umap", "tsne")
-# Above this many dense rows, full-batch KMeans gets slow; MiniBatchKMeans is used instead.
+# Above this many rows MiniBatchKMeans replaces full-batch KMeans: on 100,000 S1 rows it is 2-6x faster at an
+# inertia within 0.7% of KMeans (seed-to-seed KMeans varies as much); see bench/results/dashboard.md.
 MINIBATCH_THRESHOLD = 20_000
+MINIBATCH_SIZE = 2048
+MINIBATCH_PATIENCE = 5  # mini-batches without improvement before stopping (scikit-learn's default is 10)
 SPECTRAL_INIT_MIN_ROWS = 16
+# t-SNE embeds at most this many rows (a seeded sample); openTSNE places the others with `transform`.
+TSNE_MAX_POINTS = 20_000
+# Above this many rows UMAP runs on a 50-dimensional truncated SVD of the rows (unit length, euclidean = cosine
+# ranking) with PCA initialisation: nearest-neighbour descent on 30,000-wide sparse rows and the spectral
+# initialisation's eigensolver are what make a 100,000-row UMAP take many minutes otherwise.
+UMAP_REDUCE_ABOVE = 20_000
+REDUCED_DIMS = 50
+TRANSFORM_BATCH = 10_000
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _normalize(X: Matrix) -> Matrix:
+    """Return the rows of X scaled to unit L2 norm (zero rows stay zero).
+
+    scikit-learn is imported inside the functions that use it: importing it costs about 1.3 s, and the first page
+    a new server draws (the Summary) needs none of it (bench/results/dashboard.md, first open).
+    """
+    from sklearn.preprocessing import normalize
+
+    return normalize(X)
 
 
 # --------------------------------------------------------------------------- slicing
@@ -170,9 +189,9 @@ def _n_rows(X: Matrix) -> int:
 def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     """Return k-means cluster labels (int64, one per row of ``X``).
 
-    Uses ``KMeans(n_init="auto")``; dense inputs above 20,000 rows use
-    ``MiniBatchKMeans`` (batch size 4096). Works on dense arrays and sparse
-    CSR matrices. Deterministic for a given ``seed``.
+    Uses ``KMeans(n_init="auto")``; inputs above ``MINIBATCH_THRESHOLD`` rows
+    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``). Works on dense
+    arrays and sparse CSR matrices. Deterministic for a given ``seed``.
     """
     n = _n_rows(X)
     if n_clusters < 1:
@@ -181,15 +200,22 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
         raise ValueError(
             f"Cannot make {n_clusters} clusters from {n} rows; choose at most {n} clusters."
         )
-    # Sparse Lloyd iterations cost O(nnz * k) and measured 4-6x faster than
-    # MiniBatchKMeans on top-k vocabulary rows, so only large dense inputs use it.
-    if n > MINIBATCH_THRESHOLD and not sp.issparse(X):
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # see _normalize: sklearn is imported on first use
+
+    X = _as_float32(X)
+    if sp.issparse(X):
+        # Vocabulary columns no row uses hold zero in every centre too; dropping them changes no distance and
+        # makes each centre update 2-3x cheaper (a slice of short texts uses a fraction of a 30k vocabulary).
+        used = np.unique(X.indices)
+        X = X[:, used if len(used) else [0]]  # all-zero rows keep one (zero) column: k-means needs a feature
+    if n > MINIBATCH_THRESHOLD:
         model = MiniBatchKMeans(
-            n_clusters=n_clusters, batch_size=4096, n_init="auto", random_state=seed
+            n_clusters=n_clusters, batch_size=MINIBATCH_SIZE, n_init="auto", random_state=seed,
+            max_no_improvement=MINIBATCH_PATIENCE,
         )
     else:
         model = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
-    return model.fit_predict(_as_float32(X)).astype(np.int64)
+    return model.fit_predict(X).astype(np.int64)
 
 
 def _as_float32(X: Matrix) -> Matrix:
@@ -235,6 +261,31 @@ def wordcloud_weights(
     Word pieces such as "##ing" are kept as they are.
     """
     return dict(top_terms(R_vocab_rows, vocab, ignore_mask, n=n))
+
+
+def example_terms(R_rows, vocab: Sequence[str], ignore_mask: np.ndarray,
+                  n: int = 5) -> list[list[tuple[str, float]]]:
+    """Return, for each row of a (sparse or dense) S1 matrix, its `n` heaviest (term, weight) pairs, best first.
+
+    Ignored tokens (special tokens, punctuation) and zero weights are left out.
+    """
+    ignore = np.asarray(ignore_mask, dtype=bool)
+    out: list[list[tuple[str, float]]] = []
+    if sp.issparse(R_rows):
+        R = sp.csr_matrix(R_rows)
+        for i in range(R.shape[0]):
+            lo, hi = R.indptr[i], R.indptr[i + 1]
+            cols, vals = R.indices[lo:hi], R.data[lo:hi]
+            keep = (vals > 0) & ~ignore[cols]
+            cols, vals = cols[keep], vals[keep]
+            order = np.lexsort((cols, -vals))[:n]
+            out.append([(vocab[c], float(v)) for c, v in zip(cols[order], vals[order])])
+        return out
+    for row in np.asarray(R_rows):
+        cols = np.flatnonzero((row > 0) & ~ignore)
+        order = cols[np.lexsort((cols, -row[cols]))][:n]
+        out.append([(vocab[c], float(row[c])) for c in order])
+    return out
 
 
 def _label_name(label_names: Sequence[str], i: int) -> str:
@@ -296,38 +347,88 @@ def cluster_summary(
 # --------------------------------------------------------------------------- projections
 
 
-def _dense_for_tsne(X: Matrix, seed: int, max_dims: int = 50) -> np.ndarray:
-    # t-SNE needs dense input for init="pca"; reduce wide inputs with a
-    # truncated SVD (works on sparse directly) and re-normalise so euclidean
-    # distances stay monotone in cosine.
+def _reduced(X: Matrix, seed: int, max_dims: int = REDUCED_DIMS) -> np.ndarray:
+    """Return the rows as dense unit vectors of at most ``max_dims`` dimensions (truncated SVD when wider).
+
+    Re-normalising keeps euclidean distances monotone in cosine, the similarity every representation uses.
+    """
+    from sklearn.decomposition import TruncatedSVD
+
     n_features = X.shape[1]
     if n_features > max_dims and X.shape[0] > max_dims:
         svd = TruncatedSVD(n_components=max_dims, random_state=seed)
         Z = svd.fit_transform(_as_float32(X))
     else:
         Z = X.toarray() if sp.issparse(X) else np.asarray(X)
-    return normalize(np.asarray(Z, dtype=np.float32))
+    return _normalize(np.asarray(Z, dtype=np.float32))
 
 
-def _tsne(Z: np.ndarray, seed: int) -> np.ndarray:
+def _no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+def _tsne(Z: np.ndarray, seed: int, progress: ProgressFn, start: float, span: float):
+    """Return an openTSNE embedding of the rows of ``Z``, reporting progress from ``start`` over ``span``."""
+    import openTSNE  # imported here: only paid when a t-SNE map is requested
+
     n = Z.shape[0]
-    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
-    model = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed)
-    return model.fit_transform(Z)
+    every = 25
+    total_calls = (250 + 500) // every  # openTSNE's default early-exaggeration + main iterations
+    calls = 0
+
+    def callback(iteration: int, error: float, embedding) -> bool:
+        nonlocal calls
+        calls += 1
+        progress(start + span * min(1.0, calls / total_calls), f"t-SNE: optimising the layout of {n:,} points")
+        return False
+
+    model = openTSNE.TSNE(
+        perplexity=float(min(30.0, max(1.0, (n - 1) / 3))),
+        n_jobs=-1,
+        random_state=seed,
+        callbacks=callback,
+        callbacks_every_iters=every,
+        # exact neighbours for small inputs: Annoy needs more points than neighbours it is asked for
+        neighbors="exact" if n < 1_000 else "annoy",
+        negative_gradient_method="bh" if n < 10_000 else "fft",
+    )
+    progress(start, f"t-SNE: finding the nearest neighbours of {n:,} points")
+    embedding = model.fit(Z)
+    # The embedding keeps the fit's optimiser settings, callbacks included; `transform` must not report as the fit.
+    embedding.gradient_descent_params["callbacks"] = None
+    return embedding
 
 
-def _umap(X: Matrix, seed: int) -> np.ndarray:
+def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
     import umap  # slow import (numba); only paid when a UMAP map is requested
 
     n = _n_rows(X)
+    large = n > UMAP_REDUCE_ABOVE
+    if large:
+        progress(0.02, f"UMAP: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
+        X = _reduced(X, seed)
+
+    class _EpochReader:
+        """A file for UMAP's tqdm bar (bar_format "{n}/{total}"): turns each redraw into a progress call."""
+
+        def write(self, text: str) -> None:
+            done, _, total = text.strip().partition("/")
+            if done.isdigit() and total.isdigit() and int(total):
+                progress(0.5 + 0.5 * int(done) / int(total), f"UMAP: optimising the layout of {n:,} points")
+
+        def flush(self) -> None:
+            return None
+
     model = umap.UMAP(
         n_components=2,
-        metric="cosine",
+        metric="euclidean" if large else "cosine",
         n_neighbors=max(2, min(15, n - 1)),
-        # UMAP's spectral init calls eigsh, which fails on very small graphs.
-        init="spectral" if n > SPECTRAL_INIT_MIN_ROWS else "random",
+        # The spectral init's eigensolver fails on very small graphs and takes minutes on very large ones.
+        init="pca" if large else "spectral" if n > SPECTRAL_INIT_MIN_ROWS else "random",
         random_state=seed,
+        tqdm_kwds={"disable": False, "file": _EpochReader(), "bar_format": "{n}/{total}", "mininterval": 0.5},
     )
+    progress(0.1, f"UMAP: finding the nearest neighbours of {n:,} points")
     with warnings.catch_warnings():
         # Setting random_state forces n_jobs=1; UMAP warns about that every call.
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
@@ -338,43 +439,57 @@ def project_2d(
     X: Matrix,
     method: ProjectionMethod,
     seed: int = 0,
-    tsne_max_points: int = 10_000,
+    tsne_max_points: int = TSNE_MAX_POINTS,
+    progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Return 2-D coordinates, shape (n_rows, 2), float32, deterministic for a seed.
 
-    ``"umap"``: UMAP with cosine metric on the rows (sparse or dense).
-    ``"tsne"``: scikit-learn t-SNE (init="pca") on the rows, reduced to 50
+    ``"umap"``: UMAP with cosine metric on the rows (sparse or dense); above
+    ``UMAP_REDUCE_ABOVE`` rows, on a 50-dimensional truncated SVD of them with
+    PCA initialisation. ``"tsne"``: openTSNE on the rows reduced to 50
     dimensions by truncated SVD when wider. Above ``tsne_max_points`` rows a
-    seeded random subsample is embedded and every other row is placed at the
-    coordinates of its nearest (cosine) embedded row.
+    seeded random sample is embedded and every other row is placed into that
+    embedding by openTSNE's ``transform`` (in batches, so progress is reported).
 
-    UMAP is not thread-safe; callers sharing a process across sessions should
-    serialise calls with a lock. The first UMAP call in a process also
+    ``progress(fraction, message)`` is called as the work advances (fraction in
+    [0, 1]). UMAP is not thread-safe; callers sharing a process across sessions
+    should serialise calls with a lock. The first UMAP call in a process also
     compiles umap-learn's numba code (10-25 s on a 2-core machine).
     """
     if method not in PROJECTION_METHODS:
         raise ValueError(f"Unknown projection method {method!r}; known: {PROJECTION_METHODS}")
+    progress = progress or _no_progress
     n = _n_rows(X)
     if n < 3:
         # Neither method is defined for so few points; lay them out on a line.
         return np.column_stack([np.arange(n), np.zeros(n)]).astype(np.float32)
 
     if method == "umap":
-        return np.asarray(_umap(X, seed), dtype=np.float32)
+        coords = np.asarray(_umap(X, seed, progress), dtype=np.float32)
+        progress(1.0, "UMAP: done")
+        return coords
 
-    Z = _dense_for_tsne(X, seed)
+    progress(0.0, f"t-SNE: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
+    Z = _reduced(X, seed)
     if n <= tsne_max_points:
-        return _tsne(Z, seed).astype(np.float32)
+        coords = np.asarray(_tsne(Z, seed, progress, 0.02, 0.98), dtype=np.float32)
+        progress(1.0, "t-SNE: done")
+        return coords
 
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=tsne_max_points, replace=False))
-    coords = np.empty((n, 2), dtype=np.float32)
-    coords[fit_rows] = _tsne(Z[fit_rows], seed)
     rest = np.setdiff1d(np.arange(n), fit_rows)
-    index = faiss.IndexFlatIP(Z.shape[1])
-    index.add(np.ascontiguousarray(Z[fit_rows]))
-    _, nearest = index.search(np.ascontiguousarray(Z[rest]), 1)
-    coords[rest] = coords[fit_rows[nearest[:, 0]]]
+    fit_share = 0.6
+    embedding = _tsne(Z[fit_rows], seed, progress, 0.02, fit_share - 0.02)
+    coords = np.empty((n, 2), dtype=np.float32)
+    coords[fit_rows] = np.asarray(embedding)
+    # New points are optimised against the fixed embedding only, so batches give the same result as one call.
+    for lo in range(0, len(rest), TRANSFORM_BATCH):
+        batch = rest[lo:lo + TRANSFORM_BATCH]
+        progress(fit_share + (1 - fit_share) * lo / len(rest),
+                 f"t-SNE: placing the other {len(rest):,} points into the embedding of {tsne_max_points:,}")
+        coords[batch] = np.asarray(embedding.transform(Z[batch]))
+    progress(1.0, "t-SNE: done")
     return coords
 
 
@@ -415,7 +530,7 @@ class NeighbourIndex:
         self.n_rows = _n_rows(X)
         self.sparse = sp.issparse(X)
         if self.sparse:
-            self._X = normalize(sp.csr_matrix(X, dtype=np.float32))
+            self._X = _normalize(sp.csr_matrix(X, dtype=np.float32))
             self._index = None
         else:
             dense = np.array(X, dtype=np.float32, order="C", copy=True)
@@ -631,7 +746,13 @@ def to_text(terms: Iterable[str | tuple[str, float]]) -> str:
 
 
 def confusion(examples: pd.DataFrame, n_classes: int) -> np.ndarray:
-    """Return the (n_classes, n_classes) int64 confusion matrix: rows true label, columns prediction."""
-    return confusion_matrix(
-        examples["label"].to_numpy(), examples["pred"].to_numpy(), labels=np.arange(n_classes)
-    ).astype(np.int64)
+    """Return the (n_classes, n_classes) int64 confusion matrix: rows true label, columns prediction.
+
+    Pairs with a label or prediction outside [0, n_classes) are not counted. Counted with numpy rather than
+    scikit-learn so the Summary page, the first a new server draws, does not pay sklearn's 1.3 s import.
+    """
+    labels = examples["label"].to_numpy(dtype=np.int64)
+    preds = examples["pred"].to_numpy(dtype=np.int64)
+    valid = (labels >= 0) & (labels < n_classes) & (preds >= 0) & (preds < n_classes)
+    counts = np.bincount(labels[valid] * n_classes + preds[valid], minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes).astype(np.int64)

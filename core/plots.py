@@ -38,7 +38,7 @@ def scatter_map(
     coords: np.ndarray,
     examples: pd.DataFrame,
     color_by: pd.Series,
-    hover_text: Sequence[str],
+    hover_text: Sequence[str] | None,
     title: str,
 ) -> go.Figure:
     """Return a WebGL scatter of 2-D ``coords`` with one trace per category of ``color_by``.
@@ -47,14 +47,20 @@ def scatter_map(
     by row. Each point's ``customdata`` is its row label in ``examples``
     (``examples.index``), so box/lasso selections map back to rows.
     ``hover_text`` is shown as given (plotly renders a small HTML subset; see
-    ``hover_texts``). A float ``color_by`` gives one trace with a colour scale.
+    ``hover_texts``); ``None`` shows only the row id and colour group, which
+    keeps the figure small (about 22 bytes a point instead of several hundred)
+    for very large maps. A float ``color_by`` gives one trace with a colour scale.
     """
     coords = np.asarray(coords)
     n = len(examples)
-    if not (coords.shape == (n, 2) and len(color_by) == n and len(hover_text) == n):
+    if not (coords.shape == (n, 2) and len(color_by) == n and (hover_text is None or len(hover_text) == n)):
         raise ValueError("coords (n, 2), examples, color_by and hover_text must be aligned")
     row_ids = examples.index.to_numpy()
-    hover = np.asarray(hover_text, dtype=object)
+    hover = None if hover_text is None else np.asarray(hover_text, dtype=object)
+
+    def template(group: str) -> str:
+        return ("%{text}" if hover is not None else "row %{customdata}") + f"<extra>{html.escape(group)}</extra>"
+
     values = pd.Series(np.asarray(color_by), name=color_by.name)
     marker_base = {"size": 5, "opacity": 0.8}
     fig = go.Figure()
@@ -64,7 +70,7 @@ def scatter_map(
             go.Scattergl(
                 x=coords[:, 0], y=coords[:, 1], mode="markers",
                 customdata=row_ids, text=hover,
-                hovertemplate="%{text}<extra></extra>",
+                hovertemplate=template(""),
                 marker={**marker_base, "color": values.to_numpy(), "colorscale": "Viridis",
                         "showscale": True, "colorbar": {"title": str(color_by.name or "")}},
                 showlegend=False,
@@ -80,8 +86,8 @@ def scatter_map(
             fig.add_trace(
                 go.Scattergl(
                     x=coords[members, 0], y=coords[members, 1], mode="markers", name=name,
-                    customdata=row_ids[members], text=hover[members],
-                    hovertemplate=f"%{{text}}<extra>{html.escape(name)}</extra>",
+                    customdata=row_ids[members], text=None if hover is None else hover[members],
+                    hovertemplate=template(name),
                     marker={**marker_base,
                             "color": CATEGORICAL_COLOURS[i % len(CATEGORICAL_COLOURS)]},
                 )

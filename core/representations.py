@@ -11,7 +11,6 @@ from typing import Callable, Protocol
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.preprocessing import normalize
 
 
 class RepresentationInputs(Protocol):
@@ -92,6 +91,8 @@ def row_ids(row_ptr: np.ndarray) -> np.ndarray:
 
 def normalise_rows(matrix):
     """Return `matrix` with every non-zero row scaled to unit L2 norm (float32; sparse stays CSR)."""
+    from sklearn.preprocessing import normalize  # imported on first use: see core.analysis._normalize
+
     if sp.issparse(matrix):
         return normalize(sp.csr_matrix(matrix, dtype=np.float32), norm="l2", axis=1, copy=False)
     return normalize(np.asarray(matrix, dtype=np.float32), norm="l2", axis=1).astype(np.float32)

@@ -11,11 +11,13 @@ are also written to the run's analysis folder as .npy, so each run/slice/represe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import html
 import io
 import json
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import streamlit as st
 
 from core import analysis, plots
@@ -71,6 +72,10 @@ SAMPLE_SEED = 0
 CLUSTER_SEED = 0
 PROJECTION_SEED = 0
 
+# Above this many points the map's hover shows row ids only: full hover texts cost about 300 bytes a point
+# (32 MB for 100,000), which the browser takes seconds to receive; see bench/results/dashboard.md.
+MAP_FULL_HOVER_MAX = 20_000
+
 # UMAP (numba) and t-SNE are not safe to run concurrently from several sessions' threads.
 _PROJECTION_LOCK = threading.Lock()
 
@@ -105,31 +110,6 @@ def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool
 def parse_tokens(text: str) -> tuple[str, ...]:
     """Return the non-empty, comma-separated entries of `text`, stripped."""
     return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def example_terms(R_rows, vocab: Sequence[str], ignore_mask: np.ndarray,
-                  n: int = 5) -> list[list[tuple[str, float]]]:
-    """Return, for each row of a (sparse or dense) S1 matrix, its `n` heaviest (term, weight) pairs, best first.
-
-    Ignored tokens (special tokens, punctuation) and zero weights are left out.
-    """
-    ignore = np.asarray(ignore_mask, dtype=bool)
-    out: list[list[tuple[str, float]]] = []
-    if sp.issparse(R_rows):
-        R = sp.csr_matrix(R_rows)
-        for i in range(R.shape[0]):
-            lo, hi = R.indptr[i], R.indptr[i + 1]
-            cols, vals = R.indices[lo:hi], R.data[lo:hi]
-            keep = (vals > 0) & ~ignore[cols]
-            cols, vals = cols[keep], vals[keep]
-            order = np.lexsort((cols, -vals))[:n]
-            out.append([(vocab[c], float(v)) for c, v in zip(cols[order], vals[order])])
-        return out
-    for row in np.asarray(R_rows):
-        cols = np.flatnonzero((row > 0) & ~ignore)
-        order = cols[np.lexsort((cols, -row[cols]))][:n]
-        out.append([(vocab[c], float(row[c])) for c in order])
-    return out
 
 
 def selected_rows(event: Any, figure: Any) -> np.ndarray:
@@ -236,10 +216,24 @@ def _slice_rows(path: str, stamp: int, spec_json: str) -> np.ndarray:
     return analysis.apply_slice(_open_run(path, stamp).examples, spec)
 
 
+def leave_a_core_for_the_browser() -> contextlib.AbstractContextManager:
+    """Return a context that caps the native thread pools (OpenMP, BLAS) at all cores but one.
+
+    The dashboard usually runs on the machine whose browser shows it. k-means and UMAP busy-wait on every core
+    with OpenMP, and a browser drawing at the same time then stalls them: on 2 cores a 100,000-row recluster took
+    4.7 s end to end with both threads and 2.1 s with one (bench/results/dashboard.md).
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, (os.cpu_count() or 1) - 1))
+
+
 @st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=64)
 def _cluster_labels(path: str, stamp: int, key: tuple, spec_json: str, n_clusters: int, seed: int) -> np.ndarray:
     rows = _slice_rows(path, stamp, spec_json)
-    return analysis.cluster_rows(_matrix(path, stamp, *key)[rows], n_clusters, seed)
+    matrix = _matrix(path, stamp, *key)[rows]
+    with leave_a_core_for_the_browser():
+        return analysis.cluster_rows(matrix, n_clusters, seed)
 
 
 @st.cache_data(show_spinner="Summarising the clusters…", max_entries=64)
@@ -252,26 +246,64 @@ def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_j
                                     run.vocab, run.ignore_mask, run.label_names, n_terms=n_terms)
 
 
-@st.cache_data(show_spinner="Computing the 2-D projection (once per run, slice and representation; "
-                            "it is saved in the run folder)…", max_entries=32)
+def projection_file(run: Run, key: tuple, spec_json: str, method: str, seed: int) -> Path:
+    """Return where the 2-D coordinates of a run/representation/slice/method/seed are stored (.npy)."""
+    slug = RepresentationKey(*key).slug
+    return run.analysis_dir() / f"projection-{method}-{slug}-{_short_hash(spec_json)}-seed{seed}.npy"
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _stored_projection(file: str, mtime_ns: int, n_rows: int) -> np.ndarray:
+    coords = np.load(file, allow_pickle=False)
+    if coords.shape != (n_rows, 2):
+        raise ValueError(f"{file} holds {coords.shape} coordinates, expected ({n_rows}, 2)")
+    return coords
+
+
 def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, seed: int) -> np.ndarray:
+    """Return the slice's stored coordinates, computing and storing them first (with a progress bar) if needed."""
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
-    slug = RepresentationKey(*key).slug
-    file = run.analysis_dir() / f"projection-{method}-{slug}-{_short_hash(spec_json)}-seed{seed}.npy"
-    if file.exists():
+    file = projection_file(run, key, spec_json, method, seed)
+
+    def stored() -> np.ndarray | None:
         try:
-            coords = np.load(file, allow_pickle=False)
-            if coords.shape == (len(rows), 2):
-                return coords
-        except (ValueError, OSError):
-            pass  # a damaged file is recomputed below
+            return _stored_projection(str(file), file.stat().st_mtime_ns, len(rows))
+        except (OSError, ValueError):
+            return None  # absent or damaged: (re)computed below
+
+    coords = stored()
+    if coords is not None:
+        return coords
+    bar = st.progress(0.0, text=f"Waiting for another projection to finish before projecting {len(rows):,} points…")
     with _PROJECTION_LOCK:
-        coords = analysis.project_2d(_matrix(path, stamp, *key)[rows], method, seed=seed).astype(np.float32)
-    buffer = io.BytesIO()
-    np.save(buffer, coords, allow_pickle=False)
-    atomic_write_bytes(file, buffer.getvalue())
+        coords = stored()  # another session may have computed it while this one waited
+        if coords is None:
+            matrix = _matrix(path, stamp, *key)[rows]
+
+            def report(fraction: float, message: str) -> None:
+                bar.progress(min(max(fraction, 0.0), 1.0),
+                             text=f"{message} (once per run, slice and representation; saved in the run folder)")
+
+            with leave_a_core_for_the_browser():
+                coords = analysis.project_2d(matrix, method, seed=seed, progress=report).astype(np.float32)
+            buffer = io.BytesIO()
+            np.save(buffer, coords, allow_pickle=False)
+            atomic_write_bytes(file, buffer.getvalue())
+    bar.empty()
     return coords
+
+
+@st.cache_data(show_spinner="Preparing the hover texts…", max_entries=16)
+def _map_hover(path: str, stamp: int, vocab_key: tuple, spec_json: str) -> list[str]:
+    run = _open_run(path, stamp)
+    ex = run.examples.iloc[_slice_rows(path, stamp, spec_json)]
+    names = dict(enumerate(run.label_names))
+    terms = _slice_example_terms(path, stamp, vocab_key, spec_json, 5)
+    return [f"{text}<br><b>top terms:</b> {', '.join(t for t, _ in row_terms) or '—'}<br>"
+            f"row {row} · label {names[lab]} · predicted {names[pred]}"
+            for text, row_terms, row, lab, pred in zip(plots.hover_texts(ex["text"].tolist()), terms, ex.index,
+                                                        ex["label"], ex["pred"])]
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -279,7 +311,7 @@ def _slice_example_terms(path: str, stamp: int, vocab_key: tuple, spec_json: str
                          n: int) -> list[list[tuple[str, float]]]:
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
-    return example_terms(_matrix(path, stamp, *vocab_key)[rows], run.vocab, run.ignore_mask, n)
+    return analysis.example_terms(_matrix(path, stamp, *vocab_key)[rows], run.vocab, run.ignore_mask, n)
 
 
 @st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=4)
@@ -392,13 +424,20 @@ class View:
         """Return the slice's (n, 2) coordinates from `method` ("umap" or "tsne"), computed once and stored."""
         return _projection(self.path, self.stamp, key_tuple(self.key), self.spec_json, method, PROJECTION_SEED)
 
+    def map_hover(self) -> list[str] | None:
+        """Return each slice row's map hover text (text, top terms, row, label, prediction), or None when the
+        slice has more than MAP_FULL_HOVER_MAX rows (the map then shows row ids only)."""
+        if len(self.rows) > MAP_FULL_HOVER_MAX:
+            return None
+        return _map_hover(self.path, self.stamp, key_tuple(self.vocab_key), self.spec_json)
+
     def example_terms(self, n: int = 5) -> list[list[tuple[str, float]]]:
         """Return the top (term, weight) pairs of each slice row, aligned with `rows`."""
         return _slice_example_terms(self.path, self.stamp, key_tuple(self.vocab_key), self.spec_json, n)
 
     def terms_of(self, row: int, n: int = 10) -> list[tuple[str, float]]:
         """Return the top (term, weight) pairs of one example (by run row id) from R_vocab."""
-        return example_terms(self.vocab_matrix()[[row]], self.run.vocab, self.run.ignore_mask, n)[0]
+        return analysis.example_terms(self.vocab_matrix()[[row]], self.run.vocab, self.run.ignore_mask, n)[0]
 
     def neighbour_index(self) -> analysis.NeighbourIndex:
         """Return the exact cosine index over every example of the run in the chosen representation."""

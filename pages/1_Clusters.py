@@ -54,7 +54,7 @@ st.dataframe(
 st.subheader("Word clouds")
 st.caption("Term size = mean salience of the term in the cluster.")
 per_row = 4
-shown = summary if len(summary) <= 12 else summary.iloc[:12]
+shown = summary if len(summary) <= 8 else summary.iloc[:8]
 for start in range(0, len(shown), per_row):
     for col, (_, cluster) in zip(st.columns(per_row), shown.iloc[start:start + per_row].iterrows()):
         with col:

@@ -18,9 +18,9 @@ ui.require_rows(view)
 controls = st.columns([1, 1, 2])
 method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap", options=list(PROJECTIONS),
                    format_func=PROJECTIONS.get, required=True,
-                   help="Computed once per run, slice and representation and saved in the run folder (about a "
-                        "minute for 25,000 examples on a laptop CPU). t-SNE embeds at most 10,000 points and places "
-                        "the others at their nearest embedded neighbour.")
+                   help="Computed once per run, slice and representation, with a progress bar, and saved in the run "
+                        "folder (UMAP of 100,000 examples: about 2 minutes on a 2-core CPU). t-SNE embeds a seeded sample "
+                        "of at most 20,000 points and places the others into that map with openTSNE's transform.")
 colour = ui.synced(controls[1].selectbox, "Colour by", "colour", "label", options=list(COLOUR_BY),
                    format_func=COLOUR_BY.get)
 
@@ -62,11 +62,11 @@ else:
         st.caption(f"{matched.sum():,} of {len(ex):,} examples match {what}.")
 
 coords = view.projection(method)
-terms = view.example_terms(5)
-hover = [f"{text}<br><b>top terms:</b> {', '.join(t for t, _ in row_terms) or '—'}<br>"
-         f"row {row} · label {names[lab]} · predicted {names[pred]}"
-         for text, row_terms, row, lab, pred in zip(plots.hover_texts(ex["text"].tolist()), terms, ex.index,
-                                                     ex["label"], ex["pred"])]
+hover = view.map_hover()
+if hover is None:
+    st.caption(f"{len(ex):,} points: hovering shows the row id and colour group only (full hover texts are drawn "
+               f"up to {ui.MAP_FULL_HOVER_MAX:,} points, to keep the map fast); draw a lasso or box to read the "
+               "examples, or narrow the slice.")
 figure = plots.scatter_map(coords, ex, colour_by, hover,
                            f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}")
 figure.update_layout(height=620)

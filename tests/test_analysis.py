@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from core import analysis
 from core.analysis import (
+    example_terms,
     NeighbourIndex,
     SliceSpec,
     aggregated_salient_terms,
@@ -176,13 +177,27 @@ def _planted(sparse: bool, per_group: int = 30, seed: int = 0):
 @pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("minibatch", [False, True])
 def test_cluster_rows_recovers_planted_groups(sparse, minibatch, monkeypatch):
-    if minibatch:  # dense rows then go through MiniBatchKMeans; sparse ones stay on KMeans
+    if minibatch:  # rows then go through MiniBatchKMeans
         monkeypatch.setattr(analysis, "MINIBATCH_THRESHOLD", 10)
     X, truth = _planted(sparse)
     labels = cluster_rows(X, 3, seed=0)
     assert labels.shape == truth.shape and labels.dtype == np.int64
     assert adjusted_rand_score(truth, labels) == 1.0
     assert np.array_equal(labels, cluster_rows(X, 3, seed=0))
+
+
+def test_cluster_rows_on_used_columns_matches_kmeans_on_the_whole_vocabulary():
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(3)
+    # 300 rows over a 5,000-column vocabulary of which only 60 columns are ever used
+    dense = np.zeros((300, 5000), dtype=np.float32)
+    used = rng.choice(5000, 60, replace=False)
+    for row in dense:
+        row[rng.choice(used, 6, replace=False)] = rng.uniform(0.1, 1.0, 6)
+    X = sp.csr_matrix(normalize(dense))
+    expected = KMeans(n_clusters=4, n_init="auto", random_state=0).fit_predict(X)
+    assert adjusted_rand_score(expected, cluster_rows(X, 4, seed=0)) == 1.0
 
 
 def test_cluster_rows_rejects_bad_k():
@@ -277,17 +292,41 @@ def test_project_2d_tsne_shape_and_determinism(sparse):
     np.testing.assert_array_equal(a, project_2d(X, "tsne", seed=1))
 
 
-def test_project_2d_tsne_subsample_places_every_row():
+def test_project_2d_tsne_subsample_places_every_row_with_its_group(monkeypatch):
     X, truth = _planted(sparse=True, per_group=30)
-    coords = project_2d(X, "tsne", seed=0, tsne_max_points=40)
+    monkeypatch.setattr(analysis, "TRANSFORM_BATCH", 7)  # several transform batches
+    calls = []
+    coords = project_2d(X, "tsne", seed=0, tsne_max_points=40, progress=lambda f, m: calls.append((f, m)))
     assert coords.shape == (90, 2) and np.isfinite(coords).all()
-    np.testing.assert_array_equal(coords, project_2d(X, "tsne", seed=0, tsne_max_points=40))
-    distinct = {tuple(c) for c in coords}
-    assert len(distinct) == 40  # 40 embedded rows; the rest reuse their coordinates
-    # groups share no token, so a row's nearest embedded row is always from its own group
-    for point in distinct:
-        groups = {truth[i] for i in np.flatnonzero((coords == point).all(axis=1))}
-        assert len(groups) == 1
+    # batches are placed independently of each other: one big batch gives the same coordinates
+    monkeypatch.setattr(analysis, "TRANSFORM_BATCH", 1000)
+    np.testing.assert_allclose(coords, project_2d(X, "tsne", seed=0, tsne_max_points=40), atol=1e-4)
+    fit_rows = np.sort(np.random.default_rng(0).choice(90, size=40, replace=False))
+    placed = np.setdiff1d(np.arange(90), fit_rows)
+    # groups share no token, so every placed row lands nearest the centre of its own group's embedded rows
+    centres = np.stack([coords[fit_rows[truth[fit_rows] == g]].mean(axis=0) for g in range(3)])
+    nearest = np.argmin(((coords[placed, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+    assert np.array_equal(nearest, truth[placed])
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("placing the other 50 points" in m for _, m in calls)
+
+
+def test_project_2d_large_umap_reduces_and_reports_epochs(monkeypatch):
+    X, truth = _planted(sparse=True, per_group=30)
+    monkeypatch.setattr(analysis, "UMAP_REDUCE_ABOVE", 20)
+    calls = []
+    coords = project_2d(X, "umap", seed=0, progress=lambda f, m: calls.append((f, m)))
+    assert coords.shape == (90, 2) and np.isfinite(coords).all()
+    messages = [m for _, m in calls]
+    assert any("truncated SVD" in m for m in messages)
+    assert any("optimising the layout" in m for m in messages)  # read from UMAP's epoch bar
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    # the planted groups stay apart: each point's nearest other point is in its own group
+    d = ((coords[:, None, :] - coords[None]) ** 2).sum(axis=2)
+    np.fill_diagonal(d, np.inf)
+    assert (truth[d.argmin(axis=1)] == truth).mean() == 1.0
 
 
 def test_project_2d_small_and_bad_method():
@@ -455,3 +494,11 @@ def test_confusion():
     expected[0, 0] = expected[0, 1] = expected[1, 1] = expected[2, 0] = 1
     expected[2, 2] = 2
     np.testing.assert_array_equal(cm, expected)
+
+
+def test_example_terms_skips_ignored_and_orders_by_weight():
+    R = sp.csr_matrix(np.array([[0.1, 0.5, 0.0, 0.9], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32))
+    ignore = np.array([False, False, False, True])
+    out = example_terms(R, ["a", "b", "c", "[SEP]"], ignore, n=5)
+    assert out == [[("b", pytest.approx(0.5)), ("a", pytest.approx(0.1))], []]
+    assert example_terms(R.toarray(), ["a", "b", "c", "[SEP]"], ignore, n=1) == [[("b", pytest.approx(0.5))], []]

@@ -253,6 +253,16 @@ def test_map_umap(run_id):
     no_exception(at)
     assert at.get("plotly_chart")
     assert "Draw a lasso" in texts(at.info)
+    assert "hovering shows the row id" not in texts(at.caption)
+
+
+def test_map_above_the_hover_limit_shows_row_ids_only(run_id, monkeypatch):
+    monkeypatch.setattr(ui, "MAP_FULL_HOVER_MAX", 10)  # the fixture run has 16 examples
+    at = open_page("map")
+    no_exception(at)
+    assert "16 points: hovering shows the row id" in texts(at.caption)
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert all("text" not in trace for trace in figure["data"])
 
 
 # ---------------------------------------------------------------- examples and neighbours
@@ -383,13 +393,12 @@ def test_selected_rows_reads_customdata_and_falls_back_to_trace():
     assert selected_rows(None, figure).tolist() == []
 
 
-def test_example_terms_skips_ignored_and_orders_by_weight():
-    import scipy.sparse as sp
+def test_leave_a_core_for_the_browser_caps_native_thread_pools(monkeypatch):
+    import os
 
-    from core.ui import example_terms
+    from threadpoolctl import threadpool_info
 
-    R = sp.csr_matrix(np.array([[0.1, 0.5, 0.0, 0.9], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32))
-    ignore = np.array([False, False, False, True])
-    out = example_terms(R, ["a", "b", "c", "[SEP]"], ignore, n=5)
-    assert out == [[("b", pytest.approx(0.5)), ("a", pytest.approx(0.1))], []]
-    assert example_terms(R.toarray(), ["a", "b", "c", "[SEP]"], ignore, n=1) == [[("b", pytest.approx(0.5))], []]
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with ui.leave_a_core_for_the_browser():
+        pools = threadpool_info()
+        assert pools and all(pool["num_threads"] == 1 for pool in pools)

@@ -121,6 +121,18 @@ def test_scatter_map_categories_and_customdata():
         scatter_map(coords[:3], examples, colour, ["x"] * 6, "bad")
 
 
+def test_scatter_map_without_hover_text_shows_row_ids_and_stays_small():
+    n = 5_000
+    examples = pd.DataFrame({"text": ["a long review text " * 10] * n})
+    coords = np.random.default_rng(0).normal(size=(n, 2)).astype(np.float32)
+    colour = pd.Series(np.where(np.arange(n) % 2, "pos", "neg"), name="label")
+    light = scatter_map(coords, examples, colour, None, "map")
+    assert all(t.text is None for t in light.data)
+    assert light.data[0].hovertemplate == "row %{customdata}<extra>neg</extra>"
+    full = scatter_map(coords, examples, colour, hover_texts(examples["text"]), "map")
+    assert len(light.to_json()) * 5 < len(full.to_json())
+
+
 def test_hover_texts_escape_and_truncate():
     out = hover_texts(["<script>x</script>", "word " * 100], max_chars=50, width=20)
     assert out[0] == "&lt;script&gt;x&lt;/script&gt;"
