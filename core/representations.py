@@ -82,6 +82,43 @@ class Representation:
     uses_k: bool
     uses_ignore: bool
     build: Callable[[RepresentationInputs, RepresentationKey], np.ndarray | sp.csr_matrix]
+    # Each row depends on its own example only, so the matrix can be built in blocks of rows (bounded memory).
+    row_local: bool = True
+
+
+# Examples per block when a row-local representation is built: the token-level temporaries (sort keys, ids,
+# scores) then scale with one block, not with the dataset; only the output matrix grows with it.
+ROW_BLOCK = 16_384
+
+
+class RowBlock:
+    """The examples [start, stop) of a `RepresentationInputs`, itself usable as one (token offsets re-based)."""
+
+    def __init__(self, inputs: RepresentationInputs, start: int, stop: int):
+        self._inputs, self._start, self._stop = inputs, start, stop
+        ptr = np.asarray(inputs.row_ptr[start:stop + 1], dtype=np.int64)
+        self._lo, self._hi = int(ptr[0]), int(ptr[-1])
+        self.row_ptr = ptr - ptr[0]
+        self.token_ids = np.asarray(inputs.token_ids[self._lo:self._hi])
+        self.vocab_size = inputs.vocab_size
+        self.ignore_mask = inputs.ignore_mask
+        self.num_labels = inputs.num_labels
+
+    def scores(self, method: str) -> np.ndarray:
+        """Return the block's per-token scores of `method`."""
+        return np.asarray(self._inputs.scores(method)[self._lo:self._hi])
+
+    def embedding_matrix(self) -> np.ndarray:
+        """Return the model's input embedding matrix (shared by every block)."""
+        return self._inputs.embedding_matrix()
+
+    def cls(self) -> np.ndarray:
+        """Return the block's [CLS] encodings."""
+        return np.asarray(self._inputs.cls()[self._start:self._stop])
+
+    def predictions(self) -> np.ndarray:
+        """Return the block's predicted classes."""
+        return np.asarray(self._inputs.predictions())[self._start:self._stop]
 
 
 def row_ids(row_ptr: np.ndarray) -> np.ndarray:
@@ -210,7 +247,7 @@ REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in [
     Representation("s2", "S2 salience embedding", sparse=False, uses_method=True, uses_k=True, uses_ignore=True,
                    build=_build_s2),
     Representation("b1", "B1 PMI bag of words", sparse=True, uses_method=False, uses_k=False, uses_ignore=True,
-                   build=_build_b1),
+                   build=_build_b1, row_local=False),  # PMI is counted over the whole dataset
     Representation("b2", "B2 average embedding", sparse=False, uses_method=False, uses_k=False, uses_ignore=True,
                    build=_build_b2),
     Representation("b3", "B3 [CLS] encoding", sparse=False, uses_method=False, uses_k=False, uses_ignore=False,
@@ -218,8 +255,25 @@ REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in [
 ]}
 
 
-def build_representation(inputs: RepresentationInputs, key: RepresentationKey):
-    """Return the matrix named by `key` (CSR for sparse representations, float32 ndarray otherwise)."""
+def build_representation(inputs: RepresentationInputs, key: RepresentationKey, block: int | None = None):
+    """Return the matrix named by `key` (CSR for sparse representations, float32 ndarray otherwise).
+
+    Row-local representations are built `block` examples at a time (default `ROW_BLOCK`), so memory beyond the
+    output matrix is bounded by one block however large the run.
+    """
     if key.name not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation '{key.name}'. Known: {', '.join(REPRESENTATIONS)}.")
-    return REPRESENTATIONS[key.name].build(inputs, key.normalised())
+    spec, key = REPRESENTATIONS[key.name], key.normalised()
+    block = block or ROW_BLOCK
+    n = len(inputs.row_ptr) - 1
+    if not spec.row_local or n <= block:
+        return spec.build(inputs, key)
+    parts = (spec.build(RowBlock(inputs, start, min(start + block, n)), key) for start in range(0, n, block))
+    if spec.sparse:
+        return sp.vstack(list(parts), format="csr")
+    out = None
+    for start, part in zip(range(0, n, block), parts):
+        if out is None:
+            out = np.empty((n, part.shape[1]), dtype=np.float32)
+        out[start:start + len(part)] = part
+    return out

@@ -242,8 +242,8 @@ class Run:
         return np.load(self.path / "embedding_matrix.npy", mmap_mode="r", allow_pickle=False)
 
     def cls(self) -> np.ndarray:
-        """Return the [CLS] encodings (n x hidden)."""
-        return np.load(self.path / "cls.npy", allow_pickle=False)
+        """Return the [CLS] encodings (n x hidden, memory-mapped)."""
+        return np.load(self.path / "cls.npy", mmap_mode="r", allow_pickle=False)
 
     def predictions(self) -> np.ndarray:
         return self.examples["pred"].to_numpy()

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from core.representations import (REPRESENTATIONS, RepresentationKey, average_embedding, pmi_bow, pmi_table,
+from core.representations import (REPRESENTATIONS, RepresentationKey, average_embedding, build_representation,
+                                  pmi_bow, pmi_table,
                                   presence_matrix, vocab_topk)
 from core.store import open_run
 
@@ -112,3 +113,17 @@ def test_representation_is_cached_on_disk_and_keyed_by_parameters(run):
     run.representation(RepresentationKey("s1", "grad_l2", 3))
     names = {p.name for p in (run.path / "representations").iterdir()}
     assert {"s1-grad_l2-k2.npz", "s1-grad_l2-k3.npz"} <= names
+
+
+@pytest.mark.parametrize("key", [RepresentationKey("s1", "grad_l2", None), RepresentationKey("s1", "grad_l2", 2),
+                                 RepresentationKey("s2", "grad_l2", 3), RepresentationKey("b1"),
+                                 RepresentationKey("b2"), RepresentationKey("b3")])
+def test_building_in_row_blocks_gives_the_whole_matrix(run, key):
+    whole = build_representation(run, key, block=10_000)
+    blocks = build_representation(run, key, block=3)  # 16 examples: blocks of 3, 3, 3, 3, 3, 1
+    if sp.issparse(whole):
+        assert sp.issparse(blocks) and blocks.shape == whole.shape
+        np.testing.assert_allclose(blocks.toarray(), whole.toarray(), rtol=1e-6, atol=1e-7)
+    else:
+        assert blocks.dtype == np.float32
+        np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-7)
