@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.representations import normalise_rows
+
 Matrix = np.ndarray | sp.csr_matrix | sp.csr_array
 Correctness = Literal["all", "correct", "misclassified"]
 ProjectionMethod = Literal["umap", "tsne"]
@@ -45,17 +47,6 @@ REDUCED_DIMS = 50
 TRANSFORM_BATCH = 10_000
 
 ProgressFn = Callable[[float, str], None]
-
-
-def _normalize(X: Matrix) -> Matrix:
-    """Return the rows of X scaled to unit L2 norm (zero rows stay zero).
-
-    scikit-learn is imported inside the functions that use it: importing it costs about 1.3 s, and the first page
-    a new server draws (the Summary) needs none of it (bench/results/dashboard.md, first open).
-    """
-    from sklearn.preprocessing import normalize
-
-    return normalize(X)
 
 
 # --------------------------------------------------------------------------- slicing
@@ -200,7 +191,9 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
         raise ValueError(
             f"Cannot make {n_clusters} clusters from {n} rows; choose at most {n} clusters."
         )
-    from sklearn.cluster import KMeans, MiniBatchKMeans  # see _normalize: sklearn is imported on first use
+    # imported on first use: sklearn's import costs about 1.3 s, and the Summary page, the first a new server
+    # draws, needs none of it (bench/results/dashboard.md, first open)
+    from sklearn.cluster import KMeans, MiniBatchKMeans
 
     X = _as_float32(X)
     if sp.issparse(X):
@@ -360,7 +353,7 @@ def _reduced(X: Matrix, seed: int, max_dims: int = REDUCED_DIMS) -> np.ndarray:
         Z = svd.fit_transform(_as_float32(X))
     else:
         Z = X.toarray() if sp.issparse(X) else np.asarray(X)
-    return _normalize(np.asarray(Z, dtype=np.float32))
+    return normalise_rows(np.asarray(Z, dtype=np.float32))
 
 
 def _no_progress(fraction: float, message: str) -> None:
@@ -530,7 +523,7 @@ class NeighbourIndex:
         self.n_rows = _n_rows(X)
         self.sparse = sp.issparse(X)
         if self.sparse:
-            self._X = _normalize(sp.csr_matrix(X, dtype=np.float32))
+            self._X = normalise_rows(sp.csr_matrix(X, dtype=np.float32))
             self._index = None
         else:
             dense = np.array(X, dtype=np.float32, order="C", copy=True)

@@ -128,7 +128,7 @@ def row_ids(row_ptr: np.ndarray) -> np.ndarray:
 
 def normalise_rows(matrix):
     """Return `matrix` with every non-zero row scaled to unit L2 norm (float32; sparse stays CSR)."""
-    from sklearn.preprocessing import normalize  # imported on first use: see core.analysis._normalize
+    from sklearn.preprocessing import normalize  # imported on first use: see core.analysis.cluster_rows
 
     if sp.issparse(matrix):
         return normalize(sp.csr_matrix(matrix, dtype=np.float32), norm="l2", axis=1, copy=False)
