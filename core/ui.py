@@ -220,8 +220,8 @@ def leave_a_core_for_the_browser() -> contextlib.AbstractContextManager:
     """Return a context that caps the native thread pools (OpenMP, BLAS) at all cores but one.
 
     The dashboard usually runs on the machine whose browser shows it. k-means and UMAP busy-wait on every core
-    with OpenMP, and a browser drawing at the same time then stalls them: on 2 cores a 100,000-row recluster took
-    4.7 s end to end with both threads and 2.1 s with one (bench/results/dashboard.md).
+    with OpenMP, and a browser drawing at the same time then stalls them: on 2 cores, a first recluster of 100,000
+    rows measured in chromium took 4.7 s with both threads and 2.1 s with one (OMP_NUM_THREADS=1 on the server).
     """
     from threadpoolctl import threadpool_limits
 
