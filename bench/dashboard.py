@@ -32,14 +32,14 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import numpy as np
 
-from bench.scaled_run import scale_run
+from bench.scaled_run import scale_run, scaled_run_folder
 from core import analysis, plots
+from core.precompute import folder_size
 from core.representations import RepresentationKey
 from core.store import open_run
 
@@ -69,10 +69,6 @@ def once(fn: Callable[[], object]) -> tuple[float, object]:
     return time.perf_counter() - t0, result
 
 
-def folder_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
-
-
 def inertia(X, labels: np.ndarray) -> float:
     """Return the k-means objective of an assignment: squared distances of rows to their cluster's mean."""
     total = float(X.multiply(X).sum()) if hasattr(X, "multiply") else float((X * X).sum())
@@ -90,7 +86,7 @@ def ensure_scaled_run(rows: int, seed: int = 0) -> Path:
     source = find_demo_run()
     if source is None:
         raise SystemExit("No demo run found: run `make demo-data` first.")
-    target = BENCH_CACHE / "runs" / f"scaled-{source.name}-{rows}{f'-seed{seed}' if seed else ''}"
+    target = scaled_run_folder(BENCH_CACHE, source.name, rows, seed)
     if not (target / "manifest.json").exists():
         print(f"building a {rows:,}-example run from {source} …", flush=True)
         scale_run(open_run(source), rows, BENCH_CACHE, seed=seed)
@@ -223,7 +219,7 @@ def core_timings(run_path: Path, projections: bool) -> dict[str, object]:
             out["projections"][method] = {"seconds": seconds, "load": load, "progress_updates": len(marks),
                                           "stages": sorted({m for _, _, m in marks})}
             print(f"{method}: {seconds:.1f} s", flush=True)
-    out["cache_mb"] = {p.name: folder_mb(p) if p.is_dir() else p.stat().st_size / 2**20
+    out["cache_mb"] = {p.name: (folder_size(p) if p.is_dir() else p.stat().st_size) / 2**20
                        for p in sorted(run_path.iterdir())}
     return out
 

@@ -36,6 +36,11 @@ def _ragged_take(values: np.ndarray, row_ptr: np.ndarray, rows: np.ndarray) -> t
     return np.asarray(values)[positions], new_ptr
 
 
+def scaled_run_folder(out_root: Path, source_run_id: str, n_rows: int, seed: int = 0) -> Path:
+    """Return where `scale_run` writes the run of `n_rows` copied from `source_run_id` with `seed`."""
+    return out_root / "runs" / f"scaled-{source_run_id}-{n_rows}{f'-seed{seed}' if seed else ''}"
+
+
 def scale_run(source: Run, n_rows: int, out_root: Path, seed: int = 0) -> Path:
     """Write a run of `n_rows` examples copied (with noise, see module doc) from `source`; return its folder."""
     rng = np.random.default_rng(seed)
@@ -44,7 +49,7 @@ def scale_run(source: Run, n_rows: int, out_root: Path, seed: int = 0) -> Path:
                            rng.integers(0, n_src, size=max(0, n_rows - n_src))]).astype(np.int64)
     copies = np.arange(n_rows) >= n_src  # the first copy of each source row stays exact
 
-    final = out_root / "runs" / f"scaled-{source.run_id}-{n_rows}{f'-seed{seed}' if seed else ''}"
+    final = scaled_run_folder(out_root, source.run_id, n_rows, seed)
     staging = out_root / "runs" / f".staging-{final.name}"
     shutil.rmtree(staging, ignore_errors=True)
     (staging / "tokens").mkdir(parents=True)
