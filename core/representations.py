@@ -25,20 +25,34 @@ class RepresentationInputs(Protocol):
     def embedding_matrix(self) -> np.ndarray: ...
     def cls(self) -> np.ndarray: ...
     def predictions(self) -> np.ndarray: ...
+    def document_frequency(self) -> np.ndarray: ...
     num_labels: int
+
+
+UNITS = ("word", "word_sum", "piece")
+UNIT_TITLES = {"word": "whole words (max over pieces)", "word_sum": "whole words (sum over pieces)",
+               "piece": "word pieces (tokens)"}
+WEIGHTINGS = ("none", "idf")
+WEIGHTING_TITLES = {"none": "salience only", "idf": "salience x idf (rarer terms count more)"}
 
 
 @dataclass(frozen=True)
 class RepresentationKey:
     """Names one representation matrix: registry name plus the parameters it depends on.
 
-    k=None means all tokens; include_special keeps special tokens and punctuation in the vector.
+    k=None means all tokens; include_special keeps special tokens and punctuation in the vector. `unit` says what
+    a column is: a whole word ("word": a word's saliency is the max over its pieces; "word_sum": the sum) or a
+    word piece ("piece", the model's own tokens). `weighting="idf"` multiplies each term's salience by its inverse
+    document frequency in the run, log((1 + n) / (1 + df)), before the top-k cut, so terms salient in every
+    example (function words) weigh less than terms salient where they are rare.
     """
 
     name: str
     method: str | None = None
     k: int | None = None
     include_special: bool = False
+    unit: str = "piece"
+    weighting: str = "none"
 
     @property
     def slug(self) -> str:
@@ -51,14 +65,24 @@ class RepresentationKey:
             parts.append(f"k{self.k}" if self.k else "kall")
         if self.include_special and spec.uses_ignore:
             parts.append("special")
+        if spec.uses_unit and self.unit != "piece":
+            parts.append(self.unit)
+        if spec.uses_weighting and self.weighting != "none":
+            parts.append(self.weighting)
         return "-".join(parts)
 
     def normalised(self) -> "RepresentationKey":
         """Return the key with parameters the representation ignores reset, so equal matrices share one key."""
         spec = REPRESENTATIONS[self.name]
+        if self.unit not in UNITS:
+            raise ValueError(f"Unknown unit '{self.unit}'. Known: {', '.join(UNITS)}.")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"Unknown weighting '{self.weighting}'. Known: {', '.join(WEIGHTINGS)}.")
         return RepresentationKey(self.name, (self.method or "grad_l2") if spec.uses_method else None,
                                  (self.k or None) if spec.uses_k else None,
-                                 self.include_special if spec.uses_ignore else False)
+                                 self.include_special if spec.uses_ignore else False,
+                                 self.unit if spec.uses_unit else "piece",
+                                 self.weighting if spec.uses_weighting else "none")
 
     def label(self) -> str:
         """Return a human-readable label, e.g. `S1 salience vocabulary (grad_l2, k=5)`."""
@@ -68,6 +92,10 @@ class RepresentationKey:
             params.append(self.method or "grad_l2")
         if spec.uses_k:
             params.append(f"k={self.k}" if self.k else "k=all")
+        if spec.uses_unit:
+            params.append({"word": "words", "word_sum": "words, sum", "piece": "pieces"}[self.unit])
+        if spec.uses_weighting and self.weighting != "none":
+            params.append(self.weighting)
         return f"{spec.title}" + (f" ({', '.join(params)})" if params else "")
 
 
@@ -82,6 +110,8 @@ class Representation:
     uses_k: bool
     uses_ignore: bool
     build: Callable[[RepresentationInputs, RepresentationKey], np.ndarray | sp.csr_matrix]
+    uses_unit: bool = False       # columns can be whole words or word pieces
+    uses_weighting: bool = False  # salience can be idf-weighted
     # Each row depends on its own example only, so the matrix can be built in blocks of rows (bounded memory).
     row_local: bool = True
 
@@ -103,6 +133,7 @@ class RowBlock:
         self.vocab_size = inputs.vocab_size
         self.ignore_mask = inputs.ignore_mask
         self.num_labels = inputs.num_labels
+        self.n_examples = int(getattr(inputs, "n_examples", 0)) or len(inputs.row_ptr) - 1
 
     def scores(self, method: str) -> np.ndarray:
         """Return the block's per-token scores of `method`."""
@@ -120,6 +151,10 @@ class RowBlock:
         """Return the block's predicted classes."""
         return np.asarray(self._inputs.predictions())[self._start:self._stop]
 
+    def document_frequency(self) -> np.ndarray:
+        """Return the whole run's document frequencies (idf is a property of the run, not of a block)."""
+        return self._inputs.document_frequency()
+
 
 def row_ids(row_ptr: np.ndarray) -> np.ndarray:
     """Return, for each token position, the index of the example it belongs to."""
@@ -136,10 +171,12 @@ def normalise_rows(matrix):
 
 
 def vocab_topk(token_ids: np.ndarray, row_ptr: np.ndarray, scores: np.ndarray, vocab_size: int,
-               k: int | None, ignore_mask: np.ndarray | None = None) -> sp.csr_matrix:
+               k: int | None, ignore_mask: np.ndarray | None = None,
+               column_weights: np.ndarray | None = None) -> sp.csr_matrix:
     """Return S1: per example and vocabulary item the max |score| over its occurrences, top-k kept, rows normalised.
 
-    Ties at the k-th value are broken by lower token id. k=None keeps every token.
+    Ties at the k-th value are broken by lower token id. k=None keeps every token. `column_weights` (one per
+    vocabulary item, e.g. idf) multiply the values before the top-k cut.
     """
     n = len(row_ptr) - 1
     rows = row_ids(row_ptr)
@@ -147,6 +184,8 @@ def vocab_topk(token_ids: np.ndarray, row_ptr: np.ndarray, scores: np.ndarray, v
     vals = np.abs(scores.astype(np.float32))
     keep = np.ones(len(cols), dtype=bool) if ignore_mask is None else ~ignore_mask[cols]
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    if column_weights is not None:
+        vals = vals * np.asarray(column_weights, dtype=np.float32)[cols]
     # max over repeated occurrences: sort by (row, col, -val) and keep the first of each (row, col)
     order = np.lexsort((-vals, cols, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
@@ -216,13 +255,25 @@ def average_embedding(token_ids: np.ndarray, row_ptr: np.ndarray, embeddings: np
     return normalise_rows(counts @ embeddings)
 
 
+def idf_weights(document_frequency: np.ndarray, n_examples: int) -> np.ndarray:
+    """Return log((1 + n) / (1 + df)) per vocabulary item: 0 for a term in every example, larger for rarer ones."""
+    df = np.asarray(document_frequency, dtype=np.float64)
+    return np.log((1.0 + n_examples) / (1.0 + df)).astype(np.float32)
+
+
 def _build_s1(inputs: RepresentationInputs, key: RepresentationKey):
+    weights = None
+    if key.weighting == "idf":
+        df = inputs.document_frequency()
+        # the run's size, also when `inputs` is one block of it
+        weights = idf_weights(df, int(getattr(inputs, "n_examples", 0)) or len(inputs.row_ptr) - 1)
     return vocab_topk(inputs.token_ids, inputs.row_ptr, inputs.scores(key.method or "grad_l2"), inputs.vocab_size,
-                      key.k, None if key.include_special else inputs.ignore_mask)
+                      key.k, None if key.include_special else inputs.ignore_mask, weights)
 
 
 def _build_s2(inputs: RepresentationInputs, key: RepresentationKey):
-    s1 = _build_s1(inputs, RepresentationKey("s1", key.method, key.k, key.include_special))
+    s1 = _build_s1(inputs, RepresentationKey("s1", key.method, key.k, key.include_special, key.unit,
+                                             key.weighting))
     return normalise_rows(s1 @ inputs.embedding_matrix())
 
 
@@ -243,11 +294,11 @@ def _build_b3(inputs: RepresentationInputs, key: RepresentationKey):
 
 REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in [
     Representation("s1", "S1 salience vocabulary", sparse=True, uses_method=True, uses_k=True, uses_ignore=True,
-                   build=_build_s1),
+                   build=_build_s1, uses_unit=True, uses_weighting=True),
     Representation("s2", "S2 salience embedding", sparse=False, uses_method=True, uses_k=True, uses_ignore=True,
-                   build=_build_s2),
+                   build=_build_s2, uses_unit=True, uses_weighting=True),
     Representation("b1", "B1 PMI bag of words", sparse=True, uses_method=False, uses_k=False, uses_ignore=True,
-                   build=_build_b1, row_local=False),  # PMI is counted over the whole dataset
+                   build=_build_b1, row_local=False, uses_unit=True),  # PMI is counted over the whole dataset
     Representation("b2", "B2 average embedding", sparse=False, uses_method=False, uses_k=False, uses_ignore=True,
                    build=_build_b2),
     Representation("b3", "B3 [CLS] encoding", sparse=False, uses_method=False, uses_k=False, uses_ignore=False,

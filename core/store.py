@@ -18,7 +18,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import zipfile
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from core.representations import REPRESENTATIONS, RepresentationKey, build_representation, presence_matrix
+from core.words import (WORDS_VERSION, WordIndex, WordInputs, build_word_index,
+                        vocabulary_is_uncased)
 
 SCHEMA_VERSION = 1
 CACHE_ENV = "SALIENCY_ATLAS_CACHE"
@@ -37,6 +41,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class CacheError(RuntimeError):
     """A cached run that is missing, corrupt or stale, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class TermSpace:
+    """The terms a run's term-level matrices have as columns (whole words or word pieces).
+
+    vocab: the term strings; ignore_mask: terms never shown (special tokens, punctuation); presence: binary
+    (n_examples x len(vocab)) CSR matrix, 1 where the example contains the term.
+    """
+
+    unit: str
+    vocab: list[str]
+    ignore_mask: np.ndarray
+    presence: sp.csr_matrix
 
 
 def cache_dir() -> Path:
@@ -174,6 +192,8 @@ class Run:
     def __init__(self, path: Path, manifest: dict[str, Any]):
         self.path = path
         self.manifest = manifest
+        self._words_lock = threading.Lock()
+        self._term_spaces: dict[str, TermSpace] = {}
 
     @property
     def run_id(self) -> str:
@@ -268,6 +288,72 @@ class Run:
         """Return the binary (n x vocab) token-presence matrix."""
         return presence_matrix(self.token_ids, self.row_ptr, self.vocab_size)
 
+    @property
+    def n_examples(self) -> int:
+        return len(self.row_ptr) - 1
+
+    def document_frequency(self) -> np.ndarray:
+        """Return, per token id, the number of examples containing it."""
+        return np.asarray(self.presence.sum(axis=0), dtype=np.int64).ravel()
+
+    @property
+    def word_index(self) -> WordIndex:
+        """Return which tokens form which words (see core.words), built on first use and kept in `words/`."""
+        with self._words_lock:
+            cached = self.__dict__.get("_word_index")
+            if cached is None:
+                cached = self.__dict__["_word_index"] = self._load_or_build_word_index()
+            return cached
+
+    def _load_or_build_word_index(self) -> WordIndex:
+        folder = self.path / "words"
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if meta.get("version") == WORDS_VERSION and meta.get("examples") == self.n_examples:
+                arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
+                          for name in ("word_ids", "row_ptr", "token_index", "occ_ptr")}
+                vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+                pieces = sp.load_npz(folder / "piece_matrix.npz").tocsr()
+                if len(arrays["row_ptr"]) == self.n_examples + 1 and pieces.shape[0] == len(vocab):
+                    return WordIndex(vocab=vocab, piece_matrix=pieces, **arrays)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # absent or damaged: rebuilt from the stored text and tokens
+        index = build_word_index(self.examples["text"].astype(str).tolist(), self.token_ids, self.row_ptr,
+                                 self._token_array("char_starts"), self._token_array("char_ends"),
+                                 self.vocab_size, vocabulary_is_uncased(self.vocab, self.ignore_mask))
+        staging = Path(tempfile.mkdtemp(prefix=".words-", dir=self.path))
+        try:
+            staging.chmod(0o755)
+            for name in ("word_ids", "row_ptr", "token_index", "occ_ptr"):
+                np.save(staging / f"{name}.npy", getattr(index, name), allow_pickle=False)
+            (staging / "vocab.json").write_text(json.dumps(index.vocab, ensure_ascii=False), encoding="utf-8")
+            sp.save_npz(staging / "piece_matrix.npz", index.piece_matrix, compressed=False)
+            (staging / "meta.json").write_text(json.dumps({"version": WORDS_VERSION, "examples": self.n_examples}),
+                                               encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder, ignore_errors=True)
+            os.replace(staging, folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # a read-only cache still works, just without the file
+        return index
+
+    def word_inputs(self, unit: str = "word") -> WordInputs:
+        """Return the run seen at word level (`unit` "word": max over pieces, "word_sum": sum)."""
+        return WordInputs(self, self.word_index, "sum" if unit == "word_sum" else "max")
+
+    def term_space(self, unit: str = "word") -> TermSpace:
+        """Return the terms (vocabulary, ignore mask, presence) of `unit`: "piece", or whole words otherwise."""
+        unit = "piece" if unit == "piece" else "word"
+        if unit not in self._term_spaces:
+            if unit == "piece":
+                space = TermSpace("piece", self.vocab, self.ignore_mask, self.presence)
+            else:
+                index = self.word_index
+                space = TermSpace("word", index.vocab, np.zeros(len(index.vocab), dtype=bool),
+                                  presence_matrix(index.word_ids, index.row_ptr, len(index.vocab)))
+            self._term_spaces[unit] = space
+        return self._term_spaces[unit]
+
     def representation(self, key: RepresentationKey):
         """Return the representation named by `key`, building and caching it in the run folder on first use."""
         key = key.normalised()
@@ -282,7 +368,7 @@ class Run:
                 return sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
             except (ValueError, OSError, KeyError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
-        matrix = build_representation(self, key)
+        matrix = build_representation(self if key.unit == "piece" else self.word_inputs(key.unit), key)
         folder.mkdir(exist_ok=True)
         _save_matrix(path, matrix)
         return matrix
