@@ -306,6 +306,20 @@ REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in [
 ]}
 
 
+# The product's default representation and term unit (sidebar, precompute, benchmarks read them from here).
+# Chosen by measurement: see bench/results/representations.md.
+DEFAULT_REPRESENTATION = "s1"
+DEFAULT_UNIT = "word"
+DEFAULT_WEIGHTING = "idf"
+DEFAULT_K: int | None = None
+
+
+def default_key(method: str = "grad_l2") -> RepresentationKey:
+    """Return the default representation's key for `method`."""
+    return RepresentationKey(DEFAULT_REPRESENTATION, method, DEFAULT_K, unit=DEFAULT_UNIT,
+                             weighting=DEFAULT_WEIGHTING).normalised()
+
+
 def build_representation(inputs: RepresentationInputs, key: RepresentationKey, block: int | None = None):
     """Return the matrix named by `key` (CSR for sparse representations, float32 ndarray otherwise).
 

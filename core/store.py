@@ -156,12 +156,17 @@ def _save_matrix(path: Path, matrix) -> None:
         raise
 
 
+# Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check.
+DERIVED_FOLDERS = ("words",)
+
+
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
-    """Return {relative path: {bytes, sha256}} for every file under `folder` except the manifest."""
+    """Return {relative path: {bytes, sha256}} for every file under `folder` except the manifest and derived
+    folders (DERIVED_FOLDERS)."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST:
+        if rel != MANIFEST and rel.split("/")[0] not in DERIVED_FOLDERS:
             out[rel] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
     return out
 

@@ -29,7 +29,9 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, plots
-from core.representations import REPRESENTATIONS, RepresentationKey
+from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_UNIT, DEFAULT_WEIGHTING,
+                                  REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
+                                  RepresentationKey)
 from core.store import MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, runs_dir
 
 T = TypeVar("T")
@@ -66,7 +68,6 @@ PAGE_FILES: dict[str, str] = {
 
 CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclassified": "misclassified only"}
 # 0 = all tokens: bench/results/shortcut.md shows it isolates a learned shortcut far more reliably than k=5.
-DEFAULT_K = 0
 DEFAULT_CLUSTERS = 5
 SAMPLE_SEED = 0
 CLUSTER_SEED = 0
@@ -101,10 +102,10 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool]:
+def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool, str, str]:
     """Return the fields of a normalised representation key as a tuple of primitives."""
     key = key.normalised()
-    return key.name, key.method, key.k, key.include_special
+    return key.name, key.method, key.k, key.include_special, key.unit, key.weighting
 
 
 def parse_tokens(text: str) -> tuple[str, ...]:
@@ -206,8 +207,10 @@ def _run_titles(paths_and_stamps: tuple[tuple[str, int], ...]) -> dict[str, str]
 
 @st.cache_resource(show_spinner="Loading the representation (built on first use, then kept in the run folder)…",
                    max_entries=6)
-def _matrix(path: str, stamp: int, name: str, method: str | None, k: int | None, include_special: bool):
-    return _open_run(path, stamp).representation(RepresentationKey(name, method, k, include_special))
+def _matrix(path: str, stamp: int, name: str, method: str | None, k: int | None, include_special: bool,
+            unit: str = "piece", weighting: str = "none"):
+    return _open_run(path, stamp).representation(RepresentationKey(name, method, k, include_special, unit,
+                                                                   weighting))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -242,8 +245,9 @@ def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_j
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
     labels = _cluster_labels(path, stamp, key, spec_json, n_clusters, seed)
+    space = run.term_space(vocab_key[4])
     return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
-                                    run.vocab, run.ignore_mask, run.label_names, n_terms=n_terms)
+                                    space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms)
 
 
 def projection_file(run: Run, key: tuple, spec_json: str, method: str, seed: int) -> Path:
@@ -311,7 +315,8 @@ def _slice_example_terms(path: str, stamp: int, vocab_key: tuple, spec_json: str
                          n: int) -> list[list[tuple[str, float]]]:
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
-    return analysis.example_terms(_matrix(path, stamp, *vocab_key)[rows], run.vocab, run.ignore_mask, n)
+    space = run.term_space(vocab_key[4])
+    return analysis.example_terms(_matrix(path, stamp, *vocab_key)[rows], space.vocab, space.ignore_mask, n)
 
 
 @st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=4)
@@ -349,6 +354,9 @@ class View:
     key: RepresentationKey
     n_clusters: int
     regex_error: str | None = None
+    terms_unit: str = DEFAULT_UNIT
+    weighting: str = "none"
+    k: int | None = None
 
     @property
     def path(self) -> str:
@@ -361,9 +369,16 @@ class View:
         return slice_json(self.spec)
 
     @property
+    def unit(self) -> str:
+        """Return the term unit of the view: "word", "word_sum" or "piece"."""
+        return self.terms_unit
+
+    @property
     def vocab_key(self) -> RepresentationKey:
-        """Return the S1 key (same method and k) that top terms and word clouds are always read from."""
-        return RepresentationKey("s1", self.key.method or self.run.methods[0], self.key.k)
+        """Return the S1 key that top terms and word clouds are read from: the chosen representation's method, k,
+        unit and weighting (for a baseline, the sidebar's method, k, unit and weighting)."""
+        return RepresentationKey("s1", self.key.method or self.run.methods[0], self.k, unit=self.terms_unit,
+                                 weighting=self.weighting).normalised()
 
     @property
     def method(self) -> str:
@@ -382,6 +397,20 @@ class View:
     def vocab_matrix(self):
         """Return the S1 vocabulary matrix (R_vocab) for every example of the run (shared; do not modify)."""
         return _matrix(self.path, self.stamp, *key_tuple(self.vocab_key))
+
+    @property
+    def vocab(self) -> list[str]:
+        """Return the term strings of the columns of `vocab_matrix()` (whole words or word pieces)."""
+        return self.run.term_space(self.terms_unit).vocab
+
+    @property
+    def ignore_mask(self) -> np.ndarray:
+        """Return the bool mask over `vocab` of terms never shown (special tokens, punctuation)."""
+        return self.run.term_space(self.terms_unit).ignore_mask
+
+    def presence(self):
+        """Return the binary (n x len(vocab)) term-presence matrix of every example of the run (shared)."""
+        return self.run.term_space(self.terms_unit).presence
 
     def label_name(self, label: int) -> str:
         """Return the class name of a label id."""
@@ -437,7 +466,7 @@ class View:
 
     def terms_of(self, row: int, n: int = 10) -> list[tuple[str, float]]:
         """Return the top (term, weight) pairs of one example (by run row id) from R_vocab."""
-        return analysis.example_terms(self.vocab_matrix()[[row]], self.run.vocab, self.run.ignore_mask, n)[0]
+        return analysis.example_terms(self.vocab_matrix()[[row]], self.vocab, self.ignore_mask, n)[0]
 
     def neighbour_index(self) -> analysis.NeighbourIndex:
         """Return the exact cosine index over every example of the run in the chosen representation."""
@@ -587,15 +616,23 @@ def render_sidebar() -> View:
                     step=100, help="A seeded random sample of the slice: same sample on every page and reload.")
 
     bar.header("Representation")
-    rep = synced(bar.selectbox, "Representation", "rep", "s1", options=list(REPRESENTATIONS), sidebar=True,
-                 format_func=lambda r: REPRESENTATIONS[r].title,
+    rep = synced(bar.selectbox, "Representation", "rep", DEFAULT_REPRESENTATION, options=list(REPRESENTATIONS),
+                 sidebar=True, format_func=lambda r: REPRESENTATIONS[r].title,
                  help="Rows that clusters, maps and neighbours are computed on. Top terms and word clouds always "
-                      "come from S1 (same method and k).")
+                      "come from S1 (same method, k, terms and weighting).")
+    unit = synced(bar.selectbox, "Terms", "unit", DEFAULT_UNIT, options=list(UNITS), sidebar=True,
+                  format_func=lambda u: UNIT_TITLES[u],
+                  help="Whole words (a word's saliency is its most salient piece's, or the sum of its pieces') or "
+                       "the model's word pieces. Applies to S1, S2, B1 and to every term list.")
+    weighting = synced(bar.selectbox, "Weighting", "weighting", DEFAULT_WEIGHTING, options=list(WEIGHTINGS),
+                       sidebar=True, format_func=lambda w: WEIGHTING_TITLES[w],
+                       help="idf multiplies each term's salience by log((1 + n) / (1 + examples containing it)): "
+                            "terms salient in every example (a, the, and) stop dominating S1/S2.")
     methods = run.methods
     method = synced(bar.selectbox, "Attribution method", "method", methods[0], options=methods, sidebar=True,
                     help="Saliency method of S1/S2, of top terms and of the text shading.")
     k = synced(bar.number_input, "k: salient terms kept per example (0 = all)", "k",
-               int(run.manifest.get("settings", {}).get("k", DEFAULT_K) or 0), sidebar=True, min_value=0,
+               int(DEFAULT_K or 0), sidebar=True, min_value=0,
                max_value=10_000, step=1)
     special = synced(bar.checkbox, "Include special tokens and punctuation", "special", False, sidebar=True,
                      help="Whether [CLS], [SEP], punctuation… enter the representation. Displays never show them.")
@@ -618,8 +655,9 @@ def render_sidebar() -> View:
     )
     rows = _slice_rows(str(path), stamp, slice_json(spec))
     view = View(run=run, stamp=stamp, spec=spec, rows=rows,
-                key=RepresentationKey(rep, method, int(k) or None, bool(special)).normalised(),
-                n_clusters=int(n_clusters), regex_error=regex_error)
+                key=RepresentationKey(rep, method, int(k) or None, bool(special), unit, weighting).normalised(),
+                n_clusters=int(n_clusters), regex_error=regex_error, terms_unit=unit, weighting=weighting,
+                k=int(k) or None)
     bar.divider()
     bar.markdown(f"**{len(rows):,}** of {len(examples):,} examples in the slice")
     bar.caption("The address bar holds these settings: copy it to share this view.")
