@@ -12,6 +12,7 @@ index normalises defensively anyway, so its scores are always cosines).
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -281,8 +282,96 @@ def example_terms(R_rows, vocab: Sequence[str], ignore_mask: np.ndarray,
     return out
 
 
+def default_min_support(n_group: int) -> int:
+    """Return the default minimum support of a group of ``n_group`` rows: max(3, ceil(2% of the group)),
+    capped at the group size (a group of 2 rows can still show terms)."""
+    return int(min(max(n_group, 1), max(3, math.ceil(0.02 * n_group))))
+
+
+def _rank_distinctive(mean_in: np.ndarray, mean_out: np.ndarray, support: np.ndarray, ignore_mask: np.ndarray,
+                      min_support: int, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (column ids, weights) of the terms with mean_in - mean_out > 0 and support >= min_support, best
+    first: by weight, then by the in-group mean, then by support, then by column id (all rules, no chance)."""
+    weight = mean_in - mean_out
+    ok = np.flatnonzero((weight > 0) & (support >= min_support) & ~np.asarray(ignore_mask, dtype=bool))
+    order = ok[np.lexsort((ok, -support[ok], -mean_in[ok], -weight[ok]))]
+    if n is not None:
+        order = order[:n]
+    return order, weight[order]
+
+
+def _support(R_rows: Matrix, presence_rows: Matrix | None) -> np.ndarray:
+    source = R_rows if presence_rows is None else presence_rows
+    if source.shape[0] == 0:
+        return np.zeros(source.shape[1], dtype=np.int64)
+    return np.asarray((source > 0).sum(axis=0), dtype=np.int64).ravel()
+
+
+def distinctive_terms(
+    R_rows_in_group: Matrix,
+    R_rows_rest: Matrix,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    presence_in_group: Matrix | None = None,
+    n: int = 10,
+    min_support: int | None = None,
+) -> list[tuple[str, float]]:
+    """Return up to ``n`` (term, weight) pairs: the terms most distinctive of a group of rows against the rest.
+
+    The weight is the **difference of means** of the S1 salience, ``mean over the group - mean over the rest``
+    (the two-sample contrast behind e.g. scikit-learn's ``NearestCentroid``; a centroid difference). A term
+    salient in every row (a function word) has about the same mean inside and outside, so it falls to about 0;
+    a term rare overall but salient in most of the group ranks first. Only terms with a positive weight that
+    are not ignored and are *supported* by at least ``min_support`` rows of the group (rows where the term is
+    present, from ``presence_in_group``, or salient, ``R > 0``, when no presence is given; default
+    ``default_min_support``: max(3, 2% of the group)) are returned, best first; equal weights are ordered by
+    the in-group mean, then support, then column id. With no rest rows the weight is the group mean.
+    """
+    n_group = R_rows_in_group.shape[0]
+    if n_group == 0:
+        return []
+    mean_in = _column_means(R_rows_in_group)
+    mean_out = _column_means(R_rows_rest)
+    support = _support(R_rows_in_group, presence_in_group)
+    threshold = default_min_support(n_group) if min_support is None else int(min_support)
+    order, weights = _rank_distinctive(mean_in, mean_out, support, ignore_mask, threshold, n)
+    return [(vocab[i], float(w)) for i, w in zip(order, weights)]
+
+
 def _label_name(label_names: Sequence[str], i: int) -> str:
     return label_names[i] if 0 <= i < len(label_names) else str(i)
+
+
+TERM_RANKINGS: tuple[str, ...] = ("distinctive", "mean")
+# A cluster is flagged as a possible shortcut when all three hold (Clusters page, flag_reason says which numbers).
+SHORTCUT_MAX_SIZE_PCT = 25.0      # small: under this percentage of the slice
+SHORTCUT_MIN_CONFIDENCE = 0.9     # confident: mean max class probability at least this
+SHORTCUT_TOP_TERMS = 3            # concentrated: the top this-many terms (by mean salience) hold ...
+SHORTCUT_MIN_TOP_SHARE = 0.5      # ... at least this share of the cluster's summed salience
+
+
+def class_mix(counts: Sequence[int], label_names: Sequence[str]) -> str:
+    """Return the classes with a non-zero count in class order, e.g. ``"negative 104 · positive 104"``."""
+    parts = [f"{_label_name(label_names, c)} {int(k):,}" for c, k in enumerate(counts) if k > 0]
+    return " · ".join(parts) if parts else "—"
+
+
+def majority_text(counts: Sequence[int], label_names: Sequence[str]) -> str:
+    """Return the most frequent class's name, or ``"tie: A / B"`` when several classes share the top count."""
+    counts = np.asarray(counts)
+    if len(counts) == 0 or counts.max() <= 0:
+        return "—"
+    top = np.flatnonzero(counts == counts.max())
+    if len(top) == 1:
+        return _label_name(label_names, int(top[0]))
+    return "tie: " + " / ".join(_label_name(label_names, int(c)) for c in top)
+
+
+def _confidence(rows_examples: pd.DataFrame, n_classes: int) -> np.ndarray | None:
+    columns = [f"prob_{i}" for i in range(n_classes)]
+    if n_classes == 0 or not all(c in rows_examples.columns for c in columns):
+        return None
+    return rows_examples[columns].to_numpy(dtype=np.float64).max(axis=1)
 
 
 def cluster_summary(
@@ -293,16 +382,31 @@ def cluster_summary(
     ignore_mask: np.ndarray,
     label_names: Sequence[str],
     n_terms: int = 8,
+    *,
+    ranking: str = "distinctive",
 ) -> pd.DataFrame:
     """Return one row per cluster, sorted by size (largest first).
 
-    Columns: ``cluster`` (id), ``size``, ``size_pct`` (percent of the rows,
-    0-100), ``majority_label`` and ``majority_pred`` (class names; ties go
-    to the lower class id),
-    ``accuracy`` (fraction correct), ``top_terms`` (", "-joined) and
-    ``terms`` (list of (term, weight)). ``cluster_labels``, ``rows_examples``
-    and ``R_vocab_rows`` must be aligned row by row.
+    ``ranking`` picks the cluster's terms: ``"distinctive"`` (default) ranks them by ``distinctive_terms``
+    against the rest of the rows (mean salience in the cluster minus mean salience in the other clusters,
+    support at least ``default_min_support``); ``"mean"`` by the mean salience in the cluster (``top_terms``,
+    method.md §3). The ``terms`` column holds the (term, weight) pairs of that ranking, for tables and word
+    clouds alike.
+
+    Columns: ``cluster`` (id), ``size``, ``size_pct`` (percent of the rows, 0-100), ``majority_label`` and
+    ``majority_pred`` (class names; ``"tie: A / B"`` when classes tie), ``label_counts`` / ``pred_counts``
+    (tuples of counts per class), ``labels_text`` / ``preds_text`` (e.g. ``"negative 104 · positive 3"``),
+    ``recall`` (tuple per class: the share of the rows labelled with that class that fall in this cluster, NaN
+    for a class absent from the rows; each class's recalls sum to 1 over the clusters), ``recall_text``,
+    ``accuracy`` (fraction correct), ``confidence`` (mean max class probability from the ``prob_<i>`` columns,
+    NaN without them), ``top_share`` (share of the cluster's summed salience, ignored terms left out, held by
+    its ``SHORTCUT_TOP_TERMS`` terms of highest mean salience), ``shortcut`` (bool: small, confident and
+    concentrated, see the ``SHORTCUT_*`` thresholds), ``flag_reason`` (why, with the numbers; "" when not
+    flagged), ``top_terms`` (", "-joined) and ``terms`` (list of (term, weight)). ``cluster_labels``,
+    ``rows_examples`` and ``R_vocab_rows`` must be aligned row by row.
     """
+    if ranking not in TERM_RANKINGS:
+        raise ValueError(f"ranking must be one of {TERM_RANKINGS}, got {ranking!r}")
     cluster_labels = np.asarray(cluster_labels)
     if not (len(cluster_labels) == len(rows_examples) == R_vocab_rows.shape[0]):
         raise ValueError(
@@ -312,28 +416,91 @@ def cluster_summary(
     preds = rows_examples["pred"].to_numpy(dtype=np.int64)
     correct = rows_examples["correct"].to_numpy(dtype=bool)
     total = len(cluster_labels)
+    n_classes = max(len(label_names), int(labels.max(initial=-1)) + 1, int(preds.max(initial=-1)) + 1)
+    label_totals = np.bincount(labels, minlength=n_classes)
+    confidence = _confidence(rows_examples, len(label_names))
+    ignore = np.asarray(ignore_mask, dtype=bool)
+
+    clusters = np.unique(cluster_labels)
+    # Column sums and support (rows where the term is salient) of every cluster in one sparse product each.
+    member_of = np.searchsorted(clusters, cluster_labels)
+    indicator = sp.csr_matrix((np.ones(total), (member_of, np.arange(total))), shape=(len(clusters), total))
+    R = R_vocab_rows if sp.issparse(R_vocab_rows) else np.asarray(R_vocab_rows)
+    sums = np.asarray((indicator @ R).todense() if sp.issparse(R) else indicator @ R, dtype=np.float64)
+    salient = (R > 0).astype(np.float64)
+    supports = np.asarray((indicator @ salient).todense() if sp.issparse(R) else indicator @ salient,
+                          dtype=np.float64).round().astype(np.int64)
+    all_sums = sums.sum(axis=0)
 
     records = []
-    for c in np.unique(cluster_labels):
-        members = np.flatnonzero(cluster_labels == c)
-        terms = top_terms(R_vocab_rows[members], vocab, ignore_mask, n=n_terms)
+    for i, c in enumerate(clusters):
+        members = np.flatnonzero(member_of == i)
+        size = len(members)
+        mean_in = sums[i] / size
+        if ranking == "mean":
+            eligible = np.flatnonzero((mean_in > 0) & ~ignore)
+            order = eligible[np.lexsort((eligible, -mean_in[eligible]))][:n_terms]
+            weights = mean_in[order]
+        else:
+            rest = total - size
+            mean_out = (all_sums - sums[i]) / rest if rest else np.zeros_like(mean_in)
+            order, weights = _rank_distinctive(mean_in, mean_out, supports[i], ignore,
+                                               default_min_support(size), n_terms)
+        terms = [(vocab[j], float(w)) for j, w in zip(order, weights)]
+
+        label_counts = np.bincount(labels[members], minlength=n_classes)
+        pred_counts = np.bincount(preds[members], minlength=n_classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recall = np.where(label_totals > 0, label_counts / np.maximum(label_totals, 1), np.nan)
+        recall_text = " · ".join(f"{_label_name(label_names, k)} {recall[k]:.0%}"
+                                 for k in range(n_classes) if label_totals[k] > 0)
+
+        kept_sums = np.where(ignore, 0.0, sums[i])
+        mass = kept_sums.sum()
+        top_ids = np.lexsort((np.arange(len(kept_sums)), -kept_sums))[:SHORTCUT_TOP_TERMS]
+        top_ids = top_ids[kept_sums[top_ids] > 0]
+        top_share = float(kept_sums[top_ids].sum() / mass) if mass > 0 else 0.0
+        size_pct = 100.0 * size / total
+        conf = float(confidence[members].mean()) if confidence is not None else math.nan
+        small = size_pct < SHORTCUT_MAX_SIZE_PCT
+        confident = bool(np.isfinite(conf) and conf >= SHORTCUT_MIN_CONFIDENCE)
+        concentrated = top_share >= SHORTCUT_MIN_TOP_SHARE
+        shortcut = small and confident and concentrated
+        reason = ""
+        if shortcut:
+            reason = (f"small ({size_pct:.1f}% of the slice, under {SHORTCUT_MAX_SIZE_PCT:g}%), "
+                      f"confident (mean max probability {conf:.2f} ≥ {SHORTCUT_MIN_CONFIDENCE:g}), "
+                      f"concentrated (top {len(top_ids)} terms {', '.join(vocab[j] for j in top_ids)} hold "
+                      f"{top_share:.0%} of its salience, ≥ {SHORTCUT_MIN_TOP_SHARE:.0%})")
         records.append(
             {
                 "cluster": int(c),
-                "size": len(members),
-                "size_pct": 100.0 * len(members) / total,
-                "majority_label": _label_name(label_names, int(np.bincount(labels[members]).argmax())),
-                "majority_pred": _label_name(label_names, int(np.bincount(preds[members]).argmax())),
+                "size": size,
+                "size_pct": size_pct,
+                "majority_label": majority_text(label_counts, label_names),
+                "majority_pred": majority_text(pred_counts, label_names),
+                "labels_text": class_mix(label_counts, label_names),
+                "preds_text": class_mix(pred_counts, label_names),
+                "recall_text": recall_text,
                 "accuracy": float(correct[members].mean()),
+                "confidence": conf,
+                "top_share": top_share,
+                "shortcut": shortcut,
+                "flag_reason": reason,
                 "top_terms": ", ".join(t for t, _ in terms),
                 "terms": terms,
+                "label_counts": tuple(int(k) for k in label_counts),
+                "pred_counts": tuple(int(k) for k in pred_counts),
+                "recall": tuple(float(r) for r in recall),
             }
         )
     columns = [
-        "cluster", "size", "size_pct", "majority_label", "majority_pred",
-        "accuracy", "top_terms", "terms",
+        "cluster", "size", "size_pct", "majority_label", "majority_pred", "labels_text", "preds_text",
+        "recall_text", "accuracy", "confidence", "top_share", "shortcut", "flag_reason", "top_terms", "terms",
+        "label_counts", "pred_counts", "recall",
     ]
     df = pd.DataFrame.from_records(records, columns=columns)
+    df["shortcut"] = df["shortcut"].astype(bool)
     return df.sort_values(["size", "cluster"], ascending=[False, True], ignore_index=True)
 
 
@@ -700,6 +867,167 @@ def pmi_terms(
             "class_count": class_counts[chosen],
         }
     )
+
+
+SALIENT_RANKINGS: tuple[str, ...] = ("distinctive", "mean")
+ASSOCIATION_RANKINGS: tuple[str, ...] = ("log_odds", "pmi")
+LOG_ODDS_PRIOR = 1000.0
+
+
+def distinctive_salient_terms(
+    R_vocab: Matrix,
+    presence: Matrix,
+    rows: np.ndarray | None,
+    other_rows: np.ndarray | None,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+) -> pd.DataFrame:
+    """Return a class's salient terms ranked by how much more salient they are in the class (the default list).
+
+    ``distinctiveness`` = mean S1 salience over ``rows`` (the class's examples) minus mean S1 salience over
+    ``other_rows`` (the other classes' examples): the difference of means of ``distinctive_terms``. Function
+    words salient in every class score about 0 and leave the list; the plain mean (method.md §4.3a) is
+    ``aggregated_salient_terms``. Columns: ``term``, ``token_id``, ``distinctiveness``, ``mean_salience`` (over
+    ``rows``), ``mean_salience_rest`` (over ``other_rows``), ``count`` (how many of ``rows`` contain the term).
+    Only terms in at least ``min_count`` of ``rows``, not ignored and with positive distinctiveness; best first,
+    equal scores by mean salience, then token id. ``rows``/``other_rows``: index arrays or bool masks; None
+    means every row (for ``other_rows``: every row not in ``rows``).
+    """
+    n = R_vocab.shape[0]
+    ids = _row_ids(rows, n)
+    if other_rows is None:
+        keep = np.ones(n, dtype=bool)
+        keep[ids] = False
+        others = np.flatnonzero(keep)
+    else:
+        others = _row_ids(other_rows, n)
+    mean_in = _column_means(R_vocab[ids])
+    mean_out = _column_means(R_vocab[others])
+    counts = _document_counts(presence[ids])
+    score = mean_in - mean_out
+    ok = np.flatnonzero((counts >= min_count) & (score > 0) & ~np.asarray(ignore_mask, dtype=bool))
+    order = ok[np.lexsort((ok, -mean_in[ok], -score[ok]))][:top_n]
+    return pd.DataFrame(
+        {
+            "term": [vocab[i] for i in order],
+            "token_id": order.astype(np.int64),
+            "distinctiveness": score[order],
+            "mean_salience": mean_in[order],
+            "mean_salience_rest": mean_out[order],
+            "count": counts[order],
+        }
+    )
+
+
+def class_salient_terms(
+    R_vocab: Matrix,
+    presence: Matrix,
+    rows: np.ndarray | None,
+    other_rows: np.ndarray | None,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+    ranking: str = "distinctive",
+) -> pd.DataFrame:
+    """Return a class's salient-term list, the one the Seed terms and Sensitivity pages share.
+
+    ``ranking="distinctive"`` (default): ``distinctive_salient_terms`` (class mean minus other classes' mean);
+    ``"mean"``: ``aggregated_salient_terms`` (the paper's plain mean over the class, method.md §4.3a). Both
+    frames have ``term``, ``token_id``, ``mean_salience`` and ``count``; the distinctive one also
+    ``distinctiveness`` and ``mean_salience_rest``.
+    """
+    if ranking == "distinctive":
+        return distinctive_salient_terms(R_vocab, presence, rows, other_rows, vocab, ignore_mask,
+                                         min_count=min_count, top_n=top_n)
+    if ranking == "mean":
+        return aggregated_salient_terms(R_vocab, presence, rows, vocab, ignore_mask, min_count=min_count,
+                                        top_n=top_n)
+    raise ValueError(f"ranking must be one of {SALIENT_RANKINGS}, got {ranking!r}")
+
+
+def log_odds_terms(
+    presence: Matrix,
+    y: np.ndarray,
+    target_class: int,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+    prior: float = LOG_ODDS_PRIOR,
+) -> pd.DataFrame:
+    """Return the top terms of a class by the weighted log-odds ratio with an informative Dirichlet prior.
+
+    Monroe, Colaresi & Quinn (2008), "Fightin' Words", §3.5: with document counts (a row counts once for a term)
+    y_w^i in the target class i and y_w^j in the other rows, totals n^i and n^j over the terms that are not
+    ignored, and a prior alpha_w = ``prior`` * y_w / n (the overall term frequencies scaled to ``prior``
+    pseudo-counts, alpha_0 = ``prior``),
+
+        delta_w = log((y_w^i + a_w) / (n^i + a_0 - y_w^i - a_w)) - log((y_w^j + a_w) / (n^j + a_0 - y_w^j - a_w))
+        var_w   = 1 / (y_w^i + a_w) + 1 / (y_w^j + a_w),      z_w = delta_w / sqrt(var_w).
+
+    Unlike PMI, terms that occur only in the class do not tie: the more often they occur, the larger z. Columns:
+    ``term``, ``token_id``, ``z`` (the ranking score), ``delta`` (log-odds ratio), ``count`` (rows containing
+    the term), ``class_count`` (those in ``target_class``). Only terms in at least ``min_count`` rows, not
+    ignored and seen with the class at least once; sorted by z, then count, then token id.
+    """
+    y = np.asarray(y)
+    if len(y) != presence.shape[0]:
+        raise ValueError(f"y has {len(y)} entries but presence has {presence.shape[0]} rows")
+    if prior <= 0:
+        raise ValueError(f"prior must be positive, got {prior}")
+    ignore = np.asarray(ignore_mask, dtype=bool)
+    in_class = y == target_class
+    counts = _document_counts(presence).astype(np.float64)
+    class_counts = _document_counts(presence[np.flatnonzero(in_class)]).astype(np.float64)
+    counts[ignore] = 0.0
+    class_counts[ignore] = 0.0
+    rest_counts = counts - class_counts
+    n_all = counts.sum()
+    n_i, n_j = class_counts.sum(), rest_counts.sum()
+    ok = np.flatnonzero((counts >= max(min_count, 1)) & (class_counts > 0) & ~ignore)
+    if len(ok) == 0 or n_all == 0:
+        return pd.DataFrame({"term": pd.Series(dtype=object), "token_id": pd.Series(dtype=np.int64),
+                             "z": pd.Series(dtype=np.float64), "delta": pd.Series(dtype=np.float64),
+                             "count": pd.Series(dtype=np.int64), "class_count": pd.Series(dtype=np.int64)})
+    a0 = float(prior)
+    a = a0 * counts[ok] / n_all
+    yi, yj = class_counts[ok], rest_counts[ok]
+    delta = (np.log((yi + a) / (n_i + a0 - yi - a)) - np.log((yj + a) / (n_j + a0 - yj - a)))
+    z = delta / np.sqrt(1.0 / (yi + a) + 1.0 / (yj + a))
+    order = np.lexsort((ok, -counts[ok], -z))[:top_n]
+    chosen = ok[order]
+    return pd.DataFrame(
+        {
+            "term": [vocab[i] for i in chosen],
+            "token_id": chosen.astype(np.int64),
+            "z": z[order].astype(np.float64),
+            "delta": delta[order].astype(np.float64),
+            "count": counts[chosen].astype(np.int64),
+            "class_count": class_counts[chosen].astype(np.int64),
+        }
+    )
+
+
+def class_association_terms(
+    presence: Matrix,
+    y: np.ndarray,
+    target_class: int,
+    vocab: Sequence[str],
+    ignore_mask: np.ndarray,
+    min_count: int = 20,
+    top_n: int = 20,
+    ranking: str = "log_odds",
+) -> pd.DataFrame:
+    """Return a class's data-side term list: ``log_odds_terms`` (default, ``ranking="log_odds"``) or
+    ``pmi_terms`` (``ranking="pmi"``), the one the Seed terms and Sensitivity pages share."""
+    if ranking == "log_odds":
+        return log_odds_terms(presence, y, target_class, vocab, ignore_mask, min_count=min_count, top_n=top_n)
+    if ranking == "pmi":
+        return pmi_terms(presence, y, target_class, vocab, ignore_mask, min_count=min_count, top_n=top_n)
+    raise ValueError(f"ranking must be one of {ASSOCIATION_RANKINGS}, got {ranking!r}")
 
 
 # --------------------------------------------------------------------------- export

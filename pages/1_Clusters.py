@@ -1,16 +1,37 @@
-"""Clusters: k-means on the slice's representation; sizes, accuracy, top salient terms, word clouds, members."""
+"""Clusters: k-means on the slice's representation; sizes, classes, accuracy, distinctive terms, word clouds."""
+import pandas as pd
 import streamlit as st
 
-from core import plots, ui
+from core import analysis, plots, ui
+
+RANKINGS = {"distinctive": "distinctive (vs rest of slice)", "mean": "mean salience"}
+WEIGHTS = {"distinctive": "mean salience in the cluster minus mean salience in the rest of the slice",
+           "mean": "mean salience of the term in the cluster"}
 
 view = ui.current_view()
 ui.page_header("Clusters", view,
-               "Each cluster groups examples whose salient terms are alike. Its **top terms** are the terms with "
-               "the highest mean salience in the cluster (S1 vocabulary, special tokens and punctuation left out). "
-               "A small cluster with high accuracy and unusual top terms often reveals a shortcut in the data.")
+               "Each cluster groups examples whose salient terms are alike. Its **top terms** are, by default, its "
+               "**distinctive** terms: more salient in the cluster than in the rest of the slice (difference of "
+               "mean salience, S1 vocabulary, salient in at least 3 of its examples), so words salient everywhere "
+               "drop out; *mean salience* ranks by the plain mean instead. A small, confidently predicted cluster "
+               "whose salience sits on a few terms is flagged ⚠️ as a **possible shortcut** in the data.")
 ui.require_rows(view, view.n_clusters, f"the {view.n_clusters} clusters asked for (sidebar, *Clusters*)")
 
-summary = view.cluster_summary()
+ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
+                    format_func=RANKINGS.get, horizontal=True,
+                    help="distinctive: mean salience in the cluster minus in the rest of the slice (terms salient "
+                         "everywhere fall out). mean salience: the paper's mean over the cluster.")
+
+
+@st.cache_data(show_spinner="Summarising the clusters…", max_entries=64)
+def _summary(_view: ui.View, path: str, stamp: int, key: tuple, vocab_key: tuple, spec_json: str,
+             n_clusters: int, ranking: str) -> pd.DataFrame:
+    return analysis.cluster_summary(_view.cluster_labels(), _view.examples, _view.vocab_matrix()[_view.rows],
+                                    _view.vocab, _view.ignore_mask, _view.run.label_names, ranking=ranking)
+
+
+summary = _summary(view, view.path, view.stamp, ui.key_tuple(view.key), ui.key_tuple(view.vocab_key),
+                   view.spec_json, view.n_clusters, ranking)
 labels = view.cluster_labels()
 if len(summary) < view.n_clusters:
     st.info(f"k-means found only {len(summary)} distinct cluster{'s' if len(summary) != 1 else ''} instead of "
@@ -27,9 +48,20 @@ with clouds_intro:
     st.markdown(f"- Largest: cluster {largest.cluster}, {largest.size_pct:.1f}% of the slice\n"
                 f"- Most accurate: cluster {best.cluster} ({best.accuracy:.0%}, {best.size_pct:.1f}% of the slice), "
                 f"top terms *{best.top_terms or '—'}*")
+    flagged = summary[summary["shortcut"]]
+    if len(flagged):
+        st.markdown("\n".join(f"- ⚠️ **Possible shortcut: cluster {c.cluster}**, top terms "
+                              f"*{c.top_terms or '—'}*: {c.flag_reason}" for c in flagged.itertuples()))
+    else:
+        st.caption(f"No cluster is flagged as a possible shortcut (under {analysis.SHORTCUT_MAX_SIZE_PCT:g}% of the "
+                   f"slice, mean max probability ≥ {analysis.SHORTCUT_MIN_CONFIDENCE:g} and top "
+                   f"{analysis.SHORTCUT_TOP_TERMS} terms holding ≥ {analysis.SHORTCUT_MIN_TOP_SHARE:.0%} of the "
+                   "cluster's salience).")
     st.caption("Select a row of the table to list that cluster's examples.")
 
-table = summary[["cluster", "size", "size_pct", "majority_label", "majority_pred", "accuracy", "top_terms"]]
+table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[
+    ["cluster", "flag", "size", "size_pct", "labels_text", "preds_text", "recall_text", "accuracy", "confidence",
+     "top_terms", "flag_reason"]]
 
 
 def _pick_from_table() -> None:
@@ -42,28 +74,42 @@ st.dataframe(
     table, hide_index=True, key="cluster_table", on_select=_pick_from_table, selection_mode="single-row",
     column_config={
         "cluster": st.column_config.NumberColumn("cluster", width="small"),
+        "flag": st.column_config.TextColumn("⚠️", width="small", help="Possible shortcut: see *why flagged*."),
         "size": st.column_config.NumberColumn("examples", format="%d"),
         "size_pct": st.column_config.ProgressColumn("% of slice", min_value=0.0, max_value=100.0, format="%.1f%%"),
-        "majority_label": "majority label",
-        "majority_pred": "majority prediction",
+        "labels_text": st.column_config.TextColumn("labels", help="Examples per true label (ties are visible)."),
+        "preds_text": st.column_config.TextColumn("predictions", help="Examples per predicted class."),
+        "recall_text": st.column_config.TextColumn(
+            "share of each class", help="Of the slice's examples labelled with a class, the share in this cluster "
+                                        "(recall per class; each class sums to 100% over the clusters)."),
         "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="%.2f"),
-        "top_terms": st.column_config.TextColumn("top terms (mean salience)", width="large"),
+        "confidence": st.column_config.NumberColumn("confidence", format="%.2f",
+                                                    help="Mean probability of the predicted class."),
+        "top_terms": st.column_config.TextColumn(f"top terms ({RANKINGS[ranking]})", width="large"),
+        "flag_reason": st.column_config.TextColumn("why flagged", width="large"),
     },
 )
+st.caption(f"Top terms and word clouds are weighted by {WEIGHTS[ranking]}"
+           + (" (terms salient in at least max(3, 2%) of the cluster's examples)." if ranking == "distinctive"
+              else "."))
 
 st.subheader("Word clouds")
-st.caption("Term size = mean salience of the term in the cluster.")
+st.caption(f"Term size = {WEIGHTS[ranking]}, the weights of the table's top terms.")
 per_row = 4
 shown = summary if len(summary) <= 8 else summary.iloc[:8]
 for start in range(0, len(shown), per_row):
     for col, (_, cluster) in zip(st.columns(per_row), shown.iloc[start:start + per_row].iterrows()):
         with col:
-            st.markdown(f"**Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy {cluster.accuracy:.0%}")
+            flag = "⚠️ " if cluster.shortcut else ""
+            st.markdown(f"**{flag}Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy "
+                        f"{cluster.accuracy:.0%} · {cluster.labels_text}")
             png = ui.wordcloud_png(tuple(cluster.terms), 400, 220)
             if png is None:
-                st.caption("(no salient terms)")
+                st.caption("(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)")
             else:
                 st.image(png, width="stretch")
+            if cluster.shortcut:
+                st.caption(f"⚠️ Possible shortcut: {cluster.flag_reason}")
 if len(summary) > len(shown):
     st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
 
@@ -73,7 +119,10 @@ pick = ui.synced(st.selectbox, "Cluster", "cluster_pick", clusters[0], options=c
                  format_func=lambda c: f"cluster {c} · {summary.set_index('cluster').loc[c, 'top_terms'] or '—'}")
 members = view.rows[labels == pick]
 info = summary.set_index("cluster").loc[pick]
-st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice), "
-            f"majority label *{info.majority_label}*, majority prediction *{info.majority_pred}*, "
-            f"accuracy {info.accuracy:.0%}.")
+st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice); labels "
+            f"{info.labels_text} (majority *{info.majority_label}*); predictions {info.preds_text} (majority "
+            f"*{info.majority_pred}*); accuracy {info.accuracy:.0%}; share of each class's examples in the slice: "
+            f"{info.recall_text}.")
+if info.shortcut:
+    st.warning(f"⚠️ Possible shortcut: {info.flag_reason}.")
 ui.example_list(view, members, key="cluster_members")

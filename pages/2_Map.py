@@ -72,17 +72,28 @@ figure = plots.scatter_map(coords, ex, colour_by, hover,
 figure.update_layout(height=620)
 # Small slices get bigger points; dense ones stay small so regions remain visible.
 figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
-event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"))
+# The mode bar (lasso, box, zoom) is always shown: by default Plotly shows it only while the mouse is over the chart.
+event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"),
+                        config={"displayModeBar": True})
 
 selected = ui.selected_rows(event, figure)
 if len(selected) == 0:
-    st.info("Draw a lasso or a box on the map (toolbar, top right) to list the examples inside it.")
+    st.info("Draw a lasso or a box on the map to list the examples inside it: pick the lasso or box tool in the "
+            "toolbar at the top right of the map, then drag over the points.")
 else:
     st.subheader(f"{len(selected):,} selected examples")
     cloud, table = st.columns([1, 2], gap="large")
-    top = analysis.top_terms(view.vocab_matrix()[selected], view.run.vocab, view.run.ignore_mask, n=40)
+    rest = np.setdiff1d(view.rows, selected, assume_unique=False)
+    R = view.vocab_matrix()
+    if len(rest):
+        top = analysis.distinctive_terms(R[selected], R[rest], view.vocab, view.ignore_mask,
+                                         presence_in_group=view.presence()[selected], n=40)
+        how = "mean salience in the selection minus mean salience in the rest of the slice"
+    else:
+        top = analysis.top_terms(R[selected], view.vocab, view.ignore_mask, n=40)
+        how = "mean salience over the selection (it holds the whole slice)"
     with cloud:
-        st.markdown("**Aggregate top terms** (mean salience over the selection)")
+        st.markdown(f"**Aggregate top terms** ({how})")
         st.markdown(ui.terms_html(top[:12]), unsafe_allow_html=True)
         png = ui.wordcloud_png(tuple(top), 400, 240)
         if png is not None:

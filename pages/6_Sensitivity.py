@@ -22,8 +22,10 @@ st.markdown(
     "Which terms does the model *react* to? Each seed term is **inserted** at a random word position into "
     "examples of the other class(es), and **masked** (every whole-word occurrence replaced by the tokenizer's "
     "mask token) in examples of the target class; the page reports the change in the target-class probability, "
-    "p(after) − p(before). Compare the **aggregated salient terms** with the **PMI** terms (frequent in the "
-    "class, but not necessarily used by the model) and with terms of your own (e.g. identity terms).")
+    "p(after) − p(before). Compare the **salient terms** (by default the terms more salient in the class than in "
+    "the other classes) with the **log-odds** or **PMI** terms (frequent in the class, but not necessarily used by "
+    "the model) and with terms of your own (e.g. identity terms). The run's lists are the ones the Seed terms page "
+    "shows for the same class, split and settings.")
 
 
 def _split_options(preferred: str) -> tuple[list[str], str]:
@@ -33,11 +35,25 @@ def _split_options(preferred: str) -> tuple[list[str], str]:
 
 @st.cache_data(show_spinner="Ranking seed terms…", max_entries=64)
 def _run_lists(_run, path: str, stamp: int, target: int, top_n: int, min_count: int, method: str,
-               k: int | None, split: str, ranking: str, by: str) -> tuple[cf.SeedList, cf.SeedList]:
+               k: int | None, split: str, ranking: str, by: str, unit: str,
+               weighting: str) -> dict[str, cf.SeedList]:
     split_arg = None if split == "all" else split
-    return (cf.salient_seed_list(_run, target, top_n=top_n, min_count=min_count, method=method, k=k,
-                                 split=split_arg, ranking=ranking, by=by),
-            cf.pmi_seed_list(_run, target, top_n=top_n, min_count=min_count, split=split_arg, by=by))
+    common = {"top_n": top_n, "min_count": min_count, "split": split_arg, "by": by, "unit": unit}
+    return {"salient": cf.salient_seed_list(_run, target, method=method, k=k, ranking=ranking, weighting=weighting,
+                                            **common),
+            "log-odds": cf.log_odds_seed_list(_run, target, **common),
+            "PMI": cf.pmi_seed_list(_run, target, **common)}
+
+
+@st.cache_data(show_spinner="Counting the examples that contain your terms…", max_entries=64)
+def _containing(_run, path: str, stamp: int, split: str, target: int,
+                terms: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+    rows = cf.split_rows(_run.examples, None if split == "all" else split)
+    texts = _run.examples["text"].astype(str).to_numpy()[rows]
+    in_class = _run.examples["label"].to_numpy()[rows] == target
+    every = cf.examples_containing(texts, terms)
+    mine = cf.examples_containing(texts[in_class], terms)
+    return {t: (every[t], mine[t]) for t in terms}
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
@@ -67,25 +83,29 @@ with left:
     method = c1.selectbox("Salience method (salient list)", run.methods, index=run.methods.index(view.method),
                           key="sens_method")
     k = c2.number_input("k: salient terms per example (0 = all)", min_value=0, max_value=10_000,
-                        value=int(view.key.k or 5), step=1, key="sens_k",
+                        value=int(view.vocab_key.k or 0), step=1, key="sens_k",
                         help="The salient list averages the S1 vectors (each example's top-k terms); the paper "
                              "uses k = 5.")
     c1, c2 = st.columns(2)
-    ranking = c1.selectbox("Salient ranking", ["mean_when_present", "mean"], key="sens_ranking",
-                           format_func={"mean": "column mean (paper)",
-                                        "mean_when_present": "mean per occurrence"}.get,
-                           help="Column mean: mean S1 weight over all examples of the class, so frequent terms "
-                                "(function words) rank high. Per occurrence: mean over the examples that "
-                                "contain the term, frequency-neutral.")
+    ranking = c1.selectbox("Salient ranking", ["distinctive", "mean"], key="sens_ranking",
+                           format_func={"distinctive": "distinctive (vs other classes)",
+                                        "mean": "mean salience (paper)"}.get,
+                           help="Distinctive (the Seed terms page's default): mean S1 salience over the class's "
+                                "examples minus over the other classes' examples, so function words salient "
+                                "everywhere drop out. Mean salience: the paper's column mean over the class, where "
+                                "frequent terms (a, the, and) rank high.")
     by = c2.selectbox("Class of an example", list(cf.CLASS_COLUMNS), key="sens_by",
                       format_func={"label": "true label", "pred": "model prediction"}.get,
                       help="Which examples count as the target class when ranking terms. Grad-L2 explains the "
                            "prediction, so with true labels terms that push against the class can rank too.")
-    use = st.multiselect("Lists from the run", ["salient", "PMI"], default=["salient", "PMI"], key="sens_use",
-                         help="salient: mean of the S1 vector (top-k salience) over the target class; "
-                              "PMI: PMI(term; target class).")
-    user_text = st.text_area("Your terms", key="sens_user_terms", placeholder="he she they man woman",
-                             help="Space-separated, or one per line / comma-separated for phrases.")
+    use = st.multiselect("Lists from the run", ["salient", "log-odds", "PMI"], default=["salient", "log-odds"],
+                         key="sens_use",
+                         help="salient: S1 salience (top-k) of the target class, ranked as chosen above; "
+                              "log-odds: weighted log-odds z-score of the term in the class (Monroe et al. 2008); "
+                              "PMI: PMI(term; target class). The Seed terms page shows the same lists.")
+    user_text = st.text_area("Your terms", key="sens_user_terms", placeholder="he, she, they\nman\nwoman",
+                             help="One term per line or comma-separated (a phrase such as `very good` stays "
+                                  "one term); a single line without commas is split on spaces.")
     uploads = st.file_uploader("Term lists exported from the dashboard (txt, csv or json)", key="sens_upload",
                                type=["txt", "csv", "json"], accept_multiple_files=True)
 with right:
@@ -104,9 +124,9 @@ with right:
 
 lists: list[cf.SeedList] = []
 if use:
-    salient, pmi = _run_lists(run, view.path, view.stamp, int(target), int(top_n), int(min_count), method,
-                              int(k) or None, list_split, ranking, by)
-    lists += [s for s, name in ((salient, "salient"), (pmi, "PMI")) if name in use]
+    from_run = _run_lists(run, view.path, view.stamp, int(target), int(top_n), int(min_count), method,
+                          int(k) or None, list_split, ranking, by, view.vocab_key.unit, view.vocab_key.weighting)
+    lists += [from_run[name] for name in ("salient", "log-odds", "PMI") if name in use]
 if user_text.strip():
     lists.append(cf.user_seed_list(user_text, name="user"))
 for upload in uploads or []:
@@ -117,9 +137,17 @@ for upload in uploads or []:
 
 with left:
     for seed_list in lists:
-        dropped = f" · word pieces left out: {', '.join(seed_list.dropped)}" if seed_list.dropped else ""
-        st.markdown(f"**{seed_list.name}** ({len(seed_list.terms)}): "
-                    + (", ".join(f"`{t}`" for t in seed_list.terms) or "*no term passes the filters*") + dropped)
+        dropped = f" · left out: {', '.join(seed_list.dropped)}" if seed_list.dropped else ""
+        if seed_list.source == "user" and seed_list.terms:
+            counts = _containing(run, view.path, view.stamp, eval_split, int(target), seed_list.terms)
+            shown = ", ".join(f"`{t}` ({counts[t][0]:,} · {counts[t][1]:,})" for t in seed_list.terms)
+            st.markdown(f"**{seed_list.name}** ({len(seed_list.terms)}): {shown}{dropped}")
+            st.caption(f"(examples of the *{eval_split}* split that contain the term · of them, labelled "
+                       f"*{names[int(target)]}*: the examples masking edits)")
+        else:
+            st.markdown(f"**{seed_list.name}** ({len(seed_list.terms)}): "
+                        + (", ".join(f"`{t}`" for t in seed_list.terms) or "*no term passes the filters*")
+                        + dropped)
 empty = [s.name for s in lists if not s.terms]
 if empty:
     st.info(f"No term in: {', '.join(empty)}. Lower *Min. examples with the term* or check the split.")
@@ -165,10 +193,14 @@ if stored_params != params:
 
 st.divider()
 st.subheader(f"Results for class {result.target_class} · {result.target_label}")
+_masked_counts = [s.n_examples for (test, _), s in result.stats.items() if test == cf.MASKING]
+_masked = (f"{min(_masked_counts):,}–{max(_masked_counts):,}" if _masked_counts and
+           min(_masked_counts) != max(_masked_counts) else f"{max(_masked_counts, default=0):,}")
 st.caption(
     f"Insertion into {result.n_insertion_examples:,} of {result.n_insertion_pool:,} examples of the other "
-    f"class(es); masking with `{result.replacement or '(deletion)'}` in the {result.n_masking_pool:,} examples of "
-    f"the target class that contain the term; seed {result.settings.seed}, "
+    f"class(es); masking with `{result.replacement or '(deletion)'}` in the examples of the target class that "
+    f"contain the term: {_masked} per term (n_examples in the table), of {result.n_masking_pool:,} target-class "
+    f"examples; seed {result.settings.seed}, "
     f"{result.settings.n_bootstrap:,} bootstrap resamples, {result.seconds:.1f} s. List values are mean ± std over "
     "the list's terms; terms that never occur are left out of the masking mean.")
 st.dataframe(result.summary(), hide_index=True, key="sens_summary",

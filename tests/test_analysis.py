@@ -267,9 +267,16 @@ def test_cluster_summary_by_hand():
     assert summary["majority_label"].tolist() == ["neg", "pos", "neg"]
     assert summary["majority_pred"].tolist() == ["pos", "pos", "pos"]
     np.testing.assert_allclose(summary["accuracy"], [2 / 3, 1.0, 0.0])
+    # distinctive (default): mean in the cluster minus mean in the other rows, salient in >= min(size, 3) rows.
+    # cluster 1: b 1.0 - 0 (3 rows); c salient in 1 row only; a .2/3 - 2/4 < 0. cluster 0 (2 rows): a 1.0 - .2/4;
+    # d .15 - 1.5/4 < 0. cluster 2 (1 row): d 1.0 - .3/5.
+    assert summary["top_terms"].tolist() == ["b", "a", "d"]
+    assert summary["terms"][1][0] == ("a", pytest.approx(1.0 - 0.05))
+    assert summary["terms"][2][0] == ("d", pytest.approx(1.0 - 0.06))
+    mean = cluster_summary(clusters, rows, R, VOCAB, IGNORE, ["neg", "pos"], n_terms=2, ranking="mean")
     # cluster 1 means: b 1.0, c .5/3, a .2/3  ([CLS] ignored)
-    assert summary["top_terms"].tolist() == ["b, c", "a, d", "d"]
-    assert summary["terms"][0][0] == ("b", pytest.approx(1.0))
+    assert mean["top_terms"].tolist() == ["b, c", "a, d", "d"]
+    assert mean["terms"][0][0] == ("b", pytest.approx(1.0))
 
 
 # --------------------------------------------------------------------------- projections

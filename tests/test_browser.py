@@ -176,7 +176,7 @@ def test_every_page_in_a_browser(server):
         settle(page)
         commit(page, "Minimum count", "2")
         text = main_text(page)
-        assert "Aggregated salient terms" in text and "PMI terms" in text
+        assert "Distinctive salient terms" in text and "Log-odds terms" in text
         assert page.locator("[data-testid=stDownloadButton]").count() == 6
         shoot(page, "seed_terms")
 

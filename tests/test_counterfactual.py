@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from core.counterfactual import (INSERTION, MASKING, NO_OCCURRENCES, SensitivitySettings, bootstrap_ci,
-                                 clean_term, count_occurrences, insert_term, mask_replacement, mask_term,
-                                 parse_terms, pmi_seed_list, salient_seed_list, seed_list_from_file,
+                                 clean_term, count_occurrences, insert_term, log_odds_seed_list, mask_replacement,
+                                 mask_term, parse_terms, pmi_seed_list, salient_seed_list, seed_list_from_file,
                                  sensitivity_for_model, sensitivity_for_run, term_bar_figure, user_seed_list)
 from core.models import LoadedModel
 
@@ -118,13 +118,38 @@ def test_mask_replacement_fallbacks(tiny_model_dir):
     assert mask_replacement(SimpleNamespace(mask_token=None, unk_token=None)) == ""
 
 
-def test_seed_terms_drop_word_pieces():
-    assert clean_term("##ing") is None and clean_term("  ") is None
+def test_seed_terms_keep_word_pieces():
+    # whatever the Seed terms page lists (pieces included) the Sensitivity page can test
+    assert clean_term("##ing") == "##ing" and clean_term("  ") is None and clean_term("##") is None
     assert clean_term("\u0120good") == "good" and clean_term("\u2581bad") == "bad"
-    seeds = user_seed_list(["##ing", "good", "Good", " bad "])
-    assert seeds.terms == ("good", "bad") and seeds.dropped == ("##ing",)
+    seeds = user_seed_list(["##ing", "good", "Good", " bad ", "  "])
+    assert seeds.terms == ("##ing", "good", "bad") and seeds.dropped == ()
     assert parse_terms("he she  they") == ["he", "she", "they"]
     assert parse_terms("very good, not bad\nfun") == ["very good", "not bad", "fun"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("he she they\n", ["he", "she", "they"]),                   # the text area's trailing newline
+    ("he\nshe\n\nthey", ["he", "she", "they"]),                  # one per line, blank lines skipped
+    ("he\r\nshe\rthey", ["he", "she", "they"]),                  # Windows and old Mac line ends
+    ("very good\r, not bad", ["very good", "not bad"]),          # a lone \r with commas
+    ("very\u2028good, fun", ["very", "good", "fun"]),            # a Unicode line separator
+    ("very \t good,\n not   bad ,", ["very good", "not bad"]),   # whitespace in a phrase collapsed
+])
+def test_parse_terms_never_keeps_a_newline(text, expected):
+    terms = parse_terms(text)
+    assert terms == expected
+    assert not any(ch in t for t in terms for ch in "\n\r\u2028\t")
+    assert list(user_seed_list(text).terms) == expected
+
+
+def test_word_pieces_are_masked_and_inserted_inside_words():
+    assert count_occurrences("Walking and talking; ingots", "##ing") == 2
+    assert mask_term("walking ingots", "##ing", "[MASK]") == ("walk[MASK] ingots", 1)
+    inserted = insert_term("a good movie", "##ing", np.random.default_rng(0))
+    assert inserted.split() != "a good movie".split() and len(inserted.split()) == 3
+    assert sum(w.endswith("ing") for w in inserted.split()) == 1
+    assert insert_term("", "##s", np.random.default_rng(0)) == "s"
 
 
 def test_seed_lists_from_exported_files():
@@ -132,10 +157,11 @@ def test_seed_lists_from_exported_files():
 
     frame = pd.DataFrame({"term": ["good", "##ing", "-ish", "fun"], "count": [30, 25, 21, 20]})
     from_csv = seed_list_from_file("class1-salient.csv", to_csv_safe(frame).encode())
-    assert from_csv.name == "class1-salient" and from_csv.terms == ("good", "-ish", "fun")
-    assert from_csv.dropped == ("##ing",)
-    assert seed_list_from_file("x.json", to_json(frame).encode()).terms == ("good", "-ish", "fun")
-    assert seed_list_from_file("x.txt", to_text(frame["term"]).encode()).terms == ("good", "-ish", "fun")
+    # an exported list comes back whole, word pieces included (the Sensitivity page tests them)
+    assert from_csv.name == "class1-salient" and from_csv.terms == ("good", "##ing", "-ish", "fun")
+    assert from_csv.dropped == ()
+    assert seed_list_from_file("x.json", to_json(frame).encode()).terms == ("good", "##ing", "-ish", "fun")
+    assert seed_list_from_file("x.txt", to_text(frame["term"]).encode()).terms == ("good", "##ing", "-ish", "fun")
     with pytest.raises(ValueError, match="no 'term' column"):
         seed_list_from_file("x.csv", b"word\ngood\n")
 
@@ -223,6 +249,37 @@ def test_seeded_runs_are_reproducible(trigger):
                                   a[a["term"] == "dog"].drop(columns="list").reset_index(drop=True))
 
 
+def test_each_distinct_text_is_predicted_once_and_progress_names_terms():
+    from core.counterfactual import run_sensitivity
+
+    seen: list[str] = []
+
+    def predict(batch):
+        seen.extend(batch)
+        p = np.array([0.9 if "love" in t else 0.1 for t in batch])
+        return np.column_stack([1 - p, p])
+
+    # duplicated texts in the data: the masked variant of a duplicate is the same text too
+    texts = ["a dull film", "a dull film", "a dull film", "i love it", "i love it", "love love"]
+    labels = [0, 0, 0, 1, 1, 1]
+    calls = []
+    result = run_sensitivity(predict, texts, labels, 1, [user_seed_list("love\ndull")], replacement="[MASK]",
+                             settings=SensitivitySettings(m=3, n_bootstrap=10, chunk_size=2),
+                             progress=lambda f, msg: calls.append((f, msg)))
+    assert len(seen) == len(set(seen))
+    assert set(seen) >= {"a dull film", "i love it", "i [MASK] it", "[MASK] [MASK]"}
+    messages = [m for _, m in calls]
+    assert any(m.startswith("term 1 of 2: love") for m in messages)
+    assert any(m.startswith("term 2 of 2: dull") for m in messages)
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    terms = result.per_term().set_index(["term", "test"])
+    # masking "love" in the 3 class-1 examples: 0.9 -> 0.1 each, 4 occurrences
+    assert terms.loc[("love", MASKING), "mean_change"] == pytest.approx(-0.8)
+    assert terms.loc[("love", MASKING), "occurrences"] == 4
+    assert terms.loc[("dull", MASKING), "note"] == NO_OCCURRENCES
+
+
 def test_progress_is_reported_and_results_export(trigger):
     texts, labels = pool()
     calls = []
@@ -261,12 +318,43 @@ def test_seed_lists_from_a_run(tiny_run_path):
     per_occurrence = salient_seed_list(run, 1, top_n=50, min_count=1, ranking="mean_when_present")
     scores = [d["mean_when_present"] for d in per_occurrence.details]
     assert scores == sorted(scores, reverse=True)
-    assert set(per_occurrence.terms) == set(salient_seed_list(run, 1, top_n=50, min_count=1).terms)
+    assert set(per_occurrence.terms) == set(salient_seed_list(run, 1, top_n=50, min_count=1, ranking="mean").terms)
+    # the default ranking is the distinctive one, best first, every score positive
+    distinct = [d["distinctiveness"] for d in salient_seed_list(run, 1, top_n=50, min_count=1).details]
+    assert distinct == sorted(distinct, reverse=True) and all(d > 0 for d in distinct)
+    log_odds = log_odds_seed_list(run, 1, top_n=5, min_count=1)
+    assert log_odds.source == "log_odds" and 0 < len(log_odds.terms) <= 5
+    z = [d["z"] for d in log_odds.details]
+    assert z == sorted(z, reverse=True)
     assert pmi_seed_list(run, 1, top_n=5, min_count=1, by="pred").name == "PMI (by prediction)"
     with pytest.raises(ValueError, match="ranking"):
         salient_seed_list(run, 1, ranking="sum")
     with pytest.raises(ValueError, match="by must be"):
         salient_seed_list(run, 1, by="cluster")
+
+
+@pytest.mark.parametrize("unit", ["word", "piece"])
+def test_seed_lists_match_the_seed_terms_page(tiny_run_path, unit):
+    """The Sensitivity lists are the Seed terms page's lists (same functions, same defaults), pieces included."""
+    from core.analysis import class_association_terms, class_salient_terms
+    from core.representations import RepresentationKey
+    from core.store import open_run
+
+    run = open_run(tiny_run_path)
+    space = run.term_space(unit)
+    examples = run.examples
+    train = np.flatnonzero(examples["split"].to_numpy() == "train")
+    y = examples["label"].to_numpy()
+    rows, others = train[y[train] == 1], train[y[train] != 1]
+    R = run.representation(RepresentationKey("s1", run.methods[0], 5, unit=unit))
+    page = class_salient_terms(R, space.presence, rows, others, space.vocab, space.ignore_mask, min_count=1,
+                               top_n=8)
+    seeds = salient_seed_list(run, 1, top_n=8, min_count=1, method=run.methods[0], unit=unit)
+    assert list(seeds.terms) == [clean_term(t) for t in page["term"]] and seeds.dropped == ()
+    page_lo = class_association_terms(space.presence[train], y[train], 1, space.vocab, space.ignore_mask,
+                                      min_count=1, top_n=8)
+    assert list(log_odds_seed_list(run, 1, top_n=8, min_count=1, unit=unit).terms) == \
+        [clean_term(t) for t in page_lo["term"]]
 
 
 def test_sensitivity_for_run_with_the_real_loader(tiny_run_path):
@@ -332,7 +420,17 @@ def test_page_runs_the_test_and_shows_tables(page_run):
     tables = [df.value for df in at.dataframe]
     assert len(tables) == 3
     summary = next(t for t in tables if "insertion" in t.columns and "masking" in t.columns)
-    assert {"salient", "PMI", "user"} == {str(n).split(" ")[0] for n in summary["list"]}
+    # default lists: salient (distinctive) and log-odds, as on the Seed terms page
+    assert {"salient", "log-odds", "user"} == {str(n).split(" ")[0] for n in summary["list"]}
+    # the user list shows, per term, how many test examples contain it (not the class's example count)
+    from core.counterfactual import examples_containing
+    from core.store import open_run
+
+    ex = open_run(page_run).examples
+    test_texts = ex.loc[ex["split"] == "test", "text"].astype(str).tolist()
+    n_film = examples_containing(test_texts, ["film"])["film"]
+    assert any(f"`film` ({n_film:,} · " in str(m.value) for m in at.markdown)
+    assert any("contain the term" in str(c.value) for c in at.caption)
     assert any("mean_change" in t.columns and "term" in t.columns for t in tables)
     assert len(at.get("download_button")) == 3
     assert len(at.get("plotly_chart")) == 2
@@ -346,3 +444,12 @@ def test_page_reports_a_missing_model_folder(page_run, tmp_path):
     at = open_sensitivity_page()
     assert any("no longer exists" in e.value for e in at.error)
     assert at.button(key="sens_run").disabled
+
+
+def test_examples_containing_counts_examples_not_occurrences():
+    from core.counterfactual import examples_containing
+
+    texts = ["He said he would", "she and he", "The Hebrew text", "nothing here", "walking, talking"]
+    counts = examples_containing(texts, ["he", "she", "they", "##ing"])
+    # a piece is found inside any word after a letter: "noth|ing" and "walk|ing" (one example) count
+    assert counts == {"he": 2, "she": 1, "they": 0, "##ing": 2}

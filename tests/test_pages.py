@@ -138,6 +138,31 @@ def test_summary_page(run_id, tiny_run_path):
     assert "16** of 16 examples" in texts(at.sidebar.markdown)
 
 
+def test_summary_warns_when_most_examples_are_truncated(run_id, isolated_cache):
+    import pandas as pd
+
+    from core.store import file_digest
+
+    at = open_page("summary")
+    no_exception(at)
+    assert "were cut at max_length" not in texts(at.warning)  # the fixture run has no truncated example
+
+    run = isolated_cache / "runs" / run_id
+    examples = pd.read_parquet(run / "examples.parquet")
+    examples["truncated"] = np.arange(len(examples)) < 5  # 5 of 16: above the 20% threshold
+    examples.to_parquet(run / "examples.parquet")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["files"]["examples.parquet"] = {**manifest["files"]["examples.parquet"],
+                                             "bytes": (run / "examples.parquet").stat().st_size,
+                                             "sha256": file_digest(run / "examples.parquet")}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    at = open_page("summary")
+    no_exception(at)
+    warning = texts(at.warning)
+    assert "31% of the examples (5 of 16) were cut at max_length = 16 tokens" in warning
+    assert "--max-length" in warning and "--truncation tail" in warning
+
+
 # ---------------------------------------------------------------- slice controls and the URL
 
 
@@ -195,6 +220,14 @@ def test_clusters_table_has_one_row_per_cluster(run_id):
     assert table["size"].sum() == 16
     assert np.isclose(table["size_pct"].sum(), 100.0)
     assert len(at.get("image")) + sum("no salient terms" in c.value for c in at.caption) == 3  # one cloud each
+    assert {"labels_text", "preds_text", "recall_text", "flag", "flag_reason"} <= set(table.columns)
+    assert at.radio(key="term_rank").value == "distinctive"
+    distinctive_terms = table["top_terms"].tolist()
+    at.radio(key="term_rank").set_value("mean").run()
+    no_exception(at)
+    assert at.query_params.get("term_rank") in ("mean", ["mean"])
+    assert at.dataframe(key="cluster_table").value["top_terms"].tolist() != distinctive_terms
+    at.radio(key="term_rank").set_value("distinctive").run()
     members = table_with(at, "text")
     assert len(members) == table["size"].iloc[0]  # the largest cluster is listed by default
 
@@ -351,12 +384,15 @@ def test_seed_terms_lists_and_safe_downloads(run_id, isolated_cache, monkeypatch
     RecordingStorage.files = {}
     monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", RecordingStorage)
 
-    at = open_page("seed_terms", min_count="1", target="negative")
+    # pieces: the renamed piece "=movie" is a column of the piece vocabulary (word terms come from the texts)
+    at = open_page("seed_terms", min_count="1", target="negative", unit="piece")
     no_exception(at)
-    salient = table_with(at, "mean_salience")
-    pmi = table_with(at, "pmi")
-    assert len(salient) > 0 and len(pmi) > 0
-    assert (salient["count"] >= 1).all()
+    # defaults: distinctive salient terms (vs the other classes) and log-odds terms
+    salient = table_with(at, "distinctiveness")
+    log_odds = table_with(at, "z")
+    assert len(salient) > 0 and len(log_odds) > 0
+    assert (salient["count"] >= 1).all() and (salient["distinctiveness"] > 0).all()
+    assert "In both lists" in texts(at.markdown)
     assert len(at.download_button) == 6
 
     csv_files = {name: data.decode() for name, data in RecordingStorage.files.items() if name.endswith(".csv")}
@@ -366,6 +402,15 @@ def test_seed_terms_lists_and_safe_downloads(run_id, isolated_cache, monkeypatch
     assert not any(line.startswith(("=", "+", "-", "@")) for text in csv_files.values() for line in text.splitlines())
     txt = next(data.decode() for name, data in RecordingStorage.files.items() if name.endswith("-salient.txt"))
     assert txt.splitlines() == salient["term"].tolist()
+
+    # the paper's lists stay one click away
+    at.radio(key="salient_rank").set_value("mean").run()
+    at.radio(key="assoc_rank").set_value("pmi").run()
+    no_exception(at)
+    salient = table_with(at, "mean_salience")
+    pmi = table_with(at, "pmi")
+    assert len(salient) > 0 and len(pmi) > 0
+    assert len(at.download_button) == 6
 
 
 def test_seed_terms_default_min_count_explains_empty_lists(run_id):
