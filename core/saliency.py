@@ -150,8 +150,9 @@ def forward_and_attribute(loaded: LoadedModel, batch: dict[str, torch.Tensor], m
                           target_class: int | None = None, method_options: dict | None = None) -> BatchResult:
     """Run the model on `batch` and return logits, [CLS] encodings and each method's attributions.
 
-    The target is the predicted class unless `target_class` is given. Grad-L2 reuses the forward pass
-    that yields the logits, so it costs one forward + one backward per batch.
+    The target is the predicted class unless `target_class` is given. Grad-L2 and Gradient x Input reuse the
+    forward pass that yields the logits and its one backward pass, so together they cost one forward + one
+    backward per batch.
     """
     method_options = method_options or {}
     target = None
@@ -164,6 +165,10 @@ def forward_and_attribute(loaded: LoadedModel, batch: dict[str, torch.Tensor], m
     for name in methods:
         if name == GradL2.name:
             attributions[name] = grad.norm(dim=-1)
+        elif name == GradXInput.name:
+            # the same gradient times the input embeddings: Gradient x Input without a second backward pass
+            embeds = _embed(loaded, batch["input_ids"]).detach().float()
+            attributions[name] = (grad * embeds).sum(dim=-1)
         else:
             attributions[name] = get_method(name).attribute(loaded, batch, target, **method_options.get(name, {}))
     return BatchResult(logits=logits, cls=cls, attributions=attributions)

@@ -105,3 +105,16 @@ def test_unknown_method_lists_known_ones():
     for name in ("grad_l2", "grad_x_input", "integrated_gradients"):
         assert name in str(err.value)
     assert set(ATTRIBUTION_METHODS) >= {"grad_l2", "grad_x_input", "integrated_gradients"}
+
+
+def test_grad_x_input_from_the_shared_gradient_equals_captum(loaded):
+    """The precompute takes Gradient x Input from Grad-L2's backward pass; captum's InputXGradient must agree."""
+    from core.saliency import forward_and_attribute
+
+    enc = loaded.tokenizer([t for t, _ in SENTENCES[:6] if t], padding=True, return_tensors="pt")
+    batch = {k: v for k, v in enc.items()}
+    shared = forward_and_attribute(loaded, batch, ["grad_l2", "grad_x_input"]).attributions["grad_x_input"]
+    target = loaded.model(**batch).logits.argmax(dim=-1)
+    captum = get_method("grad_x_input").attribute(loaded, batch, target)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(shared[mask], captum[mask], rtol=1e-4, atol=1e-6)
