@@ -56,7 +56,8 @@ with clouds_intro:
         st.caption(f"No cluster is flagged as a possible shortcut (under {analysis.SHORTCUT_MAX_SIZE_PCT:g}% of the "
                    f"slice, mean max probability ≥ {analysis.SHORTCUT_MIN_CONFIDENCE:g} and top "
                    f"{analysis.SHORTCUT_TOP_TERMS} terms holding ≥ {analysis.SHORTCUT_MIN_TOP_SHARE:.0%} of the "
-                   "cluster's salience).")
+                   f"cluster's salience and ≥ {analysis.SHORTCUT_MIN_SHARE_RATIO:g}x the share the slice's own top "
+                   f"{analysis.SHORTCUT_TOP_TERMS} hold).")
     st.caption("Select a row of the table to list that cluster's examples.")
 
 table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[
