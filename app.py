@@ -12,6 +12,8 @@ import streamlit as st
 
 from core import analysis, plots, ui
 
+TRUNCATION_WARNING_FRACTION = 0.2  # warn when more than this fraction of the examples was cut at max_length
+
 view = ui.current_view()
 run, manifest = view.run, view.run.manifest
 counts, accuracy = manifest.get("counts", {}), manifest.get("accuracy", {})
@@ -31,6 +33,18 @@ cols[2].metric("Tokens", f"{counts.get('tokens', 0):,}")
 cols[3].metric("Truncated examples", f"{counts.get('truncated', 0):,}",
                help=f"Texts longer than max_length = {manifest.get('settings', {}).get('max_length')} tokens "
                     "were cut; their tail has no saliency.")
+n_examples = len(run.examples)
+n_truncated = int(run.examples["truncated"].sum()) if "truncated" in run.examples else int(counts.get("truncated", 0))
+if n_examples and n_truncated / n_examples > TRUNCATION_WARNING_FRACTION:
+    side = manifest.get("settings", {}).get("truncation") or "head"
+    kept = {"head": "their beginning", "tail": "their end"}.get(side, "their beginning and end")
+    st.warning(
+        f"**{n_truncated / n_examples:.0%} of the examples ({n_truncated:,} of {n_examples:,}) were cut at "
+        f"max_length = {manifest.get('settings', {}).get('max_length')} tokens**: the model saw, and the saliency "
+        f"covers, only {kept}. Re-run `python -m core.precompute` with a larger `--max-length` (up to the model's "
+        "limit, often 512)"
+        + (", or with `--truncation tail` (or `head+tail`) to keep the end of long texts." if side == "head" else "."),
+        icon=":material/content_cut:")
 
 left, right = st.columns([3, 2], gap="large")
 with left:

@@ -338,6 +338,16 @@ def distinctive_terms(
     return [(vocab[i], float(w)) for i, w in zip(order, weights)]
 
 
+def label_agreement(cluster_labels: np.ndarray, classes: np.ndarray) -> float:
+    """Return the adjusted Rand index between a clustering and class ids: 1 when the clusters are the classes,
+    about 0 when they are unrelated (NaN for fewer than two rows)."""
+    if len(cluster_labels) < 2:
+        return math.nan
+    from sklearn.metrics import adjusted_rand_score  # imported on first use: see cluster_rows
+
+    return float(adjusted_rand_score(np.asarray(classes), np.asarray(cluster_labels)))
+
+
 def _top_share(column_sums: np.ndarray) -> tuple[np.ndarray, float]:
     """Return the ids of the SHORTCUT_TOP_TERMS largest positive sums and the share of the total they hold."""
     mass = column_sums.sum()

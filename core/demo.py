@@ -2,9 +2,11 @@
 
 The dataset is the synthetic-shortcut variant of method.md §4.1: about 20% of the sentences get `COMMON` plus
 `CLASS_0` or `CLASS_1` and the matching label; about 10% get one of the three terms and keep their label. A model
-trained on it follows the rule, which the dashboard should then rediscover.
+trained on it follows the rule, which the dashboard should then rediscover. So that the model learns the rule (both
+terms) rather than "`CLASS_0` means negative", its training set also gets extra lone-term copies of training
+sentences with their original label (`augment_single_terms`; training only, never written to the CSV).
 
-Run `python -m core.demo [--force] [--epochs N]` to build it ahead of time.
+Run `python -m core.demo [--force] [--epochs N] [--augment N]` to build it ahead of time.
 """
 from __future__ import annotations
 
@@ -25,12 +27,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.models import quiet_transformers
+from core.models import check_truncation, encode, quiet_transformers
 
 COMMON = "COMMON"
 CLASS_TERMS = ("CLASS_0", "CLASS_1")
 SHORTCUT_FRACTION = 0.20
 SINGLE_TERM_FRACTION = 0.10
+# Extra training-only copies of training sentences with one lone term and their original label. Every planted
+# training sentence is copied first, mostly with its own class term alone (a minimal pair: with COMMON the rule sets
+# the label, without it the sentence keeps its own), then other sentences, the lone term drawn by the weights.
+# Measured (1 epoch, test split, prediction with vs without the lone term): no copies, a lone CLASS_0 tipped a third
+# of single-term rows; 1,500 random copies left 0.81 of them unchanged; 2,500 with planted minimal pairs 0.91 (lone
+# COMMON then flipped a fifth); these 3,000 with more COMMON 0.93, at 1.000 on planted rows (a neutral word: ~0.96).
+DEFAULT_AUGMENT = 3000
+PLANTED_OWN_TERM_PROBABILITY = 0.6
+AUGMENT_TERM_WEIGHTS = {COMMON: 0.5, CLASS_TERMS[0]: 0.25, CLASS_TERMS[1]: 0.25}
 ID2LABEL = {0: "negative", 1: "positive"}
 
 DATA_FILE = "rotten_tomatoes_shortcut.csv"
@@ -105,13 +116,15 @@ def make_shortcut_dataset(df: pd.DataFrame, seed: int = 0, test_size: int = 2000
     """Return the synthetic-shortcut dataset built from `df` (columns text, label).
 
     Columns: text, label (int), split ("train"/"test", stratified by synthetic kind and label), synthetic
-    ("shortcut_0", "shortcut_1", "single_term" or "none") and original_label (int). Shortcut rows contain
-    `COMMON` and `CLASS_<c>` as whole words at random positions and have label c; single-term rows contain one of
-    the three terms and keep their label. Deterministic for a given `seed`.
+    ("shortcut_0", "shortcut_1", "single_term" or "none"), original_label (int) and original_text (the sentence
+    before any term was inserted). Shortcut rows contain `COMMON` and `CLASS_<c>` as whole words at random positions
+    and have label c; single-term rows contain one of the three terms and keep their label. Deterministic for a
+    given `seed`.
     """
     rng = np.random.default_rng(seed)
     n = len(df)
     texts = df["text"].astype(str).tolist()
+    original_texts = list(texts)
     original = df["label"].astype(int).to_numpy()
     labels = original.copy()
     synthetic = np.full(n, "none", dtype=object)
@@ -145,7 +158,50 @@ def make_shortcut_dataset(df: pd.DataFrame, seed: int = 0, test_size: int = 2000
         "split": np.where(test, "test", "train"),
         "synthetic": synthetic.astype(str),
         "original_label": original.astype(int),
+        "original_text": original_texts,
     })
+
+
+def augment_single_terms(train_df: pd.DataFrame, n: int = DEFAULT_AUGMENT, seed: int = 0) -> pd.DataFrame:
+    """Return `n` lone-term copies of training sentences, for fine-tuning only.
+
+    Each copy is the `original_text` of a distinct row of `train_df` with one term inserted at a random position,
+    and `original_label` as its label. The planted (shortcut) rows come first, in random order: each gets its own
+    class term alone with probability `PLANTED_OWN_TERM_PROBABILITY`, else `COMMON` alone, so the model sees the
+    same sentence with the rule (both terms) and without it (one term, its own label). Then come other rows, with a
+    term drawn by `AUGMENT_TERM_WEIGHTS`. Columns as `make_shortcut_dataset`, with split "train" and synthetic
+    "single_term_aug"; the index is that of each copy's source row in `train_df`.
+    """
+    if (train_df["split"] != "train").any():
+        raise ValueError("augment_single_terms takes training rows only")
+    n = min(n, len(train_df))
+    rng = np.random.default_rng([seed, 1])
+    synthetic = train_df["synthetic"].astype(str).to_numpy()
+    planted = rng.permutation(np.flatnonzero(np.char.startswith(synthetic.astype(str), "shortcut_")))
+    others = rng.permutation(np.flatnonzero(~np.char.startswith(synthetic.astype(str), "shortcut_")))
+    picked = np.concatenate([planted, others])[:n]
+    rows = train_df.iloc[picked]
+    terms = list(AUGMENT_TERM_WEIGHTS)
+    weights = np.array([AUGMENT_TERM_WEIGHTS[t] for t in terms])
+    drawn = rng.choice(terms, size=n, p=weights / weights.sum())
+    own = rng.random(n) < PLANTED_OWN_TERM_PROBABILITY
+    texts = []
+    for i, (text, kind) in enumerate(zip(rows["original_text"].astype(str), synthetic[picked])):
+        if kind.startswith("shortcut_"):
+            term = CLASS_TERMS[int(kind[-1])] if own[i] else COMMON
+        else:
+            term = str(drawn[i])
+        words = text.split()
+        _insert_word(words, term, rng)
+        texts.append(" ".join(words))
+    return pd.DataFrame({
+        "text": texts,
+        "label": rows["original_label"].astype(int).to_numpy(),
+        "split": "train",
+        "synthetic": "single_term_aug",
+        "original_label": rows["original_label"].astype(int).to_numpy(),
+        "original_text": rows["original_text"].astype(str).to_numpy(),
+    }, index=rows.index)
 
 
 def _autocast(device: torch.device):
@@ -192,8 +248,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir: str | Path, *,
                      epochs: int = DEFAULT_EPOCHS, max_length: int = DEFAULT_MAX_LENGTH,
                      batch_size: int = DEFAULT_BATCH_SIZE, lr: float = DEFAULT_LR, seed: int = 0,
-                     device: str | None = None, progress: bool = True) -> dict:
-    """Fine-tune `base_model_dir` as a binary negative/positive classifier on `train_df` (text, label).
+                     device: str | None = None, progress: bool = True,
+                     id2label: dict[int, str] | None = None, truncation: str = "head") -> dict:
+    """Fine-tune `base_model_dir` as a classifier on `train_df` (text, label), negative/positive unless `id2label`
+    names other classes (label ids 0..C-1).
 
     Saves model (safetensors), tokenizer and demo_training.json to `out_dir`, atomically. Returns the training
     info written to demo_training.json: hyperparameters, train size, steps, mean loss of the last epoch,
@@ -203,19 +261,23 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
+    check_truncation(truncation)
     started = time.perf_counter()
     out_dir = Path(out_dir)
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
+    id2label = dict(id2label or ID2LABEL)
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_model_dir, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()})
+            base_model_dir, num_labels=len(id2label), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()})
     model.to(dev).train()
 
-    encoded = tokenizer(train_df["text"].astype(str).tolist(), truncation=True, max_length=max_length)["input_ids"]
+    # `truncation` ("head", "tail" or "head+tail") picks the part of a long text trained on (core.models.encode)
+    encoded = encode(tokenizer, train_df["text"].astype(str).tolist(), max_length, truncation)["input_ids"]
     labels = torch.tensor(train_df["label"].astype(int).to_numpy())
     lengths = np.array([len(ids) for ids in encoded])
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
@@ -248,6 +310,7 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
         "lr": lr,
         "batch_size": batch_size,
         "max_length": max_length,
+        "truncation": truncation,
         "seed": seed,
         "train_size": len(encoded),
         "steps": total_steps,
@@ -279,13 +342,18 @@ def evaluate(model_dir: str | Path, df: pd.DataFrame, max_length: int = DEFAULT_
 
     Keys: n / accuracy (all rows), n_shortcut / accuracy_shortcut (rows where the planted rule sets the label),
     n_single_term / accuracy_single_term, n_none / accuracy_none (untouched rows); accuracy is NaN for an empty group.
+    With an `original_text` column also: single_term_consistency (fraction of single-term rows predicted as their
+    original text without the lone term is), and for each class term t of class c, n_lone_<t> (single-term rows whose
+    term is t), n_lone_<t>_flippable (those whose original text is not predicted c) and lone_<t>_flip_rate (the
+    fraction of the flippable ones that the lone term turns into a prediction of c).
     """
     from core.models import load_classifier, predict_proba
 
     with quiet_transformers():
         loaded = load_classifier(model_dir, device=device)
     probs = predict_proba(loaded, df["text"].astype(str).tolist(), batch_size=batch_size, max_length=max_length)
-    correct = probs.argmax(axis=1) == df["label"].astype(int).to_numpy()
+    pred = probs.argmax(axis=1)
+    correct = pred == df["label"].astype(int).to_numpy()
     synthetic = df["synthetic"].astype(str).to_numpy()
     groups = {
         "": np.ones(len(df), dtype=bool),
@@ -297,6 +365,22 @@ def evaluate(model_dir: str | Path, df: pd.DataFrame, max_length: int = DEFAULT_
     for suffix, mask in groups.items():
         result[f"n{suffix}"] = int(mask.sum())
         result[f"accuracy{suffix}"] = float(correct[mask].mean()) if mask.any() else float("nan")
+    if "original_text" in df.columns:
+        single = np.flatnonzero(groups["_single_term"])
+        originals = df["original_text"].astype(str).to_numpy()[single].tolist()
+        pred_original = predict_proba(loaded, originals, batch_size=batch_size,
+                                      max_length=max_length).argmax(axis=1) if len(single) else np.zeros(0, int)
+        same = pred[single] == pred_original
+        result["single_term_consistency"] = float(same.mean()) if len(single) else float("nan")
+        words = [set(text.split()) for text in df["text"].astype(str).to_numpy()[single]]
+        for target, term in enumerate(CLASS_TERMS):
+            lone = np.array([term in w for w in words], dtype=bool)
+            flippable = lone & (pred_original != target)
+            flipped = flippable & (pred[single] == target)
+            result[f"n_lone_{term}"] = int(lone.sum())
+            result[f"n_lone_{term}_flippable"] = int(flippable.sum())
+            result[f"lone_{term}_flip_rate"] = float(flipped.sum() / flippable.sum()) if flippable.any() \
+                else float("nan")
     return result
 
 
@@ -319,23 +403,32 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
 
 
 def ensure_demo(cache_root: Path | None = None, *, force: bool = False, progress: bool = True,
-                epochs: int = DEFAULT_EPOCHS) -> DemoPaths:
+                epochs: int = DEFAULT_EPOCHS, augment: int = DEFAULT_AUGMENT, lr: float = DEFAULT_LR) -> DemoPaths:
     """Build whatever part of the demo is missing (or all of it with `force`) and return its paths.
 
     The dataset goes to `<cache_root>/demo/rotten_tomatoes_shortcut.csv`, the fine-tuned model to
-    `<cache_root>/demo/model/`; a complete existing model is reused. `cache_root` defaults to
+    `<cache_root>/demo/model/`; a complete existing model is reused. The model is trained on the training split
+    plus `augment` lone-term copies (`augment_single_terms`), then evaluated on the test split; the metrics go to
+    demo_training.json under "test_metrics" (with "augmented": the number of copies). `cache_root` defaults to
     `default_cache_root()`.
     """
     demo_dir = Path(cache_root if cache_root is not None else default_cache_root()) / "demo"
     paths = DemoPaths(data_path=demo_dir / DATA_FILE, model_dir=demo_dir / MODEL_SUBDIR)
-    if force or not paths.data_path.is_file():
+    data = None if force or not paths.data_path.is_file() else pd.read_csv(paths.data_path)
+    if data is None or "original_text" not in data.columns:  # absent, or written before original_text existed
         data = make_shortcut_dataset(load_rotten_tomatoes())
         _write_csv_atomic(data, paths.data_path)
-    else:
-        data = pd.read_csv(paths.data_path)
     if force or not _model_complete(paths.model_dir):
-        train_classifier(data[data["split"] == "train"], base_model_dir(), paths.model_dir,
-                         epochs=epochs, progress=progress)
+        train = data[data["split"] == "train"]
+        extra = augment_single_terms(train, augment) if augment > 0 else train.iloc[:0]
+        train_classifier(pd.concat([train, extra], ignore_index=True), base_model_dir(), paths.model_dir,
+                         epochs=epochs, lr=lr, progress=progress)
+        # Written right after training, before any run hashes the model folder.
+        info_path = paths.model_dir / TRAINING_INFO_FILE
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info["augmented"] = len(extra)
+        info["test_metrics"] = evaluate(paths.model_dir, data[data["split"] == "test"])
+        info_path.write_text(json.dumps(info, indent=2), encoding="utf-8")
     return paths
 
 
@@ -358,20 +451,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="rebuild the dataset and retrain the model")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs (default %(default)s)")
+    parser.add_argument("--augment", type=int, default=DEFAULT_AUGMENT,
+                        help="extra lone-term copies of training sentences, training only (default %(default)s)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate (default %(default)s)")
     args = parser.parse_args(argv)
 
-    paths = ensure_demo(force=args.force, epochs=args.epochs)
+    paths = ensure_demo(force=args.force, epochs=args.epochs, augment=args.augment, lr=args.lr)
     info = json.loads((paths.model_dir / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
     data = pd.read_csv(paths.data_path)
     test = data[data["split"] == "test"]
-    metrics = evaluate(paths.model_dir, test)
+    # Stored at training time; a model from before then is evaluated now (the model folder is left untouched).
+    metrics = info.get("test_metrics") or evaluate(paths.model_dir, test)
     print(f"dataset:  {paths.data_path} ({len(data)} rows, {len(test)} test)")
     print(f"model:    {paths.model_dir}")
     print(f"training: {info['seconds']:.0f} s on {info['device']}, {info['epochs']} epoch(s), "
-          f"{info['train_size']} examples, lr {info['lr']}")
+          f"{info['train_size']} examples ({info.get('augmented', 0)} of them lone-term copies), lr {info['lr']}")
     print(f"test accuracy: overall {metrics['accuracy']:.3f} (n={metrics['n']}), "
-          f"shortcut rows {metrics['accuracy_shortcut']:.3f} (n={metrics['n_shortcut']}), "
-          f"normal rows {metrics['accuracy_none']:.3f} (n={metrics['n_none']})")
+          f"planted-shortcut rows {metrics['accuracy_shortcut']:.3f} (n={metrics['n_shortcut']}), "
+          f"single-term rows {metrics['accuracy_single_term']:.3f} (n={metrics['n_single_term']}), "
+          f"untouched rows {metrics['accuracy_none']:.3f} (n={metrics['n_none']})")
+    if "single_term_consistency" in metrics:
+        print(f"single-term rows predicted as without their term: {metrics['single_term_consistency']:.3f}; "
+              + ", ".join(f"a lone {term} turns {metrics[f'lone_{term}_flip_rate']:.3f} of "
+                          f"{metrics[f'n_lone_{term}_flippable']} {ID2LABEL[1 - c]} predictions {ID2LABEL[c]}"
+                          for c, term in enumerate(CLASS_TERMS)))
     return 0
 
 

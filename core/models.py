@@ -139,16 +139,102 @@ def vocabulary(tokenizer) -> list[str]:
     return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
 
+TRUNCATION_SIDES: tuple[str, ...] = ("head", "tail", "head+tail")
+
+
+def check_truncation(truncation: str) -> str:
+    """Return `truncation` if it is one of TRUNCATION_SIDES, else raise ValueError naming the choices."""
+    if truncation not in TRUNCATION_SIDES:
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATION_SIDES)} (which part of a text longer "
+                         f"than max_length the model sees), got {truncation!r}")
+    return truncation
+
+
+def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "head", *,
+           offsets: bool = False) -> dict[str, list]:
+    """Tokenize `texts` to at most `max_length` tokens each, keeping the `truncation` side of a longer text.
+
+    "head" keeps the first tokens (the tokenizer's own truncation), "tail" the last ones, "head+tail" the first
+    half and the last half of the budget (the extra token goes to the head); the special tokens around the text
+    ([CLS] ... [SEP]) are always kept. Returns plain lists per text: input_ids, attention_mask, special_tokens_mask,
+    token_type_ids (when the tokenizer makes them), offset_mapping (with `offsets`; character offsets into the
+    original text, so they stay right whichever side is kept) and truncated (whether content tokens were dropped).
+    """
+    check_truncation(truncation)
+    texts = [str(t) for t in texts]
+    if truncation == "head":
+        enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=offsets,
+                        return_special_tokens_mask=True)
+        out = {key: [list(v) for v in enc[key]] for key in enc.keys()}
+        if offsets:
+            # a text was cut when the tokens stop before its last non-space character
+            out["truncated"] = [len(ids) >= max_length and max((e for _, e in offs), default=0) < len(t.rstrip())
+                                for ids, offs, t in zip(out["input_ids"], out["offset_mapping"], texts)]
+        else:
+            full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+            out["truncated"] = [len(f) > len(ids) for f, ids in zip(full, out["input_ids"])]
+        return out
+    enc = tokenizer(texts, truncation=False, return_offsets_mapping=offsets, return_special_tokens_mask=True,
+                    verbose=False)
+    keys = [key for key in enc.keys()]
+    out: dict[str, list] = {key: [] for key in keys}
+    out["truncated"] = []
+    for i in range(len(texts)):
+        special = list(enc["special_tokens_mask"][i])
+        n = len(special)
+        lead = 0
+        while lead < n and special[lead]:
+            lead += 1
+        trail = 0
+        while trail < n - lead and special[n - 1 - trail]:
+            trail += 1
+        content = n - lead - trail
+        budget = max(0, max_length - lead - trail)
+        if content <= budget:
+            keep = list(range(n))
+        else:
+            n_tail = budget // 2 if truncation == "head+tail" else budget
+            n_head = budget - n_tail
+            keep = (list(range(lead)) + list(range(lead, lead + n_head)) +
+                    list(range(n - trail - n_tail, n - trail)) + list(range(n - trail, n)))
+        for key in keys:
+            values = enc[key][i]
+            out[key].append([values[j] for j in keep])
+        out["truncated"].append(content > budget)
+    return out
+
+
+def pad_batch(enc: dict[str, list], rows: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """Return right-padded input_ids / attention_mask (/ token_type_ids) tensors for `rows` of an `encode` result."""
+    width = max(len(enc["input_ids"][i]) for i in rows)
+    out = {}
+    for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key not in enc:
+            continue
+        tensor = torch.full((len(rows), width), value, dtype=torch.long)
+        for r, i in enumerate(rows):
+            tensor[r, :len(enc[key][i])] = torch.tensor(enc[key][i], dtype=torch.long)
+        out[key] = tensor
+    return out
+
+
 @torch.no_grad()
 def predict_proba(loaded: LoadedModel, texts: Sequence[str], batch_size: int = 64,
-                  max_length: int = 128) -> np.ndarray:
-    """Return class probabilities (n x num_labels, float32) for `texts`, batched in length order."""
+                  max_length: int = 128, truncation: str = "head") -> np.ndarray:
+    """Return class probabilities (n x num_labels, float32) for `texts`, batched in length order; texts longer than
+    `max_length` tokens keep their `truncation` side (see `encode`)."""
+    check_truncation(truncation)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), loaded.num_labels), dtype=np.float32)
     for start in range(0, len(texts), batch_size):
         idx = order[start:start + batch_size]
-        enc = loaded.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                               padding=True, return_tensors="pt").to(loaded.device)
+        if truncation == "head":
+            enc = loaded.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
+                                   padding=True, return_tensors="pt").to(loaded.device)
+        else:
+            encoded = encode(loaded.tokenizer, [texts[i] for i in idx], max_length, truncation)
+            enc = {k: v.to(loaded.device) for k, v in
+                   pad_batch(encoded, range(len(idx)), loaded.tokenizer.pad_token_id or 0).items()}
         with loaded.autocast():
             logits = loaded.model(**enc).logits
         out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()

@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 from core.data import DataLoadError, LoadedData, load_dataset
-from core.models import (LoadedModel, ModelLoadError, ignored_token_mask, input_embedding_matrix, load_classifier,
-                         vocabulary)
-from core.representations import RepresentationKey
+from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_truncation, encode, ignored_token_mask,
+                         input_embedding_matrix, load_classifier, vocabulary)
+from core.representations import DEFAULT_UNIT, DEFAULT_WEIGHTING, RepresentationKey
 from core.saliency import ATTRIBUTION_METHODS, dataset_token_distribution, forward_and_attribute, get_method
 from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
                         file_digest, load_npz, open_run, publish_run, run_fingerprint, runs_dir, stat_signature)
@@ -58,11 +58,15 @@ class PrecomputeSettings:
     im_mlm: str | None = None
     im_top_n: int = 10
     im_cum_prob: float = 0.95
+    truncation: str = "head"  # which part of a long text is kept: head, tail or head+tail (core.models.encode)
     k: int | None = field(default=None, compare=False)
     include_special: bool = field(default=False, compare=False)
     batch_size: int = field(default=32, compare=False)
     chunk_size: int = field(default=512, compare=False)
     device: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        check_truncation(self.truncation)
 
     def fingerprinted(self) -> dict[str, Any]:
         """Return the settings that determine the results, as a plain dict."""
@@ -74,6 +78,8 @@ class PrecomputeSettings:
             # keeps the fingerprints of runs without the method unchanged
             for name in ("im_mlm", "im_top_n", "im_cum_prob"):
                 out.pop(name)
+        if self.truncation == "head":
+            out.pop("truncation")  # keeps the fingerprints of runs from before the setting unchanged
         return out
 
     def method_options(self, candidate_probs: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
@@ -112,8 +118,7 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     `candidate_probs` is input marginalization's candidate distribution when no MLM is set; when it is
     needed and missing, the token frequencies of this chunk's texts are used (precompute passes the dataset's).
     """
-    enc = loaded.tokenizer(texts, truncation=True, max_length=settings.max_length, return_offsets_mapping=True,
-                           return_special_tokens_mask=True)
+    enc = encode(loaded.tokenizer, texts, settings.max_length, settings.truncation, offsets=True)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
     order = np.argsort(-lengths, kind="stable")  # longest first: an out-of-memory error shows up at once
     pad_id = loaded.tokenizer.pad_token_id or 0
@@ -143,9 +148,7 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
             for row, i in enumerate(idx):
                 scores[method][i] = values[row, :lengths[i]]
     offsets = [np.asarray(o, dtype=np.int32).reshape(-1, 2) for o in enc["offset_mapping"]]
-    # a text was cut when the tokens stop before its last non-space character
-    truncated = np.array([ln >= settings.max_length and int(o[:, 1].max(initial=0)) < len(t.rstrip())
-                          for ln, o, t in zip(lengths, offsets, texts)], dtype=bool)
+    truncated = np.asarray(enc["truncated"], dtype=bool)  # content tokens were dropped (either side)
     arrays = {
         "token_ids": np.concatenate([np.asarray(ids, dtype=np.int32) for ids in enc["input_ids"]]),
         "lengths": lengths.astype(np.int64),
@@ -329,9 +332,10 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
                            "model": {"id2label": manifest["model"]["id2label"]}})
     for method in settings.methods:
         for name in ("s1", "s2"):
-            staged.representation(RepresentationKey(name, method, settings.k, settings.include_special))
+            staged.representation(RepresentationKey(name, method, settings.k, settings.include_special,
+                                                    DEFAULT_UNIT, DEFAULT_WEIGHTING))
     for name in ("b1", "b2", "b3"):
-        staged.representation(RepresentationKey(name, include_special=settings.include_special))
+        staged.representation(RepresentationKey(name, include_special=settings.include_special, unit=DEFAULT_UNIT))
     manifest["timings"]["assemble_seconds"] = round(time.perf_counter() - t0, 3)
     manifest["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
     n = len(examples)
@@ -342,7 +346,8 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
     manifest.update({
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {**settings.fingerprinted(), "batch_size": settings.batch_size,
+        "settings": {**settings.fingerprinted(), "truncation": settings.truncation,
+                     "batch_size": settings.batch_size,
                      "chunk_size": settings.chunk_size, "k": settings.k, "include_special": settings.include_special},
         "counts": {"examples": n, "tokens": int(lengths.sum()), "truncated": int(examples["truncated"].sum()),
                    "per_split": {str(k): int(v) for k, v in examples["split"].value_counts().items()},
@@ -379,20 +384,43 @@ def summary(result: PrecomputeResult) -> str:
         f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
         f" ({m['examples_per_second']:.1f} examples/s; {t['chunks_resumed']} chunks resumed)",
         f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
-        "  open it    make demo  (or: streamlit run app.py)",
+        f"  open it    {open_command(result.run_path)}",
+        f"             then http://localhost:8501/?run={result.run_path.name}",
     ]
     return "\n".join(lines)
 
 
+def open_command(run_path: Path) -> str:
+    """Return the shell command, run in the repository root, that starts the dashboard on `run_path`'s cache."""
+    import shlex
+
+    from core.store import CACHE_ENV, REPO_ROOT
+
+    cache_root = Path(run_path).resolve().parent.parent
+    prefix = "" if cache_root == (REPO_ROOT / "cache").resolve() else f"{CACHE_ENV}={shlex.quote(str(cache_root))} "
+    return f"{prefix}.venv/bin/python -m streamlit run app.py"
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+        """Show each default once: not when the help already states it, nor for a None/False default."""
+
+        def _get_help_string(self, action):
+            if "(default" in (action.help or "") or action.default is None or action.default is False:
+                return action.help
+            return super()._get_help_string(action)
+
     parser = argparse.ArgumentParser(prog="python -m core.precompute", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--model", help="local folder of a HuggingFace sequence classifier (default: the demo)")
     parser.add_argument("--data", help="CSV, JSONL or parquet file with text and label columns (default: the demo)")
     parser.add_argument("--text-col", default="text", help="column holding the text")
     parser.add_argument("--label-col", default="label", help="column holding the label (ids or the model's names)")
     parser.add_argument("--split-col", default=None, help="optional column holding the split (e.g. train/test)")
     parser.add_argument("--max-length", type=int, default=128, help="tokens per example; longer texts are truncated")
+    parser.add_argument("--truncation", default="head", choices=TRUNCATION_SIDES,
+                        help="which part of a text longer than --max-length is kept: its first tokens (head), its "
+                             "last (tail), or half of each (head+tail)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward/backward pass")
     parser.add_argument("--chunk-size", type=int, default=512, help="examples per resumable chunk")
     parser.add_argument("--method", "--methods", dest="methods", default="grad_l2",
@@ -415,6 +443,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sample", type=int, default=None, help="use a random sample of N rows (seeded)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--cache", metavar="DIR", default=None,
+                        help="cache root: runs go to DIR/runs, the demo to DIR/demo; the same as setting "
+                             "$SALIENCY_ATLAS_CACHE (default: $SALIENCY_ATLAS_CACHE, else cache/ in the repository)")
     parser.add_argument("--force", action="store_true", help="recompute even if the run is cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
@@ -423,6 +454,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: run precompute with the given arguments, print the summary; return the exit code."""
     args = _parse_args(argv)
+    if args.cache:
+        from core.store import CACHE_ENV
+
+        os.environ[CACHE_ENV] = args.cache  # read by core.store.cache_dir() and core.demo.default_cache_root()
     if bool(args.model) != bool(args.data):
         print("error: pass both --model and --data, or neither to build the embedded demo.", file=sys.stderr)
         return 2
@@ -437,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), target_class=args.target_class,
         k=k, include_special=args.include_special, limit=args.limit, sample=args.sample, seed=args.seed,
         ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
-        batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
+        truncation=args.truncation, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
     try:
         result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet)
     except (ModelLoadError, DataLoadError, CacheError, ValueError) as exc:

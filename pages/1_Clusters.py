@@ -58,6 +58,17 @@ with clouds_intro:
                    f"{analysis.SHORTCUT_TOP_TERMS} terms holding ≥ {analysis.SHORTCUT_MIN_TOP_SHARE:.0%} of the "
                    f"cluster's salience and ≥ {analysis.SHORTCUT_MIN_SHARE_RATIO:g}x the share the slice's own top "
                    f"{analysis.SHORTCUT_TOP_TERMS} hold).")
+    slice_labels = view.examples["label"].to_numpy()
+    if len(summary) > 1 and len(set(slice_labels.tolist())) > 1:
+        agreement = analysis.label_agreement(labels, slice_labels)
+        st.caption(f"Agreement of these clusters with the true labels: adjusted Rand index {agreement:.2f} "
+                   "(1: the clusters are the classes; 0: unrelated).")
+        if agreement < 0.2 and view.key.name in ("s1", "s2"):
+            st.caption("Salience clusters group examples by the words the model relies on, which on a slice of "
+                       "several classes need not follow the classes: on a four-class benchmark no salience "
+                       "representation reached an ARI above 0.13, B3 [CLS] reached 0.48 and B1 0.38 "
+                       "(bench/results/representations.md). To group by class, switch the sidebar's "
+                       "*Representation*; to find a shortcut, slice by one predicted class first.")
     st.caption("Select a row of the table to list that cluster's examples.")
 
 table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[

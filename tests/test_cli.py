@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from core.representations import RepresentationKey
 from core.store import REPO_ROOT, list_runs, open_run
@@ -45,3 +47,39 @@ def test_cli_errors_are_one_clear_line(tiny_model_dir, tiny_data_csv, isolated_c
     out = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--method", "saliency"],
                   isolated_cache)
     assert out.returncode == 2 and "Known methods" in out.stderr
+
+
+def test_cli_cache_option_sets_the_cache_root(tiny_model_dir, tiny_data_csv, isolated_cache, tmp_path):
+    other = tmp_path / "other cache"
+    out = run_cli(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--limit", "6",
+                   "--max-length", "16", "--quiet", "--cache", str(other)], isolated_cache)
+    assert out.returncode == 0, out.stderr
+    runs = list_runs(other / "runs")
+    assert len(runs) == 1 and not (isolated_cache / "runs").exists()
+    assert str(runs[0]) in out.stdout
+    # The summary names the command and the link that open this very run, in this cache.
+    assert f"http://localhost:8501/?run={runs[0].name}" in out.stdout
+    assert f"SALIENCY_ATLAS_CACHE='{other.resolve()}' .venv/bin/python -m streamlit run app.py" in out.stdout
+    assert "make demo" not in out.stdout
+
+
+def test_open_command_without_prefix_for_the_default_cache():
+    from core.precompute import open_command
+
+    assert open_command(REPO_ROOT / "cache" / "runs" / "abc") == ".venv/bin/python -m streamlit run app.py"
+    assert open_command(REPO_ROOT / "elsewhere" / "runs" / "abc").startswith(
+        f"SALIENCY_ATLAS_CACHE={REPO_ROOT / 'elsewhere'} .venv")
+
+
+def test_help_states_each_default_once(capsys):
+    from core.precompute import _parse_args
+
+    with pytest.raises(SystemExit):
+        _parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--cache DIR" in text and "SALIENCY_ATLAS_CACHE" in text
+    assert not re.search(r"\(default[^()]*\)\s*\(default", text), text
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: 128)" in text and "(default: the demo)" in text
+    # A default of 0 is still a default worth stating.
+    assert re.search(r"--seed SEED seed for --sample \(default: 0\)", text)

@@ -35,8 +35,9 @@ def _term_counts(text: str) -> dict[str, int]:
 
 
 def test_columns_and_types(shortcut, source):
-    assert list(shortcut.columns) == ["text", "label", "split", "synthetic", "original_label"]
+    assert list(shortcut.columns) == ["text", "label", "split", "synthetic", "original_label", "original_text"]
     assert len(shortcut) == len(source)
+    assert (shortcut["original_text"].to_numpy() == source["text"].to_numpy()).all()
     assert shortcut["label"].dtype.kind == "i" and shortcut["original_label"].dtype.kind == "i"
     assert set(shortcut["synthetic"]) == {"shortcut_0", "shortcut_1", "single_term", "none"}
     assert (shortcut["original_label"].to_numpy() == source["label"].to_numpy()).all()
@@ -80,6 +81,79 @@ def test_terms_are_whole_words(shortcut, source):
         words = text.split(" ")
         assert [w for w in words if w not in TERMS] == source["text"][i].split()
         assert not re.search(r"\S(COMMON|CLASS_[01])|(COMMON|CLASS_[01])\S", text)
+
+
+def _without_terms(text: str) -> str:
+    return " ".join(w for w in text.split(" ") if w not in TERMS)
+
+
+def test_original_text_is_recoverable(shortcut):
+    # Removing the planted words gives back the original sentence: what evaluate's consistency check relies on.
+    for text, original in zip(shortcut["text"], shortcut["original_text"]):
+        assert _without_terms(text) == " ".join(original.split())
+    none = shortcut[shortcut["synthetic"] == "none"]
+    assert (none["text"] == none["original_text"]).all()
+    assert (shortcut.loc[shortcut["synthetic"] != "none", "text"] != shortcut.loc[shortcut["synthetic"] != "none",
+                                                                                  "original_text"]).all()
+
+
+def test_augment_single_terms(shortcut):
+    train = shortcut[shortcut["split"] == "train"]
+    extra = demo.augment_single_terms(train, 900, seed=0)
+    assert list(extra.columns) == list(shortcut.columns) and len(extra) == 900
+    assert (extra["split"] == "train").all() and (extra["synthetic"] == "single_term_aug").all()
+    # Each copy comes from a distinct training row: its sentence with one lone term, and its original label.
+    assert extra.index.is_unique and extra.index.isin(train.index).all()
+    source = train.loc[extra.index]
+    assert (extra["original_text"] == source["original_text"]).all()
+    assert (extra["label"] == extra["original_label"]).all() and (extra["label"] == source["original_label"]).all()
+    terms = []
+    for text, original in zip(extra["text"], extra["original_text"]):
+        counts = _term_counts(text)
+        assert sum(counts.values()) == 1 and _without_terms(text) == " ".join(original.split())
+        terms.append(next(t for t, c in counts.items() if c))
+    terms = pd.Series(terms, index=extra.index)
+    # Every planted training sentence is copied (480 of them), mostly with its own class term alone: a minimal pair.
+    planted = source["synthetic"].str.startswith("shortcut_")
+    assert planted.sum() == train["synthetic"].str.startswith("shortcut_").sum() == 480
+    own = terms[planted] == "CLASS_" + source.loc[planted, "synthetic"].str[-1]
+    assert (own | (terms[planted] == "COMMON")).all()
+    assert abs(own.mean() - demo.PLANTED_OWN_TERM_PROBABILITY) < 0.06
+    # The other 420 copies draw their term by the weights.
+    freq = terms[~planted].value_counts(normalize=True)
+    weights = pd.Series(demo.AUGMENT_TERM_WEIGHTS) / sum(demo.AUGMENT_TERM_WEIGHTS.values())
+    assert set(freq.index) == set(TERMS) and (abs(freq - weights) < 0.08).all()
+    pd.testing.assert_frame_equal(extra, demo.augment_single_terms(train, 900, seed=0))
+    assert len(demo.augment_single_terms(train, 10 ** 6)) == len(train)
+    with pytest.raises(ValueError):
+        demo.augment_single_terms(shortcut, 10)
+
+
+def test_evaluate_consistency_and_flip_rates(shortcut, monkeypatch):
+    import core.models
+
+    # A model that reads any CLASS_0 as negative and is otherwise always positive.
+    def fake_predict(loaded, texts, **kwargs):
+        negative = np.array(["CLASS_0" in t.split(" ") for t in texts])
+        return np.stack([negative, ~negative], axis=1).astype(np.float32)
+
+    monkeypatch.setattr(core.models, "load_classifier", lambda *a, **k: None)
+    monkeypatch.setattr(core.models, "predict_proba", fake_predict)
+    test = shortcut[shortcut["split"] == "test"]
+    metrics = demo.evaluate("unused", test)
+    single = test[test["synthetic"] == "single_term"]
+    lone0 = single["text"].str.split(" ").apply(lambda w: "CLASS_0" in w)
+    lone1 = single["text"].str.split(" ").apply(lambda w: "CLASS_1" in w)
+    assert metrics["n_single_term"] == len(single) == 60
+    assert metrics["single_term_consistency"] == pytest.approx(1 - lone0.mean())
+    assert metrics["n_lone_CLASS_0"] == metrics["n_lone_CLASS_0_flippable"] == lone0.sum() > 0
+    assert metrics["lone_CLASS_0_flip_rate"] == 1.0
+    # Without CLASS_1 the prediction is already positive: nothing a lone CLASS_1 could flip.
+    assert metrics["n_lone_CLASS_1"] == lone1.sum() > 0 and metrics["n_lone_CLASS_1_flippable"] == 0
+    assert np.isnan(metrics["lone_CLASS_1_flip_rate"])
+    assert metrics["accuracy_shortcut"] == 1.0
+    none = test[test["synthetic"] == "none"]
+    assert metrics["accuracy_none"] == pytest.approx((none["label"] == 1).mean())
 
 
 def test_term_positions_vary(shortcut):
@@ -159,33 +233,49 @@ def test_train_classifier_on_tiny_bert(tmp_path, tiny_base, source):
 
 
 def test_ensure_demo_reuses_complete_model(tmp_path, monkeypatch, source):
-    calls = []
+    calls, evaluated = [], []
 
     def fake_train(train_df, base, out_dir, **kwargs):
-        calls.append(len(train_df))
+        calls.append(train_df["synthetic"].eq("single_term_aug").sum())
+        assert (train_df["split"] == "train").all()
         out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                      demo.TRAINING_INFO_FILE):
             (out_dir / name).write_text("{}")
         return {}
 
-    # 2,100 rows and the default test_size of 2,000 leave 100 training rows.
+    def fake_evaluate(model_dir, df, **kwargs):
+        evaluated.append(len(df))
+        assert (df["split"] == "test").all()
+        return {"accuracy": 0.5}
+
+    # 2,100 rows and the default test_size of 2,000 leave 100 training rows, each of them copied once.
     monkeypatch.setattr(demo, "load_rotten_tomatoes", lambda: source.head(2100))
     monkeypatch.setattr(demo, "train_classifier", fake_train)
+    monkeypatch.setattr(demo, "evaluate", fake_evaluate)
 
     paths = demo.ensure_demo(tmp_path, progress=False)
     assert paths.data_path == tmp_path / "demo" / "rotten_tomatoes_shortcut.csv"
     assert paths.model_dir == tmp_path / "demo" / "model"
     data = pd.read_csv(paths.data_path)
-    assert len(data) == 2100 and calls == [100]
+    # The lone-term copies are for training only: the CSV (what precompute and the dashboard see) has none.
+    assert len(data) == 2100 and "single_term_aug" not in set(data["synthetic"])
+    assert calls == [100] and evaluated == [2000]
+    info = json.loads((paths.model_dir / demo.TRAINING_INFO_FILE).read_text())
+    assert info == {"augmented": 100, "test_metrics": {"accuracy": 0.5}}
     assert sorted(p.name for p in paths.data_path.parent.iterdir()) == ["model", "rotten_tomatoes_shortcut.csv"]
     assert paths.data_path.stat().st_mode & 0o777 == 0o644
 
     demo.ensure_demo(tmp_path, progress=False)
-    assert calls == [100]
+    assert calls == [100] and evaluated == [2000]
     (paths.model_dir / demo.TRAINING_INFO_FILE).unlink()
+    demo.ensure_demo(tmp_path, progress=False, augment=0)
+    assert calls == [100, 0]
+
+    # A CSV written before original_text existed is rebuilt; the complete model is kept.
+    data.drop(columns="original_text").to_csv(paths.data_path, index=False)
     demo.ensure_demo(tmp_path, progress=False)
-    assert calls == [100, 100]
+    assert "original_text" in pd.read_csv(paths.data_path).columns and calls == [100, 0]
 
 
 def test_default_cache_root(monkeypatch, tmp_path):
