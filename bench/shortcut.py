@@ -55,7 +55,12 @@ def keys_to_compare(methods: list[str]) -> list[RepresentationKey]:
         keys.append(default_key(method))
         for k in (5, None):
             keys += [RepresentationKey("s1", method, k), RepresentationKey("s2", method, k)]
-    return keys
+        keys.append(RepresentationKey("s1", method, None, unit="word_sum"))
+    unique = []
+    for key in keys:
+        if key.normalised() not in unique:
+            unique.append(key.normalised())
+    return unique
 
 
 def evaluate(run, rows: np.ndarray, truth: np.ndarray, keys: list[RepresentationKey], seeds: int) -> pd.DataFrame:

@@ -28,7 +28,7 @@ import torch
 from core.data import DataLoadError, LoadedData, load_dataset
 from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_truncation, encode, ignored_token_mask,
                          input_embedding_matrix, load_classifier, vocabulary)
-from core.representations import DEFAULT_UNIT, DEFAULT_WEIGHTING, RepresentationKey
+from core.representations import DEFAULT_TERMS_UNIT, DEFAULT_UNIT, DEFAULT_WEIGHTING, RepresentationKey
 from core.saliency import ATTRIBUTION_METHODS, dataset_token_distribution, forward_and_attribute, get_method
 from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
                         file_digest, load_npz, open_run, publish_run, run_fingerprint, runs_dir, stat_signature)
@@ -334,6 +334,9 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
         for name in ("s1", "s2"):
             staged.representation(RepresentationKey(name, method, settings.k, settings.include_special,
                                                     DEFAULT_UNIT, DEFAULT_WEIGHTING))
+        # the whole-word S1 every page reads its terms from
+        staged.representation(RepresentationKey("s1", method, settings.k, settings.include_special,
+                                                DEFAULT_TERMS_UNIT, DEFAULT_WEIGHTING))
     for name in ("b1", "b2", "b3"):
         staged.representation(RepresentationKey(name, include_special=settings.include_special, unit=DEFAULT_UNIT))
     manifest["timings"]["assemble_seconds"] = round(time.perf_counter() - t0, 3)

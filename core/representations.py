@@ -309,7 +309,8 @@ REPRESENTATIONS: dict[str, Representation] = {r.name: r for r in [
 # The product's default representation and term unit (sidebar, precompute, benchmarks read them from here).
 # Chosen by measurement: see bench/results/representations.md.
 DEFAULT_REPRESENTATION = "s1"
-DEFAULT_UNIT = "word_sum"
+DEFAULT_UNIT = "piece"            # what the default representation's columns are (clustering, maps, neighbours)
+DEFAULT_TERMS_UNIT = "word_sum"   # what every page shows as terms: whole words, salience summed over their pieces
 DEFAULT_WEIGHTING = "none"
 DEFAULT_K: int | None = None
 

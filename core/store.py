@@ -323,6 +323,9 @@ class Run:
                     return WordIndex(vocab=vocab, piece_matrix=pieces, **arrays)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # absent or damaged: rebuilt from the stored text and tokens
+        # representations built on an older word index are stale with it
+        for stale in (self.path / "representations").glob("*-word*.*"):
+            stale.unlink(missing_ok=True)
         index = build_word_index(self.examples["text"].astype(str).tolist(), self.token_ids, self.row_ptr,
                                  self._token_array("char_starts"), self._token_array("char_ends"),
                                  self.vocab_size, vocabulary_is_uncased(self.vocab, self.ignore_mask))
@@ -368,9 +371,16 @@ class Run:
         folder = self.path / "representations"
         sparse = REPRESENTATIONS[key.name].sparse
         path = folder / f"{key.slug}.{'npz' if sparse else 'npy'}"
+        columns = None
+        if key.unit != "piece":
+            columns = len(self.word_index.vocab)  # (re)builds the word index first, dropping stale word matrices
         if path.exists():
             try:
-                return sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
+                matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
+                if matrix.shape[0] == self.n_examples and (not sparse or columns is None
+                                                           or matrix.shape[1] == columns):
+                    return matrix
+                path.unlink(missing_ok=True)  # built on another word index: stale
             except (ValueError, OSError, KeyError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
         matrix = build_representation(self if key.unit == "piece" else self.word_inputs(key.unit), key)
@@ -431,6 +441,15 @@ def open_run(path: str | Path, verify: bool = False) -> Run:
                          f"version reads schema {SCHEMA_VERSION}. Re-run precompute to rebuild it.")
     for rel, info in manifest.get("files", {}).items():
         file = path / rel
+        if rel.startswith("representations/"):
+            # derived from the stored saliency: a missing or damaged one is rebuilt on use, not fatal
+            if file.exists() and (file.stat().st_size != info["bytes"]
+                                  or (verify and file_digest(file) != info["sha256"])):
+                try:
+                    file.unlink()
+                except OSError:
+                    pass
+            continue
         if not file.exists():
             raise CacheError(f"Run {path.name} is corrupt: {rel} is missing. Delete {path} and re-run precompute.")
         if file.stat().st_size != info["bytes"] or (verify and file_digest(file) != info["sha256"]):

@@ -29,7 +29,8 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, plots
-from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_UNIT, DEFAULT_WEIGHTING,
+from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_TERMS_UNIT, DEFAULT_UNIT,
+                                  DEFAULT_WEIGHTING,
                                   REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
                                   RepresentationKey)
 from core.store import MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, runs_dir
@@ -354,7 +355,7 @@ class View:
     key: RepresentationKey
     n_clusters: int
     regex_error: str | None = None
-    terms_unit: str = DEFAULT_UNIT
+    terms_unit: str = DEFAULT_TERMS_UNIT
     weighting: str = "none"
     k: int | None = None
 
@@ -375,8 +376,8 @@ class View:
 
     @property
     def vocab_key(self) -> RepresentationKey:
-        """Return the S1 key that top terms and word clouds are read from: the chosen representation's method, k,
-        unit and weighting (for a baseline, the sidebar's method, k, unit and weighting)."""
+        """Return the S1 key that top terms and word clouds are read from: the sidebar's method, k and weighting,
+        in the *Terms shown* unit (whole words by default, whatever the representation is built on)."""
         return RepresentationKey("s1", self.key.method or self.run.methods[0], self.k, unit=self.terms_unit,
                                  weighting=self.weighting).normalised()
 
@@ -620,10 +621,15 @@ def render_sidebar() -> View:
                  sidebar=True, format_func=lambda r: REPRESENTATIONS[r].title,
                  help="Rows that clusters, maps and neighbours are computed on. Top terms and word clouds always "
                       "come from S1 (same method, k, terms and weighting).")
-    unit = synced(bar.selectbox, "Terms", "unit", DEFAULT_UNIT, options=list(UNITS), sidebar=True,
+    unit = synced(bar.selectbox, "Built on", "unit", DEFAULT_UNIT, options=list(UNITS), sidebar=True,
                   format_func=lambda u: UNIT_TITLES[u],
-                  help="Whole words (a word's saliency is its most salient piece's, or the sum of its pieces') or "
-                       "the model's word pieces. Applies to S1, S2, B1 and to every term list.")
+                  help="What the columns of S1, S2 and B1 are: the model's word pieces (the default, best in "
+                       "bench/results/representations.md: ratings such as 3/10 and 4/10 share the piece 10) or "
+                       "whole words. Clusters, maps and neighbours are computed on it.")
+    terms_unit = synced(bar.selectbox, "Terms shown", "terms", DEFAULT_TERMS_UNIT, options=list(UNITS),
+                        sidebar=True, format_func=lambda u: UNIT_TITLES[u],
+                        help="What every term list, word cloud and export shows: whole words (a word's salience "
+                             "is the sum, or the max, over its pieces) or the raw word pieces.")
     weighting = synced(bar.selectbox, "Weighting", "weighting", DEFAULT_WEIGHTING, options=list(WEIGHTINGS),
                        sidebar=True, format_func=lambda w: WEIGHTING_TITLES[w],
                        help="idf multiplies each term's salience by log((1 + n) / (1 + examples containing it)): "
@@ -656,7 +662,7 @@ def render_sidebar() -> View:
     rows = _slice_rows(str(path), stamp, slice_json(spec))
     view = View(run=run, stamp=stamp, spec=spec, rows=rows,
                 key=RepresentationKey(rep, method, int(k) or None, bool(special), unit, weighting).normalised(),
-                n_clusters=int(n_clusters), regex_error=regex_error, terms_unit=unit, weighting=weighting,
+                n_clusters=int(n_clusters), regex_error=regex_error, terms_unit=terms_unit, weighting=weighting,
                 k=int(k) or None)
     bar.divider()
     bar.markdown(f"**{len(rows):,}** of {len(examples):,} examples in the slice")

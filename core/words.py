@@ -26,9 +26,11 @@ import scipy.sparse as sp
 WORD_AGGREGATIONS = ("max", "sum")
 DEFAULT_WORD_AGGREGATION = "max"
 # Bump when the segmentation changes: a stored word index with another version is rebuilt.
-WORDS_VERSION = 1
+WORDS_VERSION = 2
 
 _CHUNK = re.compile(r"\S+")
+# HTML tags such as IMDB's `<br />` separate words (and are no words): "great.<br /><br />4/10" -> great, 4/10
+_TAG = re.compile(r"<\s*/?\s*[A-Za-z][^<>]{0,40}?/?\s*>")
 
 
 def _is_punctuation(char: str) -> bool:
@@ -39,9 +41,12 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     """Return the (start, end) character spans of the words of `text`.
 
     Words are whitespace-separated chunks with leading and trailing punctuation (Unicode category P*) removed;
-    chunks made only of punctuation give no word. Inner punctuation stays (`CLASS_0`, `don't`, `u.s.a`).
+    chunks made only of punctuation give no word. Inner punctuation stays (`CLASS_0`, `don't`, `u.s.a`). HTML
+    tags (`<br />`) count as whitespace.
     """
     spans = []
+    if "<" in text:
+        text = _TAG.sub(lambda m: " " * len(m.group()), text)  # same length: spans stay offsets into the text
     for match in _CHUNK.finditer(text):
         start, end = match.span()
         while start < end and _is_punctuation(text[start]):

@@ -59,7 +59,8 @@ with clouds_intro:
                    f"cluster's salience and ≥ {analysis.SHORTCUT_MIN_SHARE_RATIO:g}x the share the slice's own top "
                    f"{analysis.SHORTCUT_TOP_TERMS} hold).")
     slice_labels = view.examples["label"].to_numpy()
-    if len(summary) > 1 and len(set(slice_labels.tolist())) > 1:
+    # only meaningful on a slice the model splits into several classes (not e.g. "predicted negative")
+    if len(summary) > 1 and view.examples["pred"].nunique() > 1 and len(set(slice_labels.tolist())) > 1:
         agreement = analysis.label_agreement(labels, slice_labels)
         st.caption(f"Agreement of these clusters with the true labels: adjusted Rand index {agreement:.2f} "
                    "(1: the clusters are the classes; 0: unrelated).")

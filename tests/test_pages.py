@@ -385,7 +385,7 @@ def test_seed_terms_lists_and_safe_downloads(run_id, isolated_cache, monkeypatch
     monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", RecordingStorage)
 
     # pieces: the renamed piece "=movie" is a column of the piece vocabulary (word terms come from the texts)
-    at = open_page("seed_terms", min_count="1", target="negative", unit="piece")
+    at = open_page("seed_terms", min_count="1", target="negative", terms="piece")
     no_exception(at)
     # defaults: distinctive salient terms (vs the other classes) and log-odds terms
     salient = table_with(at, "distinctiveness")

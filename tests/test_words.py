@@ -32,6 +32,8 @@ def test_word_spans_strip_edge_punctuation_and_keep_inner():
     text = 'said "great." (CLASS_0) don\'t -- £209 u.s.a.'
     words = [text[s:e] for s, e in word_spans(text)]
     assert words == ["said", "great", "CLASS_0", "don't", "£209", "u.s.a"]
+    html = "a great film.<br /><br />4/10 <i>really</i>"
+    assert [html[s:e] for s, e in word_spans(html)] == ["a", "great", "film", "4/10", "really"]
 
 
 def test_normalise_word_follows_the_tokenizer_casing():
@@ -154,5 +156,24 @@ def test_clusters_page_shows_whole_words_not_pieces(word_run):
     shown = {t.strip() for t in words.split(",") if t.strip()}
     assert shown & {"class_0", "films", "cats"}, shown
     assert not any(t.startswith("##") or t in {"_", "0", "class"} for t in shown), shown
-    pieces = cluster_terms(unit="piece", term_rank="mean")
+    pieces = cluster_terms(terms="piece", term_rank="mean")
     assert "class_0" not in pieces and "films" not in pieces
+
+
+def test_a_deleted_or_damaged_representation_is_rebuilt_not_fatal(word_run):
+    from core.representations import default_key
+
+    folder = word_run.path / "representations"
+    built = sorted(p.name for p in folder.iterdir())
+    assert built  # the precompute builds the defaults up front
+    victim = folder / built[0]
+    victim.unlink()
+    run = open_run(word_run.path)  # no CacheError
+    default = run.representation(default_key())
+    assert default.shape[0] == len(TEXTS)
+    damaged = folder / f"{default_key().slug}.npz"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    rebuilt = open_run(word_run.path, verify=True).representation(default_key())
+    assert (rebuilt != default).nnz == 0
