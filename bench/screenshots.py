@@ -53,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prefix", default="demo")
     parser.add_argument("--pages", default="clusters,seed_terms")
+    parser.add_argument("--run", default=None, help="a run folder under the cache (default: the demo run)")
+    parser.add_argument("--query", default=None, help="query string for every page instead of the demo's view")
     args = parser.parse_args(argv)
-    run = find_demo_run()
+    from core.store import runs_dir
+
+    run = runs_dir() / args.run if args.run else find_demo_run()
     if run is None:
         print("no demo run: run `make demo-data` first", file=sys.stderr)
         return 2
@@ -78,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
             OUT.mkdir(parents=True, exist_ok=True)
             for name in args.pages.split(","):
-                page.goto(f"{base}/{PAGES[name]}&run={run.name}")
+                target = PAGES[name].split("?")[0] + f"?{args.query}" if args.query else PAGES[name]
+                page.goto(f"{base}/{target}&run={run.name}")
                 _settle(page)
                 height = page.evaluate(
                     "() => Math.max(...['[data-testid=stMain]', '[data-testid=stMainBlockContainer]',"
