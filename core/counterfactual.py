@@ -212,12 +212,18 @@ def _class_column(by: str) -> str:
     return by
 
 
-def _class_rows(run: Run, target_class: int, split: str | None, by: str) -> tuple[np.ndarray, np.ndarray]:
-    """Return (rows of `split` whose `by` is `target_class`, the split's other rows)."""
+def _split_classes(run: Run, split: str | None, by: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (the rows of `split`, falling back to all rows when the run has no such split; their `by` class)."""
     examples = run.examples
     split = default_split(examples, split) if split else None
     rows = split_rows(examples, split)
-    in_class = examples[_class_column(by)].to_numpy()[rows] == target_class
+    return rows, examples[_class_column(by)].to_numpy()[rows]
+
+
+def _class_rows(run: Run, target_class: int, split: str | None, by: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (rows of `split` whose `by` is `target_class`, the split's other rows)."""
+    rows, y = _split_classes(run, split, by)
+    in_class = y == target_class
     return rows[in_class], rows[~in_class]
 
 
@@ -272,10 +278,7 @@ def log_odds_seed_list(run: Run, target_class: int, *, top_n: int = 10, min_coun
     at least `min_count` examples."""
     from core.analysis import log_odds_terms
 
-    examples = run.examples
-    split = default_split(examples, split) if split else None
-    rows = split_rows(examples, split)
-    y = examples[_class_column(by)].to_numpy()[rows]
+    rows, y = _split_classes(run, split, by)
     space = run.term_space(unit)
     ranked = log_odds_terms(space.presence[rows], y, target_class, space.vocab, space.ignore_mask,
                             min_count=min_count, top_n=len(space.vocab))
@@ -291,10 +294,7 @@ def pmi_seed_list(run: Run, target_class: int, *, top_n: int = 10, min_count: in
     "pred"), among terms occurring in at least `min_count` examples."""
     from core.analysis import pmi_terms
 
-    examples = run.examples
-    split = default_split(examples, split) if split else None
-    rows = split_rows(examples, split)
-    y = examples[_class_column(by)].to_numpy()[rows]
+    rows, y = _split_classes(run, split, by)
     space = run.term_space(unit)
     ranked = pmi_terms(space.presence[rows], y, target_class, space.vocab, space.ignore_mask,
                        min_count=min_count, top_n=len(space.vocab))
@@ -318,16 +318,22 @@ def count_occurrences(text: str, term: str) -> int:
     return len(term_pattern(term).findall(text))
 
 
+def _term_literal(term: str) -> str:
+    """Return a case-folded substring every match of `term_pattern(term)` contains ("" when there is none), for a
+    fast test that skips texts before the regex runs."""
+    from core.analysis import _prefilter_literal
+
+    return _prefilter_literal(term[2:] if is_piece(term) else term).casefold()
+
+
 def examples_containing(texts: Sequence[str], terms: Iterable[str]) -> dict[str, int]:
     """Return, for each term, how many of `texts` contain it at least once (whole-word match, see
     `term_pattern`; a continuation piece inside a word). A case-folded substring test skips most texts first."""
-    from core.analysis import _prefilter_literal
-
     folded = [str(t).casefold() for t in texts]
     out: dict[str, int] = {}
     for term in terms:
         pattern = term_pattern(term)
-        literal = _prefilter_literal(term[2:] if is_piece(term) else term).casefold()
+        literal = _term_literal(term)
         out[term] = sum(1 for text, low in zip(texts, folded)
                         if (not literal or literal in low) and pattern.search(str(text)))
     return out
@@ -635,12 +641,10 @@ def run_sensitivity(predict: Predict, texts: Sequence[str], labels: Sequence[int
 
     # Masked variants: only examples that contain the term change, so only those are predicted. A cheap
     # case-folded substring test skips most texts before the regex runs.
-    from core.analysis import _prefilter_literal
-
     folded = {int(i): texts[i].casefold() for i in targets}
     masked: dict[str, tuple[np.ndarray, list[str], int]] = {}
     for term in terms:
-        literal = _prefilter_literal(term[2:] if is_piece(term) else term).casefold()
+        literal = _term_literal(term)
         rows, variants, occurrences = [], [], 0
         for i in targets:
             if literal and literal not in folded[int(i)]:
