@@ -300,13 +300,6 @@ def _rank_distinctive(mean_in: np.ndarray, mean_out: np.ndarray, support: np.nda
     return order, weight[order]
 
 
-def _support(R_rows: Matrix, presence_rows: Matrix | None) -> np.ndarray:
-    source = R_rows if presence_rows is None else presence_rows
-    if source.shape[0] == 0:
-        return np.zeros(source.shape[1], dtype=np.int64)
-    return np.asarray((source > 0).sum(axis=0), dtype=np.int64).ravel()
-
-
 def distinctive_terms(
     R_rows_in_group: Matrix,
     R_rows_rest: Matrix,
@@ -332,7 +325,7 @@ def distinctive_terms(
         return []
     mean_in = _column_means(R_rows_in_group)
     mean_out = _column_means(R_rows_rest)
-    support = _support(R_rows_in_group, presence_in_group)
+    support = _document_counts(R_rows_in_group if presence_in_group is None else presence_in_group)
     threshold = default_min_support(n_group) if min_support is None else int(min_support)
     order, weights = _rank_distinctive(mean_in, mean_out, support, ignore_mask, threshold, n)
     return [(vocab[i], float(w)) for i, w in zip(order, weights)]
@@ -912,7 +905,8 @@ def distinctive_salient_terms(
     ``aggregated_salient_terms``. Columns: ``term``, ``token_id``, ``distinctiveness``, ``mean_salience`` (over
     ``rows``), ``mean_salience_rest`` (over ``other_rows``), ``count`` (how many of ``rows`` contain the term).
     Only terms in at least ``min_count`` of ``rows``, not ignored and with positive distinctiveness; best first,
-    equal scores by mean salience, then token id. ``rows``/``other_rows``: index arrays or bool masks; None
+    equal scores by mean salience, then count, then token id (``_rank_distinctive``, the ranking of
+    ``distinctive_terms`` with the support counted as examples containing the term). ``rows``/``other_rows``: index arrays or bool masks; None
     means every row (for ``other_rows``: every row not in ``rows``).
     """
     n = R_vocab.shape[0]
@@ -926,14 +920,12 @@ def distinctive_salient_terms(
     mean_in = _column_means(R_vocab[ids])
     mean_out = _column_means(R_vocab[others])
     counts = _document_counts(presence[ids])
-    score = mean_in - mean_out
-    ok = np.flatnonzero((counts >= min_count) & (score > 0) & ~np.asarray(ignore_mask, dtype=bool))
-    order = ok[np.lexsort((ok, -mean_in[ok], -score[ok]))][:top_n]
+    order, score = _rank_distinctive(mean_in, mean_out, counts, ignore_mask, min_count, top_n)
     return pd.DataFrame(
         {
             "term": [vocab[i] for i in order],
             "token_id": order.astype(np.int64),
-            "distinctiveness": score[order],
+            "distinctiveness": score,
             "mean_salience": mean_in[order],
             "mean_salience_rest": mean_out[order],
             "count": counts[order],
