@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.models import check_truncation, encode, quiet_transformers
+from core.models import check_truncation, encode, pad_batch, quiet_transformers
 
 COMMON = "COMMON"
 CLASS_TERMS = ("CLASS_0", "CLASS_1")
@@ -223,17 +223,6 @@ def _bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Gener
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-pad token id lists into input_ids and attention_mask tensors."""
-    width = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, :len(seq)] = torch.tensor(seq)
-        attention_mask[row, :len(seq)] = 1
-    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
-
-
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move the finished directory `src` to `dst`, replacing any existing `dst`, never leaving a partial `dst`."""
     old = None
@@ -277,7 +266,8 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     model.to(dev).train()
 
     # `truncation` ("head", "tail" or "head+tail") picks the part of a long text trained on (core.models.encode)
-    encoded = encode(tokenizer, train_df["text"].astype(str).tolist(), max_length, truncation)["input_ids"]
+    enc = encode(tokenizer, train_df["text"].astype(str).tolist(), max_length, truncation)
+    encoded = enc["input_ids"]
     labels = torch.tensor(train_df["label"].astype(int).to_numpy())
     lengths = np.array([len(ids) for ids in encoded])
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
@@ -290,7 +280,7 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
     for epoch in range(epochs):
         losses = []
         for idx in _bucketed_batches(lengths, batch_size, rng):
-            batch = _pad([encoded[i] for i in idx], tokenizer.pad_token_id, dev)
+            batch = {k: v.to(dev) for k, v in pad_batch(enc, idx, tokenizer.pad_token_id).items()}
             with _autocast(dev):
                 loss = model(**batch, labels=labels[idx].to(dev)).loss
             loss.backward()

@@ -162,18 +162,17 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
     """
     check_truncation(truncation)
     texts = [str(t) for t in texts]
-    if truncation == "head":
-        enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=offsets,
+    if truncation == "head" and offsets:
+        # the tokenizer's own truncation: the precompute's arrays stay byte-identical to runs made before the option
+        enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True,
                         return_special_tokens_mask=True)
         out = {key: [list(v) for v in enc[key]] for key in enc.keys()}
-        if offsets:
-            # a text was cut when the tokens stop before its last non-space character
-            out["truncated"] = [len(ids) >= max_length and max((e for _, e in offs), default=0) < len(t.rstrip())
-                                for ids, offs, t in zip(out["input_ids"], out["offset_mapping"], texts)]
-        else:
-            full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-            out["truncated"] = [len(f) > len(ids) for f, ids in zip(full, out["input_ids"])]
+        # a text was cut when the tokens stop before its last non-space character
+        out["truncated"] = [len(ids) >= max_length and max((e for _, e in offs), default=0) < len(t.rstrip())
+                            for ids, offs, t in zip(out["input_ids"], out["offset_mapping"], texts)]
         return out
+    # one untruncated pass, then the kept tokens sliced out (head without offsets too: it needs the full length
+    # to say whether a text was cut, and a second, truncated pass would tokenize everything twice)
     enc = tokenizer(texts, truncation=False, return_offsets_mapping=offsets, return_special_tokens_mask=True,
                     verbose=False)
     keys = [key for key in enc.keys()]
@@ -193,7 +192,7 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
         if content <= budget:
             keep = list(range(n))
         else:
-            n_tail = budget // 2 if truncation == "head+tail" else budget
+            n_tail = {"head": 0, "tail": budget, "head+tail": budget // 2}[truncation]
             n_head = budget - n_tail
             keep = (list(range(lead)) + list(range(lead, lead + n_head)) +
                     list(range(n - trail - n_tail, n - trail)) + list(range(n - trail, n)))
@@ -204,18 +203,19 @@ def encode(tokenizer, texts: Sequence[str], max_length: int, truncation: str = "
     return out
 
 
+def pad_sequences(sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+    """Return the int sequences right-padded with `value` into one (n x longest) long tensor."""
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
 def pad_batch(enc: dict[str, list], rows: Sequence[int], pad_id: int) -> dict[str, torch.Tensor]:
     """Return right-padded input_ids / attention_mask (/ token_type_ids) tensors for `rows` of an `encode` result."""
-    width = max(len(enc["input_ids"][i]) for i in rows)
-    out = {}
-    for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-        if key not in enc:
-            continue
-        tensor = torch.full((len(rows), width), value, dtype=torch.long)
-        for r, i in enumerate(rows):
-            tensor[r, :len(enc[key][i])] = torch.tensor(enc[key][i], dtype=torch.long)
-        out[key] = tensor
-    return out
+    return {key: pad_sequences([enc[key][i] for i in rows], value)
+            for key, value in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)) if key in enc}
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ import torch
 
 from core.data import DataLoadError, LoadedData, load_dataset
 from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_truncation, encode, ignored_token_mask,
-                         input_embedding_matrix, load_classifier, vocabulary)
+                         input_embedding_matrix, load_classifier, pad_batch, pad_sequences, vocabulary)
 from core.representations import DEFAULT_TERMS_UNIT, DEFAULT_UNIT, DEFAULT_WEIGHTING, RepresentationKey
 from core.saliency import ATTRIBUTION_METHODS, dataset_token_distribution, forward_and_attribute, get_method
 from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
@@ -102,14 +102,6 @@ def _chunk_path(partial: Path, index: int) -> Path:
     return partial / "chunks" / f"{index:06d}.npz"
 
 
-def _pad(sequences: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
-
-
 def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeSettings,
                     candidate_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Return the chunk's arrays: ragged tokens + offsets + per-method scores, logits and [CLS] per example.
@@ -131,11 +123,8 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     options = settings.method_options(candidate_probs)
     for start in range(0, n, settings.batch_size):
         idx = order[start:start + settings.batch_size]
-        batch = {"input_ids": _pad([enc["input_ids"][i] for i in idx], pad_id),
-                 "attention_mask": _pad([enc["attention_mask"][i] for i in idx], 0),
-                 "special_tokens_mask": _pad([enc["special_tokens_mask"][i] for i in idx], 1)}
-        if "token_type_ids" in enc:
-            batch["token_type_ids"] = _pad([enc["token_type_ids"][i] for i in idx], 0)
+        batch = {**pad_batch(enc, idx, pad_id),
+                 "special_tokens_mask": pad_sequences([enc["special_tokens_mask"][i] for i in idx], 1)}
         batch = {k: v.to(loaded.device, non_blocking=True) for k, v in batch.items()}
         result = forward_and_attribute(loaded, batch, list(settings.methods), settings.target_class, options)
         logits[idx] = result.logits.cpu().numpy()

@@ -53,6 +53,16 @@ def test_head_is_the_tokenizers_own_truncation(tokenizer):
     assert enc["truncated"] == [True, False, False]
 
 
+def test_head_without_offsets_equals_the_tokenizers_truncation(tokenizer):
+    """Training encodes without offsets in one untruncated pass; it must keep what the tokenizer would."""
+    texts = [LONG_TEXT, "good film", "", " ".join(LONG_WORDS[:6])]
+    enc = encode(tokenizer, texts, max_length=8, truncation="head")
+    ref = tokenizer(texts, truncation=True, max_length=8)
+    assert enc["input_ids"] == [list(x) for x in ref["input_ids"]]
+    assert enc["attention_mask"] == [list(x) for x in ref["attention_mask"]]
+    assert enc["truncated"] == [True, False, False, False]  # six words fill the 8 tokens exactly: not cut
+
+
 @pytest.mark.parametrize("side", TRUNCATION_SIDES)
 def test_short_texts_are_not_cut_on_any_side(tokenizer, side):
     enc = encode(tokenizer, ["good film", LONG_TEXT], max_length=64, truncation=side, offsets=True)
