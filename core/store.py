@@ -298,8 +298,10 @@ class Run:
         return len(self.row_ptr) - 1
 
     def document_frequency(self) -> np.ndarray:
-        """Return, per token id, the number of examples containing it."""
-        return np.asarray(self.presence.sum(axis=0), dtype=np.int64).ravel()
+        """Return, per token id, the number of examples containing it (computed once: every row block asks)."""
+        if "_document_frequency" not in self.__dict__:
+            self.__dict__["_document_frequency"] = np.asarray(self.presence.sum(axis=0), dtype=np.int64).ravel()
+        return self.__dict__["_document_frequency"]
 
     @property
     def word_index(self) -> WordIndex:
@@ -347,7 +349,8 @@ class Run:
 
     def word_inputs(self, unit: str = "word") -> WordInputs:
         """Return the run seen at word level (`unit` "word": max over pieces, "word_sum": sum)."""
-        return WordInputs(self, self.word_index, "sum" if unit == "word_sum" else "max")
+        return WordInputs(self, self.word_index, "sum" if unit == "word_sum" else "max",
+                          presence=self.term_space("word").presence)
 
     def term_space(self, unit: str = "word") -> TermSpace:
         """Return the terms (vocabulary, ignore mask, presence) of `unit`: "piece", or whole words otherwise."""

@@ -23,6 +23,8 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from core.representations import presence_matrix
+
 WORD_AGGREGATIONS = ("max", "sum")
 DEFAULT_WORD_AGGREGATION = "max"
 # Bump when the segmentation changes: a stored word index with another version is rebuilt.
@@ -182,9 +184,11 @@ class WordInputs:
 
     Token ids become word ids, rows hold word occurrences, scores are aggregated over each word's pieces, and
     the embedding matrix holds each word's mean piece embedding. Predictions and [CLS] come from the run.
+    `presence` (the word presence matrix, when the caller already has it) saves building it again for idf.
     """
 
-    def __init__(self, base, index: WordIndex, aggregation: str = DEFAULT_WORD_AGGREGATION):
+    def __init__(self, base, index: WordIndex, aggregation: str = DEFAULT_WORD_AGGREGATION,
+                 presence: sp.csr_matrix | None = None):
         if aggregation not in WORD_AGGREGATIONS:
             raise ValueError(f"Unknown word aggregation '{aggregation}'. Known: {', '.join(WORD_AGGREGATIONS)}.")
         self._base, self.index, self.aggregation = base, index, aggregation
@@ -195,6 +199,7 @@ class WordInputs:
         self.num_labels = base.num_labels
         self._scores: dict[str, np.ndarray] = {}
         self._embeddings: np.ndarray | None = None
+        self._presence = presence
         self._df: np.ndarray | None = None
 
     @property
@@ -216,9 +221,12 @@ class WordInputs:
         return self._embeddings
 
     def document_frequency(self) -> np.ndarray:
-        """Return, per word, the number of examples that contain it."""
+        """Return, per word, the number of examples that contain it (computed once: every row block asks)."""
         if self._df is None:
-            self._df = document_frequency(self.token_ids, self.row_ptr, self.vocab_size)
+            presence = self._presence
+            if presence is None:
+                presence = presence_matrix(self.token_ids, self.row_ptr, self.vocab_size)
+            self._df = np.asarray(presence.sum(axis=0), dtype=np.int64).ravel()
         return self._df
 
     def cls(self) -> np.ndarray:
@@ -228,10 +236,3 @@ class WordInputs:
     def predictions(self) -> np.ndarray:
         """Return the run's predicted classes."""
         return self._base.predictions()
-
-
-def document_frequency(token_ids: np.ndarray, row_ptr: np.ndarray, vocab_size: int) -> np.ndarray:
-    """Return, per vocabulary id, the number of examples (rows) that contain it at least once."""
-    rows = np.repeat(np.arange(len(row_ptr) - 1, dtype=np.int64), np.diff(row_ptr))
-    pairs = np.unique(rows * np.int64(vocab_size) + np.asarray(token_ids, dtype=np.int64))
-    return np.bincount(pairs % vocab_size, minlength=vocab_size).astype(np.int64)
