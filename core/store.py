@@ -325,9 +325,6 @@ class Run:
                     return WordIndex(vocab=vocab, piece_matrix=pieces, **arrays)
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # absent or damaged: rebuilt from the stored text and tokens
-        # representations built on an older word index are stale with it
-        for stale in (self.path / "representations").glob("*-word*.*"):
-            stale.unlink(missing_ok=True)
         index = build_word_index(self.examples["text"].astype(str).tolist(), self.token_ids, self.row_ptr,
                                  self._token_array("char_starts"), self._token_array("char_ends"),
                                  self.vocab_size, vocabulary_is_uncased(self.vocab, self.ignore_mask))
@@ -373,10 +370,14 @@ class Run:
                              f"{', '.join(self.methods)}).")
         folder = self.path / "representations"
         sparse = REPRESENTATIONS[key.name].sparse
-        path = folder / f"{key.slug}.{'npz' if sparse else 'npy'}"
+        # A word-level matrix depends on the word index too: its file names the index version, so a new version
+        # builds new files and never rewrites one the manifest has recorded (a size mismatch would drop it again
+        # on every open).
+        stem = key.slug if key.unit == "piece" else f"{key.slug}-w{WORDS_VERSION}"
+        path = folder / f"{stem}.{'npz' if sparse else 'npy'}"
         columns = None
         if key.unit != "piece":
-            columns = len(self.word_index.vocab)  # (re)builds the word index first, dropping stale word matrices
+            columns = len(self.word_index.vocab)
         if path.exists():
             try:
                 matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)

@@ -8,7 +8,7 @@ import pytest
 from core.precompute import PrecomputeSettings, precompute
 from core.representations import RepresentationKey
 from core.store import open_run
-from core.words import normalise_word, vocabulary_is_uncased, word_spans
+from core.words import WORDS_VERSION, normalise_word, vocabulary_is_uncased, word_spans
 
 TEXTS = [
     ("the CLASS_0 films !", 0),        # class _ 0 / film ##s: two words of several pieces
@@ -99,7 +99,7 @@ def test_word_level_s1_s2_by_hand(word_run):
     s2 = word_run.representation(RepresentationKey("s2", "grad_l2", None, unit="word"))
     np.testing.assert_allclose(s2[0], s2_expected, rtol=1e-4, atol=1e-6)
     # stored under a slug of its own, next to the piece-level one
-    assert (word_run.path / "representations" / "s1-grad_l2-kall-word.npz").exists()
+    assert (word_run.path / "representations" / f"s1-grad_l2-kall-word-w{WORDS_VERSION}.npz").exists()
 
 
 def test_idf_weighting_silences_a_word_salient_everywhere(tiny_model_dir, tmp_path):
@@ -177,3 +177,21 @@ def test_a_deleted_or_damaged_representation_is_rebuilt_not_fatal(word_run):
     damaged.write_bytes(bytes(data))
     rebuilt = open_run(word_run.path, verify=True).representation(default_key())
     assert (rebuilt != default).nnz == 0
+
+
+def test_a_new_word_index_version_builds_new_files_and_keeps_them(word_run, monkeypatch):
+    """Matrices recorded in the manifest are never rewritten, so a rebuilt word index cannot make every open drop
+    and rebuild them again."""
+    import core.store
+
+    key = RepresentationKey("s1", "grad_l2", None, unit="word_sum")
+    folder = word_run.path / "representations"
+    recorded = folder / f"{key.slug}-w{WORDS_VERSION}.npz"
+    assert f"representations/{recorded.name}" in word_run.manifest["files"]  # built by the precompute
+    monkeypatch.setattr(core.store, "WORDS_VERSION", WORDS_VERSION + 1)
+    open_run(word_run.path).representation(key)
+    newer = folder / f"{key.slug}-w{WORDS_VERSION + 1}.npz"
+    stamp = newer.stat().st_mtime_ns
+    for _ in range(2):
+        open_run(word_run.path, verify=True).representation(key)
+    assert newer.stat().st_mtime_ns == stamp and recorded.exists()
