@@ -68,7 +68,6 @@ PAGE_FILES: dict[str, str] = {
 }
 
 CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclassified": "misclassified only"}
-# 0 = all tokens: bench/results/shortcut.md shows it isolates a learned shortcut far more reliably than k=5.
 DEFAULT_CLUSTERS = 5
 SAMPLE_SEED = 0
 CLUSTER_SEED = 0
@@ -242,13 +241,14 @@ def _cluster_labels(path: str, stamp: int, key: tuple, spec_json: str, n_cluster
 
 @st.cache_data(show_spinner="Summarising the clusters…", max_entries=64)
 def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_json: str, n_clusters: int,
-                     seed: int, n_terms: int) -> pd.DataFrame:
+                     seed: int, n_terms: int, ranking: str) -> pd.DataFrame:
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
     labels = _cluster_labels(path, stamp, key, spec_json, n_clusters, seed)
     space = run.term_space(vocab_key[4])
     return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
-                                    space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms)
+                                    space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms,
+                                    ranking=ranking)
 
 
 def projection_file(run: Run, key: tuple, spec_json: str, method: str, seed: int) -> Path:
@@ -370,11 +370,6 @@ class View:
         return slice_json(self.spec)
 
     @property
-    def unit(self) -> str:
-        """Return the term unit of the view: "word", "word_sum" or "piece"."""
-        return self.terms_unit
-
-    @property
     def vocab_key(self) -> RepresentationKey:
         """Return the S1 key that top terms and word clouds are read from: the sidebar's method, k and weighting,
         in the *Terms shown* unit (whole words by default, whatever the representation is built on)."""
@@ -445,10 +440,10 @@ class View:
         return _cluster_labels(self.path, self.stamp, key_tuple(self.key), self.spec_json, self.n_clusters,
                                CLUSTER_SEED)
 
-    def cluster_summary(self, n_terms: int = 8) -> pd.DataFrame:
-        """Return analysis.cluster_summary of the slice's clusters (largest first)."""
+    def cluster_summary(self, n_terms: int = 8, ranking: str = "distinctive") -> pd.DataFrame:
+        """Return analysis.cluster_summary of the slice's clusters (largest first), terms ranked by `ranking`."""
         return _cluster_summary(self.path, self.stamp, key_tuple(self.key), key_tuple(self.vocab_key),
-                                self.spec_json, self.n_clusters, CLUSTER_SEED, n_terms)
+                                self.spec_json, self.n_clusters, CLUSTER_SEED, n_terms, ranking)
 
     def projection(self, method: str) -> np.ndarray:
         """Return the slice's (n, 2) coordinates from `method` ("umap" or "tsne"), computed once and stored."""

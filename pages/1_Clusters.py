@@ -1,5 +1,4 @@
 """Clusters: k-means on the slice's representation; sizes, classes, accuracy, distinctive terms, word clouds."""
-import pandas as pd
 import streamlit as st
 
 from core import analysis, plots, ui
@@ -22,16 +21,7 @@ ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", optio
                     help="distinctive: mean salience in the cluster minus in the rest of the slice (terms salient "
                          "everywhere fall out). mean salience: the paper's mean over the cluster.")
 
-
-@st.cache_data(show_spinner="Summarising the clusters…", max_entries=64)
-def _summary(_view: ui.View, path: str, stamp: int, key: tuple, vocab_key: tuple, spec_json: str,
-             n_clusters: int, ranking: str) -> pd.DataFrame:
-    return analysis.cluster_summary(_view.cluster_labels(), _view.examples, _view.vocab_matrix()[_view.rows],
-                                    _view.vocab, _view.ignore_mask, _view.run.label_names, ranking=ranking)
-
-
-summary = _summary(view, view.path, view.stamp, ui.key_tuple(view.key), ui.key_tuple(view.vocab_key),
-                   view.spec_json, view.n_clusters, ranking)
+summary = view.cluster_summary(ranking=ranking)
 labels = view.cluster_labels()
 if len(summary) < view.n_clusters:
     st.info(f"k-means found only {len(summary)} distinct cluster{'s' if len(summary) != 1 else ''} instead of "
