@@ -326,17 +326,23 @@ def _term_literal(term: str) -> str:
     return _prefilter_literal(term[2:] if is_piece(term) else term).casefold()
 
 
-def examples_containing(texts: Sequence[str], terms: Iterable[str]) -> dict[str, int]:
-    """Return, for each term, how many of `texts` contain it at least once (whole-word match, see
-    `term_pattern`; a continuation piece inside a word). A case-folded substring test skips most texts first."""
+def texts_containing(texts: Sequence[str], terms: Iterable[str]) -> dict[str, np.ndarray]:
+    """Return, for each term, a bool array over `texts`: True where the text contains the term at least once
+    (whole-word match, see `term_pattern`; a continuation piece inside a word). A case-folded substring test skips
+    most texts before the regex runs."""
     folded = [str(t).casefold() for t in texts]
-    out: dict[str, int] = {}
+    out: dict[str, np.ndarray] = {}
     for term in terms:
         pattern = term_pattern(term)
         literal = _term_literal(term)
-        out[term] = sum(1 for text, low in zip(texts, folded)
-                        if (not literal or literal in low) and pattern.search(str(text)))
+        out[term] = np.fromiter(((not literal or literal in low) and pattern.search(str(text)) is not None
+                                 for text, low in zip(texts, folded)), dtype=bool, count=len(folded))
     return out
+
+
+def examples_containing(texts: Sequence[str], terms: Iterable[str]) -> dict[str, int]:
+    """Return, for each term, how many of `texts` contain it at least once (see `texts_containing`)."""
+    return {term: int(hits.sum()) for term, hits in texts_containing(texts, terms).items()}
 
 
 def mask_term(text: str, term: str, replacement: str) -> tuple[str, int]:

@@ -51,9 +51,8 @@ def _containing(_run, path: str, stamp: int, split: str, target: int,
     rows = cf.split_rows(_run.examples, None if split == "all" else split)
     texts = _run.examples["text"].astype(str).to_numpy()[rows]
     in_class = _run.examples["label"].to_numpy()[rows] == target
-    every = cf.examples_containing(texts, terms)
-    mine = cf.examples_containing(texts[in_class], terms)
-    return {t: (every[t], mine[t]) for t in terms}
+    hits = cf.texts_containing(texts, terms)
+    return {t: (int(hits[t].sum()), int(hits[t][in_class].sum())) for t in terms}
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
