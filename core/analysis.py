@@ -239,9 +239,14 @@ def top_terms(
     weight, highest first (ties by token id).
     """
     means = _column_means(R_vocab_rows)
-    eligible = np.flatnonzero((means > 0) & ~np.asarray(ignore_mask, dtype=bool))
-    order = eligible[np.lexsort((eligible, -means[eligible]))][:n]
+    order = _rank_by_mean(means, ignore_mask, n)
     return [(vocab[i], float(means[i])) for i in order]
+
+
+def _rank_by_mean(means: np.ndarray, ignore_mask: np.ndarray, n: int | None) -> np.ndarray:
+    """Return the ids of the (at most `n`) positive, not ignored means, highest first (ties by id)."""
+    eligible = np.flatnonzero((means > 0) & ~np.asarray(ignore_mask, dtype=bool))
+    return eligible[np.lexsort((eligible, -means[eligible]))][:n]
 
 
 def wordcloud_weights(
@@ -360,8 +365,8 @@ SHORTCUT_MIN_CONFIDENCE = 0.9     # confident: mean max class probability at lea
 SHORTCUT_TOP_TERMS = 3            # concentrated: the top this-many terms (by mean salience) hold ...
 SHORTCUT_MIN_TOP_SHARE = 0.15     # ... at least this share of the cluster's summed salience, and ...
 SHORTCUT_MIN_SHARE_RATIO = 2.0    # ... at least this many times the share the slice's own top terms hold.
-# Relative, because with k = all every word of a sentence carries some salience: on the demo the planted cluster's
-# `class_0, common` hold 38% of its salience against 4-13% for the other clusters' top 3 and 10% for the slice's.
+# Relative, because with k = all every word of a sentence carries some salience: on the demo (test split, predicted
+# negative, 3 clusters) the planted cluster's top 3 hold 22% of its salience against 7% for the slice's own top 3.
 
 
 def class_mix(counts: Sequence[int], label_names: Sequence[str]) -> str:
@@ -453,8 +458,7 @@ def cluster_summary(
         size = len(members)
         mean_in = sums[i] / size
         if ranking == "mean":
-            eligible = np.flatnonzero((mean_in > 0) & ~ignore)
-            order = eligible[np.lexsort((eligible, -mean_in[eligible]))][:n_terms]
+            order = _rank_by_mean(mean_in, ignore, n_terms)
             weights = mean_in[order]
         else:
             rest = total - size
