@@ -27,6 +27,7 @@ class RepresentationInputs(Protocol):
     def predictions(self) -> np.ndarray: ...
     def document_frequency(self) -> np.ndarray: ...
     num_labels: int
+    n_examples: int            # the whole run's examples (also for a block of them: idf is counted over the run)
 
 
 UNITS = ("word", "word_sum", "piece")
@@ -133,7 +134,7 @@ class RowBlock:
         self.vocab_size = inputs.vocab_size
         self.ignore_mask = inputs.ignore_mask
         self.num_labels = inputs.num_labels
-        self.n_examples = int(getattr(inputs, "n_examples", 0)) or len(inputs.row_ptr) - 1
+        self.n_examples = inputs.n_examples
 
     def scores(self, method: str) -> np.ndarray:
         """Return the block's per-token scores of `method`."""
@@ -264,9 +265,7 @@ def idf_weights(document_frequency: np.ndarray, n_examples: int) -> np.ndarray:
 def _build_s1(inputs: RepresentationInputs, key: RepresentationKey):
     weights = None
     if key.weighting == "idf":
-        df = inputs.document_frequency()
-        # the run's size, also when `inputs` is one block of it
-        weights = idf_weights(df, int(getattr(inputs, "n_examples", 0)) or len(inputs.row_ptr) - 1)
+        weights = idf_weights(inputs.document_frequency(), inputs.n_examples)
     return vocab_topk(inputs.token_ids, inputs.row_ptr, inputs.scores(key.method or "grad_l2"), inputs.vocab_size,
                       key.k, None if key.include_special else inputs.ignore_mask, weights)
 

@@ -194,6 +194,7 @@ class WordInputs:
         self._base, self.index, self.aggregation = base, index, aggregation
         self.token_ids = index.word_ids
         self.row_ptr = index.row_ptr
+        self.n_examples = len(index.row_ptr) - 1
         self.vocab_size = len(index.vocab)
         self.ignore_mask = np.zeros(self.vocab_size, dtype=bool)  # punctuation never forms a word
         self.num_labels = base.num_labels

@@ -117,10 +117,13 @@ def test_representation_is_cached_on_disk_and_keyed_by_parameters(run):
 
 @pytest.mark.parametrize("key", [RepresentationKey("s1", "grad_l2", None), RepresentationKey("s1", "grad_l2", 2),
                                  RepresentationKey("s2", "grad_l2", 3), RepresentationKey("b1"),
-                                 RepresentationKey("b2"), RepresentationKey("b3")])
+                                 RepresentationKey("b2"), RepresentationKey("b3"),
+                                 RepresentationKey("s1", "grad_l2", 2, weighting="idf"),
+                                 RepresentationKey("s1", "grad_l2", None, unit="word_sum", weighting="idf")])
 def test_building_in_row_blocks_gives_the_whole_matrix(run, key):
-    whole = build_representation(run, key, block=10_000)
-    blocks = build_representation(run, key, block=3)  # 16 examples: blocks of 3, 3, 3, 3, 3, 1
+    inputs = run if key.unit == "piece" else run.word_inputs(key.unit)  # idf is counted over the run in every block
+    whole = build_representation(inputs, key, block=10_000)
+    blocks = build_representation(inputs, key, block=3)  # 16 examples: blocks of 3, 3, 3, 3, 3, 1
     if sp.issparse(whole):
         assert sp.issparse(blocks) and blocks.shape == whole.shape
         np.testing.assert_allclose(blocks.toarray(), whole.toarray(), rtol=1e-6, atol=1e-7)
