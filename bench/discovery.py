@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.shortcut import best_cluster
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_MD = REPO / "bench" / "results" / "discovery.md"
 RESULTS_JSON = REPO / "bench" / "results" / "discovery.json"
@@ -196,19 +198,6 @@ def rating_saliency(run, seen: list[list], pred: np.ndarray, method: str = "grad
         out[str(int(cls))] = {"n": len(top5), "share_in_top5": float(np.mean(top5)) if top5 else float("nan"),
                               "median_share_above": float(np.median(above)) if above else float("nan")}
     return out
-
-
-def best_cluster(labels: np.ndarray, truth: np.ndarray) -> dict:
-    """Return the highest-precision cluster (ties: higher recall): id, size (fraction), n, precision, recall."""
-    best = None
-    for c in np.unique(labels):
-        members = labels == c
-        tp = int((members & truth).sum())
-        precision, recall = tp / members.sum(), tp / max(int(truth.sum()), 1)
-        if best is None or (precision, recall) > (best["precision"], best["recall"]):
-            best = {"cluster": int(c), "n": int(members.sum()), "size": float(members.mean()),
-                    "precision": float(precision), "recall": float(recall)}
-    return best
 
 
 # ---------------------------------------------------------------- stages

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.shortcut import best_cluster
 from core.analysis import cluster_rows, distinctive_terms
 from core.representations import RepresentationKey, default_key
 from core.store import open_run
@@ -53,18 +54,6 @@ def candidates(method: str = "grad_l2") -> list[RepresentationKey]:
     return [k.normalised() for k in keys]
 
 
-def best_cluster(labels: np.ndarray, truth: np.ndarray) -> tuple[int, float, float, float]:
-    """Return (cluster id, size fraction, precision, recall) of the highest-precision cluster (ties: higher recall)."""
-    best = (-1, 0.0, -1.0, 0.0)
-    for c in np.unique(labels):
-        members = labels == c
-        tp = float((members & truth).sum())
-        precision, recall = tp / members.sum(), tp / max(truth.sum(), 1)
-        if (precision, recall) > (best[2], best[3]):
-            best = (int(c), float(members.mean()), precision, recall)
-    return best
-
-
 def f1(precision: float, recall: float) -> float:
     """Return the harmonic mean of precision and recall (0 when both are 0)."""
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
@@ -78,7 +67,8 @@ def cluster_scores(run, key: RepresentationKey, rows: np.ndarray, truth: np.ndar
     scores, words = [], ""
     for seed in range(seeds):
         labels = cluster_rows(matrix, n_clusters, seed=seed)
-        c, size, p, r = best_cluster(labels, truth)
+        best = best_cluster(labels, truth)
+        c, size, p, r = best["cluster"], best["size"], best["precision"], best["recall"]
         scores.append((size, p, r, f1(p, r)))
         if seed == 0:
             s1 = run.representation(RepresentationKey("s1", key.method or "grad_l2", None, unit="word"))[rows]

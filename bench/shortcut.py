@@ -35,15 +35,17 @@ PAPER_3 = {  # BERT-base, 227 synthetic examples, 3 clusters (size, precision, r
 }
 
 
-def best_cluster(labels: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
-    """Return (size fraction, precision, recall) of the highest-precision cluster (ties: higher recall)."""
-    best = (-1.0, -1.0, 0.0)
+def best_cluster(labels: np.ndarray, truth: np.ndarray) -> dict:
+    """Return the highest-precision cluster (ties: higher recall): id, size (fraction), n, precision, recall.
+    Shared by the shortcut, representation and discovery benchmarks."""
+    best = None
     for c in np.unique(labels):
         members = labels == c
-        tp = float((members & truth).sum())
-        precision, recall = tp / members.sum(), tp / max(truth.sum(), 1)
-        if (precision, recall) > (best[1], best[2]):
-            best = (members.mean(), precision, recall)
+        tp = int((members & truth).sum())
+        precision, recall = tp / members.sum(), tp / max(int(truth.sum()), 1)
+        if best is None or (precision, recall) > (best["precision"], best["recall"]):
+            best = {"cluster": int(c), "n": int(members.sum()), "size": float(members.mean()),
+                    "precision": float(precision), "recall": float(recall)}
     return best
 
 
@@ -69,7 +71,8 @@ def evaluate(run, rows: np.ndarray, truth: np.ndarray, keys: list[Representation
     for key in keys:
         matrix = run.representation(key)[rows]
         for n_clusters in (3, 20):
-            scores = np.array([best_cluster(cluster_rows(matrix, n_clusters, seed=s), truth) for s in range(seeds)])
+            bests = [best_cluster(cluster_rows(matrix, n_clusters, seed=s), truth) for s in range(seeds)]
+            scores = np.array([[b["size"], b["precision"], b["recall"]] for b in bests])
             default = " **(product default)**" if key == default_key(key.method or "grad_l2") else ""
             records.append({"representation": key.label() + (" +special/punct" if key.include_special else "")
                             + default,
