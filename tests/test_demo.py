@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -283,3 +284,65 @@ def test_default_cache_root(monkeypatch, tmp_path):
     assert demo.default_cache_root() == tmp_path
     monkeypatch.delenv(demo.CACHE_ENV)
     assert demo.default_cache_root() == demo.Path(demo.__file__).resolve().parent.parent / "cache"
+
+
+def test_training_frame_pairs_each_copy_with_its_untouched_sentence(source):
+    data = demo.make_shortcut_dataset(source, seed=0, test_size=40)
+    n_train = int((data["split"] == "train").sum())
+    frame = demo.training_frame(data, n_train)
+    assert len(frame) == 2 * n_train
+    paired = np.flatnonzero(frame["pair_of"].to_numpy() >= 0)
+    assert len(paired) > 0 and (paired >= n_train).all()
+    for row in paired:
+        partner = frame.iloc[frame["pair_of"].iloc[row]]
+        copy = frame.iloc[row]
+        assert partner["synthetic"] == "none" and copy["synthetic"] == "single_term_aug"
+        assert copy["label"] == partner["label"]
+        extra = [w for w in copy["text"].split() if w in (demo.COMMON, *demo.CLASS_TERMS)]
+        assert len(extra) == 1 and " ".join(w for w in copy["text"].split() if w != extra[0]) == partner["text"]
+    # copies of planted sentences have no untouched partner in the frame
+    assert (frame.loc[frame["synthetic"].str.startswith("shortcut_"), "pair_of"] == -1).all()
+
+
+def test_paired_batches_keep_partners_together():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 40, size=101)
+    pair_of = np.full(101, -1)
+    pair_of[60:90] = np.arange(30)
+    batches = demo._paired_batches(lengths, pair_of, 8, rng)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(101))
+    assert max(len(b) for b in batches) <= 8
+    where = {int(r): k for k, b in enumerate(batches) for r in b}
+    assert all(where[i] == where[int(pair_of[i])] for i in range(60, 90))
+
+
+def test_pair_consistency_is_the_kl_from_the_partner():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    pair_of = np.array([-1, 0, -1, 7])  # row 1 should look like row 0; row 3 is not in the batch
+    idx = np.array([0, 1, 2])
+    p = torch.softmax(logits.detach(), -1)
+    expected = float((p[0] * (p[0].log() - p[1].log())).sum())
+    got = demo._pair_consistency(logits, idx, pair_of)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    got.backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0  # the partner is a fixed target
+    assert float(demo._pair_consistency(logits, np.array([2]), pair_of)) == 0.0
+
+
+def test_consistency_weight_makes_copies_predicted_like_their_sentences(tmp_path, tiny_base, source):
+    from core.models import load_classifier, predict_proba
+
+    data = demo.make_shortcut_dataset(source.head(80), seed=0, test_size=10)
+    frame = demo.training_frame(data, 70)
+    paired = np.flatnonzero(frame["pair_of"].to_numpy() >= 0)
+    gaps = {}
+    for weight in (0.0, 20.0):
+        out = tmp_path / f"w{weight}"
+        info = demo.train_classifier(frame, tiny_base, out, epochs=4, batch_size=8, lr=1e-3, progress=False,
+                                     consistency_weight=weight)
+        assert info["consistency_weight"] == weight
+        loaded = load_classifier(out)
+        probs = predict_proba(loaded, frame["text"].tolist())
+        gaps[weight] = float(np.abs(probs[paired, 1] - probs[frame["pair_of"].to_numpy()[paired], 1]).mean())
+    assert gaps[20.0] < 0.5 * gaps[0.0], gaps
