@@ -209,3 +209,58 @@ def test_pickle_checkpoint_is_refused_in_one_line(tmp_path, tiny_model_dir, tiny
     with pytest.raises(ModelLoadError, match="pickle weights"):
         mlm_loader(str(folder), "cpu")
     assert not marker.exists()
+
+
+def run_main(argv, capsys) -> tuple[int, str]:
+    """Run the CLI in this process; return (exit code, stderr)."""
+    try:
+        code = pc.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_jsonl_texts_that_are_not_strings_are_refused_naming_the_line(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text('{"text": "fine", "label": 0}\n\n{"text": "also fine", "label": 1}\n'
+                    '{"text": 5, "label": 1}\n{"text": ["a", "list"], "label": 0}\n')
+    with pytest.raises(DataLoadError, match=r"data\.jsonl line 4: 'text' is a number \(5\), not a string"):
+        load_dataset(path, ID2LABEL)
+    for value, kind in (('["a"]', "a list"), ('{"a": 1}', "an object"), ("true", "a boolean")):
+        path.write_text(f'{{"text": "ok", "label": 0}}\n{{"text": {value}, "label": 1}}\n')
+        with pytest.raises(DataLoadError, match=f"line 2: 'text' is {kind}"):
+            load_dataset(path, ID2LABEL)
+    path.write_text('{"text": "ok", "label": 0}\n{"text": null, "label": 1}\n')  # null is an empty text
+    assert load_dataset(path, ID2LABEL).skipped["empty_text"] == 1
+
+
+def test_labels_mixing_ids_and_names_are_called_mixed(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": "positive"}\n')
+    with pytest.raises(DataLoadError) as info:
+        load_dataset(path, ID2LABEL)
+    message = str(info.value)
+    assert "mixes class ids (0) and names (positive)" in message and "not known" not in message
+    path.write_text('{"text": "a", "label": "Negative"}\n{"text": "b", "label": "positive"}\n')
+    assert load_dataset(path, ID2LABEL).frame["label"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"[5]", r"entry 1 is the number 5, not a string"),
+    (b'["he", null]', r"entry 2 is null, not a string"),
+    (b'[{"term": 7}]', r"entry 1 is the number 7"),
+    (b"5", r"holds the number 5, not a list of terms"),
+    (b"null", r"holds null, not a list of terms"),
+    (b'{"terms": 3}', r"holds the number 3"),
+])
+def test_seed_list_files_with_non_string_entries_are_refused(payload, message):
+    from core.counterfactual import seed_list_from_file
+
+    with pytest.raises(ValueError, match=message):
+        seed_list_from_file("terms.json", payload)
+
+
+def test_seed_list_files_with_strings_still_load():
+    from core.counterfactual import seed_list_from_file
+
+    assert seed_list_from_file("t.json", b'["he", {"term": "she"}, {"count": 3}]').terms == ("he", "she")
