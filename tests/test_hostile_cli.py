@@ -220,6 +220,68 @@ def run_main(argv, capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, option, allowed", [
+    (["--limit", "-5"], "--limit", "integer >= 1"),
+    (["--limit", "0"], "--limit", "integer >= 1"),
+    (["--sample", "0"], "--sample", "integer >= 1"),
+    (["--max-length", "0"], "--max-length", "integer >= 3"),
+    (["--max-length", "-1"], "--max-length", "integer >= 3"),
+    (["--k", "-3"], "--k", "'all' or an integer >= 1"),
+    (["--k", "abc"], "--k", "'all' or an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size", "integer >= 1"),
+    (["--chunk-size", "0"], "--chunk-size", "integer >= 1"),
+    (["--ig-steps", "0"], "--ig-steps", "integer >= 1"),
+    (["--im-top-n", "0"], "--im-top-n", "integer >= 1"),
+    (["--im-cum-prob", "0"], "--im-cum-prob", "(0, 1]"),
+    (["--seed", "-1"], "--seed", "from 0 to 4294967295"),
+    (["--target-class", "-1"], "--target-class", "integer >= 0"),
+    (["--target-class", "5"], "--target-class", "from 0 to 1"),
+    (["--device", "cuda:7"], "--device", "use one of: cpu"),
+    (["--device", "potato"], "--device", "use one of: cpu"),
+    (["--method", ","], "--method", "Known methods"),
+    (["--method", "grad_l2,saliency"], "--method", "Known methods"),
+])
+def test_cli_numbers_are_validated_before_any_work(args, option, allowed, tiny_model_dir, tiny_data_csv, capsys,
+                                                   monkeypatch, isolated_cache):
+    if args[:2] == ["--device", "cuda:7"]:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(pc, "load_classifier", lambda *a, **k: pytest.fail("loaded the model before checking"))
+    code, err = run_main(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--quiet", *args], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and option in lines[0] and allowed in lines[0], err
+    assert not (isolated_cache / "runs").exists() or not any(p for p in (isolated_cache / "runs").iterdir()
+                                                             if not p.name.startswith("."))
+
+
+def test_k_all_and_zero_still_mean_every_token():
+    assert pc._parse_args([]).k is None
+    assert pc._parse_args(["--k", "all"]).k is None and pc._parse_args(["--k", "0"]).k is None
+    assert pc._parse_args(["--k", "5"]).k == 5
+    assert pc._parse_args(["--method", "grad_l2, grad_l2,grad_x_input"]).methods == ("grad_l2", "grad_x_input")
+
+
+@pytest.mark.parametrize("field, value", [("limit", -5), ("max_length", 0), ("batch_size", 0), ("chunk_size", 0),
+                                          ("ig_steps", 0), ("k", -3), ("target_class", -1), ("methods", ()),
+                                          ("im_cum_prob", 0.0)])
+def test_settings_refuse_out_of_range_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        pc.PrecomputeSettings(**{field: value})
+
+
+def test_missing_data_file_is_reported_before_the_model_loads(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(pc, "load_classifier", lambda *a, **k: pytest.fail("loaded the model before checking"))
+    code, err = run_main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "nope.csv"), "--quiet"], capsys)
+    assert code == 2 and "nope.csv does not exist" in err
+    unreadable = tmp_path / "folder.csv"
+    unreadable.mkdir()
+    code, err = run_main(["--model", str(tiny_model_dir), "--data", str(unreadable), "--quiet"], capsys)
+    assert code == 2 and "must be a file" in err
+
+
 def test_jsonl_texts_that_are_not_strings_are_refused_naming_the_line(tmp_path):
     path = tmp_path / "data.jsonl"
     path.write_text('{"text": "fine", "label": 0}\n\n{"text": "also fine", "label": 1}\n'
@@ -264,3 +326,97 @@ def test_seed_list_files_with_strings_still_load():
     from core.counterfactual import seed_list_from_file
 
     assert seed_list_from_file("t.json", b'["he", {"term": "she"}, {"count": 3}]').terms == ("he", "she")
+
+
+# ================================================================ item 7: leftovers and concurrency
+
+SMALL = pc.PrecomputeSettings(max_length=16, batch_size=4, chunk_size=4, methods=("grad_l2",))
+
+
+def test_stale_work_folders_are_removed_and_live_ones_kept(isolated_cache):
+    from core.store import clean_stale_work, run_lock
+
+    root = runs_dir()
+    for name in (".staging-aaaa-111", ".old-aaaa-222", ".staging-bbbb-333", ".partial-cccc", ".partial-dddd",
+                 "dddd"):
+        (root / name).mkdir(parents=True)
+        (root / name / "x.npy").write_bytes(b"0" * 100)
+    (root / "dddd" / "manifest.json").write_text("{}")  # dddd is finished: its partial chunks are garbage
+    live = run_lock("bbbb")
+    live.acquire()  # a precompute of bbbb is running: its staging folder stays
+    try:
+        removed, kept = clean_stale_work()
+    finally:
+        live.release()
+    assert sorted(p.name for p in removed) == [".old-aaaa-222", ".partial-dddd", ".staging-aaaa-111"]
+    assert [p.name for p in kept] == [".partial-cccc"]  # resumable: the same command resumes from it
+    assert sorted(p.name for p in root.iterdir() if not p.name == ".locks") == [
+        ".partial-cccc", ".staging-bbbb-333", "dddd"]
+
+
+def test_kill_during_assembly_leaves_nothing_and_the_resumed_run_reports_honest_throughput(
+        tiny_model_dir, tiny_data_csv, isolated_cache, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while publishing")
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(pc, "publish_run", killed)
+        pc.precompute(tiny_model_dir, tiny_data_csv, SMALL, progress=False)
+    staging = [p for p in runs_dir().iterdir() if p.name.startswith(".staging-")]
+    assert len(staging) == 1
+    staging[0].rename(staging[0].with_name(staging[0].name.rsplit("-", 1)[0] + "-99999"))  # another (dead) pid
+
+    result = pc.precompute(tiny_model_dir, tiny_data_csv, SMALL, progress=False)
+    leftovers = [p.name for p in runs_dir().iterdir() if p.name.startswith((".staging-", ".partial-", ".old-"))]
+    assert leftovers == []
+    timings = result.manifest["timings"]
+    assert timings["chunks_computed"] == 0 and timings["examples_computed"] == 0
+    # before: n / (time spent reading finished chunks), e.g. 13,636 examples/s
+    assert result.manifest["examples_per_second"] is None
+    assert "all chunks resumed, none computed" in pc.summary(result)
+
+
+def test_partly_resumed_run_reports_the_throughput_of_the_chunks_it_computed(tiny_model_dir, tiny_data_csv,
+                                                                            isolated_cache):
+    with pytest.raises(KeyboardInterrupt):
+        pc.precompute(tiny_model_dir, tiny_data_csv, SMALL, progress=False, stop_after_chunks=2)
+    result = pc.precompute(tiny_model_dir, tiny_data_csv, SMALL, progress=False)
+    timings, n = result.manifest["timings"], result.manifest["counts"]["examples"]
+    assert timings["chunks_resumed"] == 2 and timings["examples_computed"] == n - 8
+    assert result.manifest["examples_per_second"] == pytest.approx(
+        timings["examples_computed"] / timings["compute_seconds"], rel=0.05)
+    assert f"over the {n - 8} examples computed now" in pc.summary(result)
+
+
+def test_identical_precomputes_compute_each_chunk_once(tiny_model_dir, tiny_data_csv, isolated_cache, monkeypatch,
+                                                       capsys):
+    calls = []
+    original = pc.attribute_chunk
+
+    def slow_chunk(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # long enough for the other precompute to arrive while this one computes
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pc, "attribute_chunk", slow_chunk)
+    barrier = threading.Barrier(2)
+    results, errors = [], []
+
+    def run():
+        try:
+            barrier.wait()
+            results.append(pc.precompute(tiny_model_dir, tiny_data_csv, SMALL, progress=False))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=240)
+    assert not errors, errors
+    n_chunks = -(-len(pd.read_csv(tiny_data_csv).dropna(subset=["text"])) // SMALL.chunk_size)
+    assert len(calls) == n_chunks  # before: both computed (almost) every chunk
+    assert sorted(r.reused for r in results) == [False, True]
+    assert results[0].run_path == results[1].run_path
+    assert "Another precompute is building this run" in capsys.readouterr().err
