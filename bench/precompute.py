@@ -177,7 +177,7 @@ def rewrite_sections(measure_rss: bool) -> int:
         head = head.split("\n" + heading)[0].rstrip("\n")
     old_rss = ("\n" + RSS_HEADING + text.split("\n" + RSS_HEADING, 1)[1]).rstrip("\n").split("\n") \
         if ("\n" + RSS_HEADING) in text else []
-    lines = length_section(AutoTokenizer.from_pretrained(demo.model_dir))
+    lines = length_section(AutoTokenizer.from_pretrained(demo.model_dir, trust_remote_code=False))
     if measure_rss:
         rss = rss_section(demo.model_dir)
         rss[3:3] = ["Regenerate this section alone: `.venv/bin/python -m bench.precompute --rss-only`.", ""]

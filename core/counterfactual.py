@@ -144,6 +144,19 @@ def user_seed_list(terms: str | Iterable[str], name: str = "user") -> SeedList:
     return SeedList(name=name, terms=tuple(kept), source="user", dropped=tuple(dropped))
 
 
+def _json_kind(value) -> str:
+    """Return how a JSON value reads in an error message: 'null', 'the number 5', 'a list', ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return "a list" if isinstance(value, list) else "an object"
+
+
 def seed_list_from_file(name: str, data: bytes) -> SeedList:
     """Return a user seed list read from an exported term list: JSON (a list of terms, or of objects with a
     "term" field), CSV with a "term" column, or plain text with one term per line. The list is named after the
@@ -159,8 +172,18 @@ def seed_list_from_file(name: str, data: bytes) -> SeedList:
             raise ValueError(f"{name} is not valid JSON ({exc})") from exc
         if isinstance(payload, dict):
             payload = payload.get("terms", payload.get("records", []))
-        terms = [str(item["term"]) if isinstance(item, dict) and "term" in item else str(item)
-                 for item in payload if not isinstance(item, dict) or "term" in item]
+        if not isinstance(payload, list):
+            raise ValueError(f"{name} holds {_json_kind(payload)}, not a list of terms: write a JSON list of strings "
+                             '(["he", "she"]) or of objects with a "term" string')
+        terms = []
+        for position, item in enumerate(payload, start=1):
+            if isinstance(item, dict) and "term" not in item:
+                continue  # a record without a term (e.g. a summary row) is skipped
+            term = item["term"] if isinstance(item, dict) else item
+            if not isinstance(term, str):
+                raise ValueError(f"{name}: entry {position} is {_json_kind(term)}, not a string; every term must be "
+                                 'a JSON string (write "5", not 5)')
+            terms.append(term)
     elif lowered.endswith(".csv"):
         import io
 

@@ -1,6 +1,8 @@
 """Load a labelled text dataset (CSV, JSONL, parquet) and map its labels onto a model's classes."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,15 +27,34 @@ class LoadedData:
     label_mapping: dict[str, int] = field(default_factory=dict)
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Return the raw table stored at `path`; the format follows the file suffix."""
+def check_data_file(path: str | Path) -> str:
+    """Return the format ("csv", "tsv", "jsonl" or "parquet") of the data file `path` after checking that it
+    exists, is a readable file and has a supported suffix; raise DataLoadError naming the problem otherwise.
+
+    Cheap: precompute calls it before loading the model, so a wrong --data fails at once.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataLoadError(f"Data file {path} does not exist. Pass --data with a CSV, JSONL or parquet file.")
+    if not path.is_file():
+        raise DataLoadError(f"--data must be a file, got the folder {path}.")
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataLoadError(f"Unsupported data file type '{path.suffix}' ({path.name}). "
                             f"Use one of: {', '.join(sorted(SUPPORTED_SUFFIXES))}.")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise DataLoadError(f"Data file {path} cannot be read ({exc.strerror or exc}). Check its permissions.") \
+            from exc
+    return kind
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Return the raw table stored at `path`; the format follows the file suffix."""
+    path = Path(path).expanduser()
+    kind = check_data_file(path)
     try:
         if kind in ("csv", "tsv"):
             return pd.read_csv(path, sep="\t" if kind == "tsv" else ",", encoding="utf-8",
@@ -53,6 +74,37 @@ def _require_column(frame: pd.DataFrame, column: str, option: str) -> None:
         existing = ", ".join(map(str, frame.columns))
         raise DataLoadError(f"Column '{column}' not found. The file has columns: {existing}. "
                             f"Pass {option} with one of them.")
+
+
+def _is_missing(value) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
+
+def _require_string_texts(path: str | Path, text: pd.Series, source_rows: pd.Series, text_col: str) -> None:
+    """Refuse texts that are not strings (numbers, lists, objects in a JSONL file; a numeric parquet column):
+    they would otherwise be analysed as their Python repr. The message names the first offending line."""
+    bad = [(pos, value) for pos, value in enumerate(text.tolist())
+           if not isinstance(value, str) and not _is_missing(value)]
+    if not bad:
+        return
+    pos, value = bad[0]
+    row = int(source_rows.iloc[pos])
+    path = Path(path)
+    where = f"row {row + 1}"
+    if SUPPORTED_SUFFIXES.get(path.suffix.lower()) == "jsonl":
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = [i + 1 for i, line in enumerate(fh) if line.strip()]
+        where = f"line {lines[row]}" if row < len(lines) else where
+    if isinstance(value, (bool, np.bool_)):
+        kind = "a boolean"
+    elif isinstance(value, numbers.Number):
+        kind = "a number"
+    else:
+        kind = {list: "a list", dict: "an object"}.get(type(value), f"a {type(value).__name__} value")
+    raise DataLoadError(
+        f"{path.name} {where}: '{text_col}' is {kind} ({str(value)[:40]}), not a string"
+        f"{f' ({len(bad)} such rows)' if len(bad) > 1 else ''}. Texts must be strings: quote them in the file "
+        "(e.g. \"text\": \"5\") or pick the right --text-col.")
 
 
 def map_labels(raw: pd.Series, id2label: dict[int, str]) -> tuple[np.ndarray, dict[str, int]]:
@@ -76,6 +128,14 @@ def map_labels(raw: pd.Series, id2label: dict[int, str]) -> tuple[np.ndarray, di
     by_name = {name.lower(): idx for idx, name in id2label.items()}
     lowered = as_text.str.lower()
     unknown = sorted(set(lowered[~lowered.isin(by_name)].tolist()))
+    is_id = as_number.notna() & (as_number == as_number.round())
+    if unknown and is_id.any() and not is_id.all():
+        ids = sorted(set(as_text[is_id].tolist()))
+        names = sorted(set(as_text[~is_id].tolist()))
+        raise DataLoadError(
+            f"The label column mixes class ids ({', '.join(ids[:5])}) and names ({', '.join(names[:5])}). Use one "
+            f"kind throughout: the ids 0..{num_labels - 1} or the model's names "
+            f"({', '.join(f'{i}={n}' for i, n in sorted(id2label.items()))}).")
     if unknown:
         raise DataLoadError(
             f"Labels {unknown[:10]} are not known to the model, whose classes are "
@@ -107,6 +167,7 @@ def load_dataset(path: str | Path, id2label: dict[int, str], text_col: str = "te
         frame = frame.sample(n=sample, random_state=seed).sort_values("source_row")
 
     text = frame[text_col]
+    _require_string_texts(path, text, frame["source_row"], text_col)
     is_empty = text.isna() | text.astype(str).str.strip().eq("")
     no_label = frame[label_col].isna() & ~is_empty
     skipped = {"empty_text": int(is_empty.sum()), "missing_label": int(no_label.sum())}

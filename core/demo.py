@@ -326,10 +326,10 @@ def train_classifier(train_df: pd.DataFrame, base_model_dir: str | Path, out_dir
 
     id2label = dict(id2label or ID2LABEL)
     with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(base_model_dir, trust_remote_code=False)
         model = AutoModelForSequenceClassification.from_pretrained(
-            base_model_dir, num_labels=len(id2label), id2label=id2label,
-            label2id={v: k for k, v in id2label.items()})
+            base_model_dir, trust_remote_code=False, use_safetensors=True, num_labels=len(id2label),
+            id2label=id2label, label2id={v: k for k, v in id2label.items()})
     model.to(dev).train()
 
     # `truncation` ("head", "tail" or "head+tail") picks the part of a long text trained on (core.models.encode)

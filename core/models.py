@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 
 class ModelLoadError(ValueError):
@@ -41,11 +43,91 @@ class LoadedModel:
         return torch.autocast("cuda", dtype=dtype)
 
 
+def check_device(requested: str) -> torch.device:
+    """Return `requested` as a torch device, or raise ValueError naming the devices this machine has."""
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        available.append("mps")
+    try:
+        dev = torch.device(requested)
+    except (RuntimeError, ValueError):
+        dev = None
+    ok = dev is not None and (dev.type == "cpu" or
+                              (dev.type == "cuda" and torch.cuda.is_available()
+                               and (dev.index or 0) < torch.cuda.device_count()) or
+                              (dev.type == "mps" and "mps" in available))
+    if not ok:
+        raise ValueError(f"device {requested!r} is not available on this machine; use one of: "
+                         f"{', '.join(available)}")
+    return dev
+
+
 def pick_device(requested: str | None = None) -> torch.device:
-    """Return the requested device, else CUDA when available, else CPU."""
+    """Return the requested device (checked with `check_device`), else CUDA when available, else CPU."""
     if requested:
-        return torch.device(requested)
+        return check_device(requested)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# what from_pretrained raises on a broken folder (bad files, damaged safetensors, a refused pickle)
+LOAD_ERRORS = (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError)
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+def check_model_folder(model_dir: Path, what: str = "The model folder") -> None:
+    """Refuse a model folder that would need code to run while loading: Python modules named by `auto_map`
+    (transformers' custom code) or a pickle checkpoint (which runs code when unpickled) instead of safetensors.
+
+    Saliency Atlas loads every model with trust_remote_code=False and use_safetensors=True; this check names the
+    problem and the fix up front instead of transformers' prompt, advice to trust the code, or a pickle traceback.
+    """
+    _check_no_custom_code(model_dir, what)
+    _check_safetensors(model_dir, what)
+
+
+def _check_no_custom_code(model_dir: Path, what: str) -> None:
+    for name in ("config.json", "tokenizer_config.json"):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"{path} is not valid JSON ({exc}).") from exc
+        auto_map = content.get("auto_map") if isinstance(content, dict) else None
+        if auto_map:
+            targets = auto_map.values() if isinstance(auto_map, dict) else auto_map
+            named = ", ".join(sorted({str(t) for t in targets}))[:200]
+            raise ModelLoadError(
+                f"{what} {model_dir} carries its own Python code ({name} has auto_map: {named}). Saliency Atlas "
+                "never runs code from a model folder. Use a model whose architecture transformers ships (a folder "
+                "written by save_pretrained from a standard class, without auto_map), or inspect the code and "
+                "re-save the model with a standard architecture yourself.")
+
+
+def _check_safetensors(model_dir: Path, what: str) -> None:
+    if not any(model_dir.glob("*.safetensors")):
+        pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in model_dir.glob(pattern))
+        if pickles:
+            raise ModelLoadError(
+                f"{what} {model_dir} has only pickle weights ({', '.join(pickles[:3])}), which can run code when "
+                "loaded; Saliency Atlas loads safetensors weights only. If you trust the file, convert it once: "
+                "`AutoModelForSequenceClassification.from_pretrained(DIR, use_safetensors=False)"
+                ".save_pretrained(DIR)` writes model.safetensors (use AutoModelForMaskedLM for a masked LM).")
+        raise ModelLoadError(f"{what} {model_dir} has no model weights (model.safetensors). Save the model with "
+                             "`model.save_pretrained(DIR)`.")
+
+
+def config_num_labels(config: dict) -> int:
+    """Return the number of classes a config.json dict describes (transformers' default: 2)."""
+    id2label = config.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        return len(id2label)
+    return int(config.get("num_labels") or 2)
 
 
 def _check_model_dir(model_dir: Path) -> dict:
@@ -62,12 +144,14 @@ def _check_model_dir(model_dir: Path) -> dict:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{config_path} is not valid JSON ({exc}).") from exc
+    _check_no_custom_code(model_dir, "The model folder")
     architectures = config.get("architectures") or []
     if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise ModelLoadError(
             f"{model_dir} holds a {', '.join(architectures)}, not a sequence classifier: its classification head "
             "would be random. Fine-tune it first (e.g. `python -m core.demo` shows how) or point --model at a "
             "folder whose config.json lists a *ForSequenceClassification architecture.")
+    _check_safetensors(model_dir, "The model folder")
     return config
 
 
@@ -88,27 +172,43 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_classifier(model_dir: str | Path, device: str | None = None,
-                    trust_remote_code: bool = False) -> LoadedModel:
+def check_classifier_folder(model_dir: str | Path) -> dict:
+    """Return the config.json of the classifier folder `model_dir` after the checks that need no loading (it
+    exists, is a HuggingFace sequence classifier, carries no code and has safetensors weights); raise
+    ModelLoadError naming the problem and the fix otherwise."""
+    return _check_model_dir(Path(model_dir).expanduser().resolve())
+
+
+def load_classifier(model_dir: str | Path, device: str | None = None) -> LoadedModel:
     """Return the classifier and fast tokenizer stored in `model_dir`, in eval mode on the chosen device.
 
-    Raises ModelLoadError naming the problem and the fix when the folder is not a usable classifier.
+    Never runs code from the folder (trust_remote_code=False, safetensors weights only). Raises ModelLoadError
+    naming the problem and the fix when the folder is not a usable classifier, including one whose
+    classification head is missing from the checkpoint (transformers would initialise it at random).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model_dir = Path(model_dir).expanduser().resolve()
     _check_model_dir(model_dir)
+    dev = pick_device(device)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir,
-                                                                       trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, trust_remote_code=False, use_safetensors=True, output_loading_info=True)
+    except LOAD_ERRORS as exc:
         raise ModelLoadError(f"Could not load a sequence classifier from {model_dir}: {exc}") from exc
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(
+            f"{model_dir} lacks weights the classifier needs ({', '.join(missing[:6])}"
+            f"{', …' if len(missing) > 6 else ''}): transformers would initialise them at random, so every "
+            "prediction and saliency map would be noise. The folder holds a base model, not a fine-tuned "
+            "classifier: fine-tune it on your classes (e.g. `python -m core.demo` shows how) and save it with "
+            "save_pretrained, or point --model at the fine-tuned folder.")
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"The tokenizer in {model_dir} is a slow (Python) tokenizer; character offsets need a "
                              "fast one. Save a fast tokenizer (tokenizer.json) with the model.")
-    dev = pick_device(device)
     model.to(dev).eval()
     id2label = {int(k): str(v) for k, v in model.config.id2label.items()}
     return LoadedModel(model=model, tokenizer=tokenizer, device=dev, model_dir=model_dir, id2label=id2label)

@@ -25,15 +25,44 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.data import DataLoadError, LoadedData, load_dataset
-from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_truncation, encode, ignored_token_mask,
+from core.data import DataLoadError, LoadedData, check_data_file, load_dataset
+from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_classifier_folder, check_device,
+                         check_model_folder, check_truncation, config_num_labels, encode, ignored_token_mask,
                          input_embedding_matrix, load_classifier, pad_batch, pad_sequences, vocabulary)
 from core.representations import DEFAULT_TERMS_UNIT, DEFAULT_UNIT, DEFAULT_WEIGHTING, RepresentationKey
 from core.saliency import ATTRIBUTION_METHODS, dataset_token_distribution, forward_and_attribute, get_method
-from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, directory_digest,
-                        file_digest, load_npz, open_run, publish_run, run_fingerprint, runs_dir, stat_signature)
+from core.store import (CacheError, Run, SCHEMA_VERSION, atomic_save_npz, atomic_write_json, clean_stale_work,
+                        directory_digest, file_digest, load_npz, open_run, publish_run, run_fingerprint,
+                        run_lock, runs_dir, stat_signature)
 
 DEFAULT_REPRESENTATIONS = ("s1", "s2", "b1", "b2", "b3")
+
+# allowed (min, max) of each integer setting (None: no upper bound); the CLI checks its options against them
+INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "max_length": (3, None),  # [CLS] + at least one token + [SEP]
+    "batch_size": (1, None),
+    "chunk_size": (1, None),
+    "limit": (1, None),
+    "sample": (1, None),
+    "seed": (0, 2**32 - 1),
+    "ig_steps": (1, None),
+    "im_top_n": (1, None),
+    "target_class": (0, None),
+    "k": (1, None),
+}
+
+
+def range_text(lo: int, hi: int | None) -> str:
+    """Return how an integer range reads in a message: 'an integer >= 1' or 'an integer from 0 to 9'."""
+    return f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+
+
+def check_int_setting(name: str, value: Any) -> None:
+    """Raise ValueError naming `name` and its allowed range when `value` is not an integer in INT_RANGES[name]."""
+    lo, hi = INT_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or (hi is not None
+                                                                                          and value > hi):
+        raise ValueError(f"{name} must be {range_text(lo, hi)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -67,6 +96,14 @@ class PrecomputeSettings:
 
     def __post_init__(self) -> None:
         check_truncation(self.truncation)
+        for name in INT_RANGES:
+            if getattr(self, name) is not None or name in ("max_length", "batch_size", "chunk_size", "seed",
+                                                            "ig_steps", "im_top_n"):
+                check_int_setting(name, getattr(self, name))
+        if not 0 < self.im_cum_prob <= 1:
+            raise ValueError(f"im_cum_prob must be a probability in (0, 1], got {self.im_cum_prob!r}")
+        if not self.methods:
+            raise ValueError(f"methods is empty: name at least one of {', '.join(ATTRIBUTION_METHODS)}")
 
     def fingerprinted(self) -> dict[str, Any]:
         """Return the settings that determine the results, as a plain dict."""
@@ -182,18 +219,40 @@ def _versions() -> dict[str, str]:
             "scikit-learn": sklearn.__version__}
 
 
+def check_inputs(model_dir: Path, data_path: Path, settings: PrecomputeSettings) -> None:
+    """Check everything that needs no model loading (files exist and are readable, methods and device exist, the
+    model folder is a classifier carrying no code, the target class is one of its classes); raise ModelLoadError,
+    DataLoadError or ValueError naming the problem, so a wrong input fails in a second, not after the model loads."""
+    for method in settings.methods:
+        get_method(method)
+    check_data_file(data_path)
+    config = check_classifier_folder(model_dir)
+    n_labels = config_num_labels(config)
+    if settings.target_class is not None and settings.target_class >= n_labels:
+        raise ValueError(f"--target-class {settings.target_class} is outside the model's classes: it must be an "
+                         f"integer from 0 to {n_labels - 1}")
+    if "input_marginalization" in settings.methods and settings.im_mlm:
+        mlm = Path(settings.im_mlm).expanduser()
+        if not mlm.is_dir() or not (mlm / "config.json").is_file():
+            raise ModelLoadError(f"--im-mlm {mlm} is not a HuggingFace model folder (no config.json). Give a local "
+                                 "masked LM folder, or leave --im-mlm out to use the dataset's token frequencies.")
+        check_model_folder(mlm, "The --im-mlm folder (masked language model)")
+    if settings.device:
+        check_device(settings.device)
+
+
 def precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings = PrecomputeSettings(),
                force: bool = False, progress: bool = True, stop_after_chunks: int | None = None) -> PrecomputeResult:
     """Compute (or reuse) the run for this model, data and settings and return where it is stored.
 
+    A second identical precompute waits for the first (a lock per run) and then reuses its run; work folders
+    left by killed precomputes are removed first (see core.store.clean_stale_work).
     `stop_after_chunks` simulates an interruption (raises KeyboardInterrupt) after that many new chunks.
     """
-    from tqdm.auto import tqdm
-
     t_start = time.perf_counter()
-    for method in settings.methods:
-        get_method(method)
     model_dir, data_path = Path(model_dir).expanduser().resolve(), Path(data_path).expanduser().resolve()
+    check_inputs(model_dir, data_path, settings)
+    _, resumable = clean_stale_work()
     loaded = load_classifier(model_dir, device=settings.device)
     data = load_dataset(data_path, loaded.id2label, settings.text_col, settings.label_col, settings.split_col,
                         settings.limit, settings.sample, settings.seed)
@@ -202,12 +261,54 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     data_digest, data_stat = _digest_with_stat(data_path, file_digest, None)
     fingerprint = run_fingerprint(model_digest, data_digest, settings.fingerprinted())
     final = runs_dir() / fingerprint[:16]
-    if final.exists() and not force:
-        try:
-            run = open_run(final)
-            return PrecomputeResult(final, reused=True, manifest=run.manifest)
-        except CacheError as exc:
-            print(f"Existing run at {final} is unusable ({exc}); recomputing it.", file=sys.stderr)
+    if not force and (reused := _reuse(final)) is not None:
+        return reused
+    others = [p for p in resumable if p.name != f".partial-{fingerprint[:16]}"]
+    if others:
+        size = sum(folder_size(p) for p in others) / 1e6
+        print(f"note: {len(others)} interrupted precompute(s) keep {size:.1f} MB in {runs_dir()}/.partial-*: run "
+              "the same command again to resume, or delete the folder.", file=sys.stderr)
+    from filelock import Timeout
+
+    lock = run_lock(final.name)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"Another precompute is building this run ({final}); waiting for it to finish...", file=sys.stderr)
+        lock.acquire()
+    try:
+        if not force and (reused := _reuse(final)) is not None:
+            return reused
+        return _compute(loaded, data, settings, final, fingerprint, force, progress, stop_after_chunks, {
+            "fingerprint": fingerprint,
+            "model": {"path": str(model_dir), "digest": model_digest, "stat": model_stat, "name": model_dir.name,
+                      "id2label": {str(i): n for i, n in loaded.id2label.items()},
+                      "architecture": type(loaded.model).__name__},
+            "data": {"path": str(data_path), "digest": data_digest, "stat": data_stat,
+                     "skipped": data.skipped, "label_mapping": data.label_mapping},
+            "timings": {"load_seconds": round(t_loaded - t_start, 3)},
+        }, t_start)
+    finally:
+        lock.release()
+
+
+def _reuse(final: Path) -> PrecomputeResult | None:
+    """Return the finished run at `final` as a reused result, or None when there is none (or it is unusable)."""
+    if not final.exists():
+        return None
+    try:
+        run = open_run(final)
+    except CacheError as exc:
+        print(f"Existing run at {final} is unusable ({exc}); recomputing it.", file=sys.stderr)
+        return None
+    return PrecomputeResult(final, reused=True, manifest=run.manifest)
+
+
+def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings, final: Path, fingerprint: str,
+             force: bool, progress: bool, stop_after_chunks: int | None, manifest: dict[str, Any],
+             t_start: float) -> PrecomputeResult:
+    """Attribute every chunk not finished yet (the run's lock is held), assemble and publish the run."""
+    from tqdm.auto import tqdm
 
     partial = runs_dir() / f".partial-{fingerprint[:16]}"
     state = {"fingerprint": fingerprint, "examples": len(data.frame), "chunk_size": settings.chunk_size}
@@ -222,33 +323,28 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
         candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
     n = len(texts)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
-    computed = 0
-    t_compute = time.perf_counter()
+    computed = examples_computed = 0
+    compute_seconds = 0.0  # time spent on the chunks computed now: resumed chunks cost (almost) nothing
     with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
         for c in range(n_chunks):
             lo, hi = c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)
             if _load_chunk(_chunk_path(partial, c), settings.methods) is None:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
+                t0 = time.perf_counter()
                 atomic_save_npz(_chunk_path(partial, c),
                                 **attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs))
+                compute_seconds += time.perf_counter() - t0
                 computed += 1
+                examples_computed += hi - lo
             else:
                 bar.set_postfix_str("resumed")
             bar.update(hi - lo)
-    compute_seconds = time.perf_counter() - t_compute
 
     chunk_paths = [_chunk_path(partial, c) for c in range(n_chunks)]
-    run_path = _assemble(loaded, data, chunk_paths, settings, final, {
-        "fingerprint": fingerprint,
-        "model": {"path": str(model_dir), "digest": model_digest, "stat": model_stat, "name": model_dir.name,
-                  "id2label": {str(i): n for i, n in loaded.id2label.items()},
-                  "architecture": type(loaded.model).__name__},
-        "data": {"path": str(data_path), "digest": data_digest, "stat": data_stat,
-                 "skipped": data.skipped, "label_mapping": data.label_mapping},
-        "timings": {"load_seconds": round(t_loaded - t_start, 3), "compute_seconds": round(compute_seconds, 3),
-                    "chunks_computed": computed, "chunks_resumed": n_chunks - computed},
-    }, t_start)
+    manifest["timings"].update({"compute_seconds": round(compute_seconds, 3), "chunks_computed": computed,
+                                "chunks_resumed": n_chunks - computed, "examples_computed": examples_computed})
+    run_path = _assemble(loaded, data, chunk_paths, settings, final, manifest, t_start)
     shutil.rmtree(partial, ignore_errors=True)
     run = open_run(run_path)
     return PrecomputeResult(run_path, reused=False, manifest=run.manifest)
@@ -347,7 +443,10 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
         "accuracy": accuracy,
         "device": str(loaded.device) + (f" ({torch.cuda.get_device_name()})" if loaded.device.type == "cuda" else ""),
         "versions": _versions(),
-        "examples_per_second": round(n / max(manifest["timings"]["compute_seconds"], 1e-9), 2),
+        # throughput of the examples computed by this precompute (None when every chunk was resumed)
+        "examples_per_second": (round(manifest["timings"]["examples_computed"]
+                                      / max(manifest["timings"]["compute_seconds"], 1e-9), 2)
+                                if manifest["timings"]["examples_computed"] else None),
     })
     return publish_run(staging, final, manifest)
 
@@ -363,6 +462,13 @@ def summary(result: PrecomputeResult) -> str:
     t = m["timings"]
     acc = ", ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items())
     skipped = m["data"]["skipped"]
+    computed = t.get("examples_computed", m["counts"]["examples"])  # runs from before the field: all computed
+    if not m.get("examples_per_second"):
+        speed = "all chunks resumed, none computed"
+    elif t["chunks_resumed"]:
+        speed = f"{m['examples_per_second']:.1f} examples/s over the {computed} examples computed now"
+    else:
+        speed = f"{m['examples_per_second']:.1f} examples/s"
     lines = [
         "Saliency Atlas precompute " + ("(reused cached run)" if result.reused else "finished"),
         f"  model      {m['model']['path']}",
@@ -374,7 +480,7 @@ def summary(result: PrecomputeResult) -> str:
         f"  methods    {', '.join(m['settings']['methods'])} (target: "
         f"{'predicted class' if m['settings']['target_class'] is None else m['settings']['target_class']})",
         f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
-        f" ({m['examples_per_second']:.1f} examples/s; {t['chunks_resumed']} chunks resumed)",
+        f" ({speed}; {t['chunks_resumed']} chunks resumed)",
         f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
         f"  open it    {open_command(result.run_path)}",
         f"             then http://localhost:8501/?run={result.run_path.name}",
@@ -393,6 +499,71 @@ def open_command(run_path: Path) -> str:
     return f"{prefix}.venv/bin/python -m streamlit run app.py"
 
 
+def _int_option(name: str, meaning: str):
+    """Return an argparse `type` that accepts an integer in INT_RANGES[name] (`meaning` says what it counts)."""
+    lo, hi = INT_RANGES[name]
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {range_text(lo, hi)} ({meaning}), got {text!r}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _k_option(text: str) -> int | None:
+    if text.strip().lower() in ("all", "0"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'all' or an integer >= 1 (salient tokens kept per example), "
+                                         f"got {text!r}")
+    return value
+
+
+def _methods_option(text: str) -> tuple[str, ...]:
+    methods = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in methods if m not in ATTRIBUTION_METHODS]
+    if not methods or unknown:
+        got = f"unknown method {', '.join(map(repr, unknown))}" if unknown else f"no method named in {text!r}"
+        raise argparse.ArgumentTypeError(f"{got}. Known methods (one or more, comma-separated): "
+                                         f"{', '.join(ATTRIBUTION_METHODS)}")
+    return methods
+
+
+def _probability_option(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
+
+
+def _device_option(text: str) -> str:
+    try:
+        check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """Report a bad option in one line (which option, what it allows) and exit with code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         """Show each default once: not when the help already states it, nor for a None/False default."""
@@ -402,39 +573,48 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                 return action.help
             return super()._get_help_string(action)
 
-    parser = argparse.ArgumentParser(prog="python -m core.precompute", description=__doc__.split("\n\n")[0],
-                                     formatter_class=HelpFormatter)
+    parser = _ArgumentParser(prog="python -m core.precompute", description=__doc__.split("\n\n")[0],
+                             formatter_class=HelpFormatter)
     parser.add_argument("--model", help="local folder of a HuggingFace sequence classifier (default: the demo)")
     parser.add_argument("--data", help="CSV, JSONL or parquet file with text and label columns (default: the demo)")
     parser.add_argument("--text-col", default="text", help="column holding the text")
     parser.add_argument("--label-col", default="label", help="column holding the label (ids or the model's names)")
     parser.add_argument("--split-col", default=None, help="optional column holding the split (e.g. train/test)")
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per example; longer texts are truncated")
+    parser.add_argument("--max-length", type=_int_option("max_length", "tokens per example"), default=128,
+                        help="tokens per example; longer texts are truncated")
     parser.add_argument("--truncation", default="head", choices=TRUNCATION_SIDES,
                         help="which part of a text longer than --max-length is kept: its first tokens (head), its "
                              "last (tail), or half of each (head+tail)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward/backward pass")
-    parser.add_argument("--chunk-size", type=int, default=512, help="examples per resumable chunk")
-    parser.add_argument("--method", "--methods", dest="methods", default="grad_l2",
-                        help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)}")
-    parser.add_argument("--target-class", type=int, default=None,
+    parser.add_argument("--batch-size", type=_int_option("batch_size", "examples per pass"), default=32,
+                        help="examples per forward/backward pass")
+    parser.add_argument("--chunk-size", type=_int_option("chunk_size", "examples per chunk"), default=512,
+                        help="examples per resumable chunk")
+    parser.add_argument("--method", "--methods", dest="methods", type=_methods_option, default=("grad_l2",),
+                        help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)} "
+                             "(default: grad_l2)")
+    parser.add_argument("--target-class", type=_int_option("target_class", "a class id of the model"), default=None,
                         help="attribute this class id instead of each example's predicted class")
-    parser.add_argument("--k", default="all",
+    parser.add_argument("--k", type=_k_option, default="all",
                         help="top-k salient tokens per example in S1/S2 built up front ('all' keeps all; others are "
                              "built on demand)")
     parser.add_argument("--include-special", action="store_true",
                         help="keep special tokens and punctuation in the representations")
-    parser.add_argument("--ig-steps", type=int, default=20, help="integration steps for integrated_gradients")
+    parser.add_argument("--ig-steps", type=_int_option("ig_steps", "integration steps"), default=20,
+                        help="integration steps for integrated_gradients")
     parser.add_argument("--im-mlm", default=None,
                         help="input_marginalization: local masked-LM folder with the classifier's vocabulary "
                              "(default: the dataset's token frequencies as the candidate distribution)")
-    parser.add_argument("--im-top-n", type=int, default=10, help="input_marginalization: candidates per token")
-    parser.add_argument("--im-cum-prob", type=float, default=0.95,
+    parser.add_argument("--im-top-n", type=_int_option("im_top_n", "candidates per token"), default=10,
+                        help="input_marginalization: candidates per token")
+    parser.add_argument("--im-cum-prob", type=_probability_option, default=0.95,
                         help="input_marginalization: keep candidates up to this cumulative probability")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows")
-    parser.add_argument("--sample", type=int, default=None, help="use a random sample of N rows (seeded)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --sample")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--limit", type=_int_option("limit", "rows to use"), default=None,
+                        help="use only the first N rows")
+    parser.add_argument("--sample", type=_int_option("sample", "rows to sample"), default=None,
+                        help="use a random sample of N rows (seeded)")
+    parser.add_argument("--seed", type=_int_option("seed", "the sampling seed"), default=0, help="seed for --sample")
+    parser.add_argument("--device", type=_device_option, default=None,
+                        help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="cache root: runs go to DIR/runs, the demo to DIR/demo; the same as setting "
                              "$SALIENCY_ATLAS_CACHE (default: $SALIENCY_ATLAS_CACHE, else cache/ in the repository)")
@@ -458,11 +638,10 @@ def main(argv: list[str] | None = None) -> int:
 
         demo = ensure_demo(progress=not args.quiet)
         args.model, args.data, args.split_col = demo.model_dir, demo.data_path, args.split_col or "split"
-    k = None if str(args.k).lower() in ("all", "0") else int(args.k)
     settings = PrecomputeSettings(
         text_col=args.text_col, label_col=args.label_col, split_col=args.split_col, max_length=args.max_length,
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), target_class=args.target_class,
-        k=k, include_special=args.include_special, limit=args.limit, sample=args.sample, seed=args.seed,
+        methods=args.methods, target_class=args.target_class, k=args.k, include_special=args.include_special,
+        limit=args.limit, sample=args.sample, seed=args.seed,
         ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
         truncation=args.truncation, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -202,11 +203,20 @@ def dataset_token_distribution(tokenizer, texts: Sequence[str], max_length: int)
 def _load_mlm(mlm_dir: str, device: str):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from core.models import quiet_transformers
+    from core.models import LOAD_ERRORS, ModelLoadError, check_model_folder, quiet_transformers
 
-    with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(mlm_dir)
-        model = AutoModelForMaskedLM.from_pretrained(mlm_dir)
+    folder = Path(mlm_dir).expanduser()
+    what = "The masked language model folder (input marginalization)"
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{what} {folder} is not a HuggingFace model folder (no config.json). Give a local "
+                             "folder written by save_pretrained, or none to use the dataset's token frequencies.")
+    check_model_folder(folder, what)  # no custom code, safetensors only: nothing in the folder runs
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+            model = AutoModelForMaskedLM.from_pretrained(folder, trust_remote_code=False, use_safetensors=True)
+    except LOAD_ERRORS as exc:
+        raise ModelLoadError(f"Could not load a masked language model from {folder}: {exc}") from exc
     return model.to(device).eval(), tokenizer
 
 

@@ -189,6 +189,68 @@ def publish_run(staging: Path, final: Path, manifest: dict[str, Any]) -> Path:
     return final
 
 
+# ---------------------------------------------------------------- precompute locks and leftovers
+
+LOCKS_FOLDER = ".locks"
+
+
+def run_lock(run_id: str, root: Path | None = None):
+    """Return the inter-process lock (a filelock.FileLock) of the run `run_id` (its folder name) under `root`.
+
+    A precompute holds it from its fingerprint to the published run, so a second identical precompute waits
+    instead of computing every chunk again, and a staging folder whose lock is free belongs to a dead process.
+    """
+    from filelock import FileLock
+
+    folder = (root or runs_dir()) / LOCKS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{run_id}.lock"))
+
+
+def _leftover_run_id(name: str) -> str | None:
+    """Return the run id of a precompute's work folder (.staging-<id>-<pid>, .old-<id>-<pid>, .partial-<id>)."""
+    for prefix in (".staging-", ".old-"):
+        if name.startswith(prefix) and "-" in name[len(prefix):]:
+            return name[len(prefix):].rsplit("-", 1)[0]
+    if name.startswith(".partial-"):
+        return name[len(".partial-"):]
+    return None
+
+
+def clean_stale_work(root: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Remove what killed precomputes left in the runs folder; return (removed, kept resumable) folders.
+
+    Staging and replaced-run folders (.staging-*, .old-*) are removed when no precompute holds their run's lock;
+    a .partial-* folder (the finished chunks of an interrupted precompute) is removed only once its run is
+    complete, and otherwise kept: running the same command again resumes from it.
+    """
+    from filelock import Timeout
+
+    root = root or runs_dir()
+    removed: list[Path] = []
+    kept: list[Path] = []
+    if not root.is_dir():
+        return removed, kept
+    for path in sorted(root.iterdir()):
+        run_id = _leftover_run_id(path.name)
+        if run_id is None or not path.is_dir():
+            continue
+        lock = run_lock(run_id, root)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # a running precompute owns it
+        try:
+            if path.name.startswith(".partial-") and not (root / run_id / MANIFEST).exists():
+                kept.append(path)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        finally:
+            lock.release()
+    return removed, kept
+
+
 # ---------------------------------------------------------------- reading runs
 
 class Run:
