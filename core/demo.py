@@ -498,13 +498,14 @@ def ensure_demo(cache_root: Path | None = None, *, force: bool = False, progress
 
 
 def find_demo_run() -> Path | None:
-    """Return the most recent complete run of the demo's shortcut CSV that has Grad-L2, or None."""
-    from core.store import list_runs
+    """Return the most recent readable run of the demo's shortcut CSV that has Grad-L2, or None (damaged runs are
+    skipped)."""
+    from core.store import CacheError, list_runs, read_manifest
 
     for path in list_runs():
         try:
-            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            manifest = read_manifest(path)
+        except CacheError:
             continue
         if str(manifest.get("data", {}).get("path", "")).endswith(DATA_FILE) and \
                 "grad_l2" in manifest.get("settings", {}).get("methods", []):

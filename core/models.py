@@ -10,6 +10,8 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
+from core.manifest import TRUNCATION_SIDES
 from safetensors import SafetensorError
 
 
@@ -239,7 +241,6 @@ def vocabulary(tokenizer) -> list[str]:
     return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
 
 
-TRUNCATION_SIDES: tuple[str, ...] = ("head", "tail", "head+tail")
 
 
 def check_truncation(truncation: str) -> str:

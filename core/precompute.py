@@ -293,11 +293,12 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
 
 
 def _reuse(final: Path) -> PrecomputeResult | None:
-    """Return the finished run at `final` as a reused result, or None when there is none (or it is unusable)."""
+    """Return the finished run at `final` as a reused result, or None when there is none or it fails its check
+    (manifest schema, sizes and every file's sha256: a damaged run is recomputed, never reused)."""
     if not final.exists():
         return None
     try:
-        run = open_run(final)
+        run = open_run(final, verify=True)
     except CacheError as exc:
         print(f"Existing run at {final} is unusable ({exc}); recomputing it.", file=sys.stderr)
         return None

@@ -29,11 +29,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.manifest import SCHEMA_VERSION, ManifestError, validate_manifest
 from core.representations import REPRESENTATIONS, RepresentationKey, build_representation, presence_matrix
 from core.words import (WORDS_VERSION, WordIndex, WordInputs, build_word_index,
                         vocabulary_is_uncased)
 
-SCHEMA_VERSION = 1
 CACHE_ENV = "SALIENCY_ATLAS_CACHE"
 MANIFEST = "manifest.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -287,7 +287,13 @@ class Run:
     @cached_property
     def examples(self) -> pd.DataFrame:
         """Return one row per example: text, label, split, source_row, pred, correct, prob_<i>."""
-        return pd.read_parquet(self.path / "examples.parquet")
+        import pyarrow as pa
+
+        try:
+            return pd.read_parquet(self.path / "examples.parquet")
+        except (OSError, pa.ArrowException) as exc:
+            raise CacheError(f"Run {self.run_id} is corrupt: examples.parquet cannot be read ({exc}). Re-run "
+                             f"precompute on the same model and data to rebuild it, or delete {self.path}.") from exc
 
     def _token_array(self, name: str) -> np.ndarray:
         return np.load(self.path / "tokens" / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -487,28 +493,41 @@ def stat_signature(path: Path) -> str:
     return _stat_signature(path)
 
 
-def open_run(path: str | Path, verify: bool = False) -> Run:
-    """Return the run stored at `path` after checking its manifest and files.
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Return the manifest of the run folder `path`, parsed and checked against the schema (core.manifest).
 
-    Sizes are always checked; `verify=True` also checks every file's sha256. Raises CacheError naming the
-    problem and the fix for a missing, incomplete, corrupt or old-schema run.
+    Raises CacheError naming the problem and the fix when it is missing, not JSON, or does not match the schema.
     """
     path = Path(path)
     manifest_path = path / MANIFEST
-    if not manifest_path.exists():
+    if not manifest_path.is_file():
         raise CacheError(f"{path} is not a complete run (no {MANIFEST}). Run `python -m core.precompute` "
                          "to build it; an interrupted precompute resumes where it stopped.")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CacheError(f"The manifest of {path} is corrupt ({exc}). Delete {path} and re-run precompute.") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise CacheError(f"Run {path.name} was written with cache schema {manifest.get('schema_version')}, this "
-                         f"version reads schema {SCHEMA_VERSION}. Re-run precompute to rebuild it.")
-    for rel, info in manifest.get("files", {}).items():
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise CacheError(f"The manifest of run {path.name} is corrupt ({exc}). Re-run precompute on the same "
+                         f"model and data to rebuild it, or delete {path}.") from exc
+    try:
+        return validate_manifest(raw)
+    except ManifestError as exc:
+        raise CacheError(f"The manifest of run {path.name} is damaged: {exc}. Re-run precompute on the same model "
+                         f"and data to rebuild it, or delete {path}.") from None
+
+
+def open_run(path: str | Path, verify: bool = False) -> Run:
+    """Return the run stored at `path` after checking its manifest and files.
+
+    The manifest is checked against its schema and the examples table against the label count; file sizes are
+    always checked, and `verify=True` also checks every file's sha256. Raises CacheError naming the problem and the
+    fix for a missing, incomplete, corrupt or old-schema run. Representation files are derived: a missing or
+    damaged one is deleted here and rebuilt from the stored saliency on use.
+    """
+    path = Path(path)
+    manifest = read_manifest(path)
+    for rel, info in manifest["files"].items():
         file = path / rel
         if rel.startswith("representations/"):
-            # derived from the stored saliency: a missing or damaged one is rebuilt on use, not fatal
             if file.exists() and (file.stat().st_size != info["bytes"]
                                   or (verify and file_digest(file) != info["sha256"])):
                 try:
@@ -516,12 +535,45 @@ def open_run(path: str | Path, verify: bool = False) -> Run:
                 except OSError:
                     pass
             continue
-        if not file.exists():
-            raise CacheError(f"Run {path.name} is corrupt: {rel} is missing. Delete {path} and re-run precompute.")
+        if not file.is_file():
+            raise CacheError(f"Run {path.name} is corrupt: {rel} is missing. Re-run precompute on the same model "
+                             f"and data to rebuild it, or delete {path}.")
         if file.stat().st_size != info["bytes"] or (verify and file_digest(file) != info["sha256"]):
-            raise CacheError(f"Run {path.name} is corrupt: {rel} does not match its manifest. "
-                             f"Delete {path} and re-run precompute.")
+            raise CacheError(f"Run {path.name} is corrupt: {rel} does not match its manifest "
+                             f"({'sha256' if file.stat().st_size == info['bytes'] else 'size'} differs). Re-run "
+                             f"precompute on the same model and data to rebuild it, or delete {path}.")
+    _check_examples_table(path, len(manifest["model"]["id2label"]))
     return Run(path, manifest)
+
+
+def _check_examples_table(path: Path, num_labels: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path / "examples.parquet").names
+    except (OSError, pa.ArrowException) as exc:
+        raise CacheError(f"Run {path.name} is corrupt: examples.parquet cannot be read ({exc}). Re-run precompute "
+                         f"on the same model and data to rebuild it, or delete {path}.") from exc
+    probs = sum(1 for n in names if n.startswith("prob_"))
+    missing = {"text", "label", "pred"} - set(names)
+    if missing or probs != num_labels:
+        raise CacheError(f"Run {path.name} is inconsistent: its manifest names {num_labels} labels but "
+                         f"examples.parquet has {probs} probability columns"
+                         + (f" and lacks {', '.join(sorted(missing))}" if missing else "")
+                         + f". Re-run precompute on the same model and data to rebuild it, or delete {path}.")
+
+
+def run_problem(path: str | Path) -> str | None:
+    """Return why the run at `path` cannot be opened (manifest, sizes, examples table), or None when it can.
+
+    Cheap: no file is hashed. A page lists every run with this, so one damaged folder never hides the others.
+    """
+    try:
+        open_run(path)
+    except CacheError as exc:
+        return str(exc)
+    return None
 
 
 def list_runs(root: Path | None = None) -> list[Path]:

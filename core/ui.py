@@ -33,7 +33,8 @@ from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_TER
                                   DEFAULT_WEIGHTING,
                                   REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
                                   RepresentationKey)
-from core.store import MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, runs_dir
+from core.store import (MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, read_manifest,
+                        run_problem, runs_dir)
 
 T = TypeVar("T")
 
@@ -185,24 +186,65 @@ def run_stamp(path: str | Path) -> int:
         return 0
 
 
-@st.cache_resource(show_spinner="Opening the cached run…", max_entries=8)
+@st.cache_resource
+def _damaged_runs() -> dict[tuple[str, int], str]:
+    """Process-wide record of runs that failed their full check: (path, stamp) -> the reason."""
+    return {}
+
+
+@st.cache_resource(show_spinner="Checking the run's files against their recorded sha256 digests (once per server "
+                                "process)…", max_entries=8)
+def _checked_run(path: str, stamp: int) -> Run | str:
+    """Return the run, fully verified (schema, sizes, every file's hash), or the reason it is damaged."""
+    try:
+        run = open_run(path, verify=True)
+        run.examples  # noqa: B018 - every page needs the table; read it once per process
+        return run
+    except CacheError as exc:
+        _damaged_runs()[(path, stamp)] = str(exc)
+        return str(exc)
+
+
 def _open_run(path: str, stamp: int) -> Run:
-    run = open_run(path)
-    run.examples  # noqa: B018 - every page needs the table; read it once per process
-    return run
+    """Return the verified run at `path`; raise CacheError with the reason when it is damaged."""
+    result = _checked_run(path, stamp)
+    if isinstance(result, str):
+        raise CacheError(result)
+    return result
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One run folder as the run picker shows it: its id, title, and why it cannot be opened (None when fine)."""
+
+    run_id: str
+    title: str
+    problem: str | None
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _run_titles(paths_and_stamps: tuple[tuple[str, int], ...]) -> dict[str, str]:
-    titles = {}
+def _run_entries(paths_and_stamps: tuple[tuple[str, int], ...]) -> list[RunEntry]:
+    entries = []
     for path, _ in paths_and_stamps:
-        try:
-            manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
-            when = str(manifest.get("created", ""))[:16].replace("T", " ")
-            titles[Path(path).name] = f"{Run(Path(path), manifest).title}" + (f" · {when}" if when else "")
-        except (OSError, ValueError, KeyError, TypeError):
-            titles[Path(path).name] = f"{Path(path).name} (unreadable manifest)"
-    return titles
+        run_id = Path(path).name
+        problem = run_problem(path)
+        if problem is None:
+            run = Run(Path(path), read_manifest(path))
+            when = str(run.manifest.get("created", ""))[:16].replace("T", " ")
+            entries.append(RunEntry(run_id, run.title + (f" · {when}" if when else ""), None))
+        else:
+            entries.append(RunEntry(run_id, f"⚠️ damaged · {run_id}", problem))
+    return entries
+
+
+def run_entries() -> list[RunEntry]:
+    """Return every run folder in the cache, most recent first, each with its title or the reason it is damaged
+    (the cheap check for all; the full hash check of runs opened in this process)."""
+    paths = list_runs()
+    stamps = tuple((str(p), run_stamp(p)) for p in paths)
+    damaged = _damaged_runs()
+    return [RunEntry(e.run_id, f"⚠️ damaged · {e.run_id}", damaged[key]) if e.problem is None and key in damaged
+            else e for e, key in zip(_run_entries(stamps), stamps)]
 
 
 @st.cache_resource(show_spinner="Loading the representation (built on first use, then kept in the run folder)…",
@@ -570,23 +612,30 @@ def render_sidebar() -> View:
         st.title("Saliency Atlas")
         st.info(NO_RUN_MESSAGE.format(folder=runs_dir()))
         st.stop()
-    titles = _run_titles(tuple((str(p), run_stamp(p)) for p in paths))
+    entries = {e.run_id: e for e in run_entries()}
     by_id = {p.name: p for p in paths}
+    healthy = [rid for rid, e in entries.items() if e.problem is None]
     asked = _parse_query(_initial_query().get("run", []), "")
     if asked and asked not in by_id and "run" not in st.session_state:
         st.warning(f"The run `{asked}` from the link is not in this cache; showing the most recent run instead.")
 
     bar.header("Run")
-    run_id = synced(bar.selectbox, "Cached run", "run", paths[0].name, options=list(by_id), sidebar=True,
-                    format_func=lambda rid: titles.get(rid, rid),
-                    help="Runs written by `python -m core.precompute`, most recent first.")
+    run_id = synced(bar.selectbox, "Cached run", "run", (healthy or list(by_id))[0], options=list(by_id),
+                    sidebar=True, format_func=lambda rid: entries[rid].title if rid in entries else rid,
+                    help="Runs written by `python -m core.precompute`, most recent first. A run marked damaged "
+                         "failed its check; the others work as usual.")
+    if len(healthy) < len(entries):
+        bar.caption(f"⚠️ {len(entries) - len(healthy)} of {len(entries)} runs in the cache are damaged; pick one "
+                    "to see why.")
     path = by_id[run_id]
     stamp = run_stamp(path)
     try:
         run = _open_run(str(path), stamp)
     except CacheError as exc:
         _publish_sidebar_params()
-        st.error(f"This run cannot be read. {exc}")
+        st.error(f"This run is damaged and cannot be shown. {exc}")
+        if healthy and healthy[0] != run_id:
+            st.info("Other runs in the cache are fine: pick one under *Cached run* in the sidebar.")
         st.stop()
 
     names = run.label_names
