@@ -67,6 +67,8 @@ PAGE_FILES: dict[str, str] = {
     "checks": "pages/7_Checks.py",
 }
 
+REGEX_HELP = ("Case-insensitive, searched anywhere in the text. RE2 syntax, run in linear time: Python's syntax "
+              "without lookarounds or backreferences; \\w, \\d and \\b are ASCII-only (\\pL: any letter).")
 CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclassified": "misclassified only"}
 DEFAULT_CLUSTERS = 5
 SAMPLE_SEED = 0
@@ -607,7 +609,7 @@ def render_sidebar() -> View:
                       placeholder="e.g. boring, plot",
                       help="Comma-separated; every entry must occur as a whole word (case-insensitive).")
     regex = synced(bar.text_input, "Matches regular expression", "regex", "", sidebar=True,
-                   placeholder=r"e.g. \b\d+/10\b", help="Python syntax, case-insensitive, searched anywhere.")
+                   placeholder=r"e.g. \b\d+/10\b", help=REGEX_HELP)
     sample = synced(bar.number_input, "Random sample size (0 = all)", "sample", 0, sidebar=True, min_value=0,
                     step=100, help="A seeded random sample of the slice: same sample on every page and reload.")
 

@@ -45,7 +45,8 @@ else:
         sub = st.columns(2)
         words = ui.synced(sub[0].text_input, "Contains word(s)", "match_words", "", placeholder="e.g. COMMON",
                           help="Comma-separated whole words, all required, case-insensitive.")
-        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d")
+        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d",
+                            help=ui.REGEX_HELP)
     error = analysis.validate_regex(pattern) if pattern else None
     if error:
         st.error(f"{error}. Fix the expression; until then only the words are used.")

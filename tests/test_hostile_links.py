@@ -1,0 +1,164 @@
+"""Regression tests for hostile links and data (issue 12 items 1, 5 and 8): regex denial of service, Markdown
+injection through query parameters and data, and spreadsheet formulas in the tables' own CSV export."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import analysis, ui
+from core import counterfactual as cf
+from core.analysis import SliceSpec, apply_slice, validate_regex
+from tests.test_pages import make_app, no_exception, texts
+
+
+
+def open_page(page: str, timeout: float | None = None, **query: str | list[str]) -> AppTest:
+    """Return an AppTest that has run `page` opened from a link with `query` (fails past `timeout` seconds)."""
+    at = make_app(**query)
+    if page != "summary":
+        at.switch_page(ui.PAGE_FILES[page])
+    return at.run(timeout=timeout)
+
+
+def _copy_run(tiny_run_path, cache) -> Path:
+    target = cache / "runs" / Path(tiny_run_path).name
+    shutil.copytree(tiny_run_path, target)
+    return target
+
+
+def _rewrite(run_dir: Path, rel: str, data: bytes) -> None:
+    """Replace one file of a run and update its size and hash in the manifest."""
+    (run_dir / rel).write_bytes(data)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+
+def _set_texts(run_dir: Path, texts: list[str]) -> None:
+    examples = pd.read_parquet(run_dir / "examples.parquet")
+    examples["text"] = texts
+    buffer = io.BytesIO()
+    examples.to_parquet(buffer)
+    _rewrite(run_dir, "examples.parquet", buffer.getvalue())
+
+
+@pytest.fixture
+def hostile_run(tiny_run_path, isolated_cache) -> str:
+    """Copy the fixture run into this test's cache with every text followed by 30 "a"s and "!" (the saliency's
+    character offsets still point into the unchanged beginning); return its id."""
+    target = _copy_run(tiny_run_path, isolated_cache)
+    texts_now = pd.read_parquet(target / "examples.parquet")["text"]
+    _set_texts(target, [t + " " + "a" * 30 + "!" for t in texts_now])
+    return target.name
+
+
+# ---------------------------------------------------------------- 1. regex denial of service
+
+# Python's backtracking `re` takes exponential time on these (2.6 s at 40 characters, x4 per 2 more).
+PATHOLOGICAL = [r"(a+)+$", r"^(\w+\s?)*$", r"(x+x+)+y", r"(.*a){20}"]
+LIMIT_S = 1.0  # a generous bound: the backtracking engine would take longer than the universe's age
+
+
+def _hostile_examples(n_rows: int = 200, length: int = 5000) -> pd.DataFrame:
+    # Long texts that almost match: what makes backtracking blow up.
+    texts = ["a" * length + "!", ("word " * (length // 5)).strip() + "!", "x" * length] * (n_rows // 3 + 1)
+    texts = texts[:n_rows]
+    return pd.DataFrame({"text": texts, "label": 0, "pred": 0, "split": "train", "correct": True})
+
+
+@pytest.mark.parametrize("pattern", PATHOLOGICAL)
+def test_pathological_regex_slices_in_linear_time(pattern):
+    examples = _hostile_examples()
+    start = time.perf_counter()
+    rows = apply_slice(examples, SliceSpec(regex=pattern))
+    elapsed = time.perf_counter() - start
+    assert elapsed < LIMIT_S, f"{pattern!r} took {elapsed:.2f} s on {len(examples)} texts of 5,000 characters"
+    # results are still right: only the pattern's real matches
+    expected = {r"(a+)+$": [], r"^(\w+\s?)*$": list(range(2, 200, 3)), r"(x+x+)+y": [],
+                r"(.*a){20}": list(range(0, 200, 3))}
+    assert rows.tolist() == expected[pattern]
+
+
+def test_regex_matches_stay_case_insensitive_and_unicode_aware():
+    examples = pd.DataFrame({"text": ["Café CRÈME", "the cat", "ÉCOLE", None], "label": 0, "pred": 0,
+                             "split": "train", "correct": True})
+    assert apply_slice(examples, SliceSpec(regex="crème")).tolist() == [0]
+    assert apply_slice(examples, SliceSpec(regex=r"^\pL+ \pL+$")).tolist() == [0, 1]
+    assert apply_slice(examples, SliceSpec(regex="école|CAT")).tolist() == [1, 2]
+    assert analysis.regex_hits(["é", 3, None], ".").tolist() == [True, False, False]
+
+
+@pytest.mark.parametrize(("pattern", "feature"), [
+    (r"(a)\1", "backreference"),
+    (r"(?P<w>a)(?P=w)", "named backreference"),
+    (r"(?<=not )good", "lookbehind"),
+    (r"(?<!not )good", "negative lookbehind"),
+    (r"good(?= movie)", "lookahead"),
+    (r"good(?! movie)", "negative lookahead"),
+    (r"a++", "possessive quantifier"),
+    (r"(?>a+)b", "atomic group"),
+    (r"a{1001}", "repetition count above 1000"),
+])
+def test_unsupported_features_get_a_clear_message(pattern, feature):
+    message = validate_regex(pattern)
+    assert message is not None
+    assert f"uses a{'n' if feature[0] in 'a' else ''} {feature}" in message, message
+    assert "linear-time regex engine" in message and "does not support" in message
+    with pytest.raises(ValueError, match="does not support"):
+        apply_slice(_hostile_examples(3, 10), SliceSpec(regex=pattern))
+
+
+def test_plain_syntax_errors_and_overlong_patterns_are_rejected_readably():
+    assert validate_regex("(unclosed").startswith("Invalid regular expression '(unclosed': missing )")
+    message = validate_regex("a" * (analysis.MAX_REGEX_LENGTH + 1))
+    assert message is not None and f"at most {analysis.MAX_REGEX_LENGTH:,}" in message
+    assert validate_regex("a" * analysis.MAX_REGEX_LENGTH) is None
+
+
+def test_regex_memory_is_bounded():
+    # A pattern whose compiled program exceeds the memory bound is refused, not built.
+    message = validate_regex(r"[\pL\pN]{1000}[\pL\pN]{1000}[\pL\pN]{1000}")
+    assert message is not None and "memory bound" in message, message
+
+
+@pytest.mark.parametrize("term", ["(a+)+$", r"^(\w+\s?)*$", "a a a a a a a a", "a  a", "##a", "x" * 200])
+def test_term_patterns_are_escaped_literals_and_linear(term):
+    # Masking, insertion and the Sensitivity page's counts build patterns only from re.escape'd literals: a typed
+    # term is never a regex, and even hostile ones match in linear time on Python's re.
+    hostile = ["a" * 5000 + "!", ("a " * 2500) + "!", "a" + " " * 5000 + "a", "x" * 5000] * 50
+    start = time.perf_counter()
+    hits = cf.texts_containing(hostile, [term])[term]
+    for text in hostile[:4]:
+        cf.mask_term(text, term, "[MASK]")
+    assert time.perf_counter() - start < LIMIT_S
+    if term == "(a+)+$":
+        assert not hits.any()
+        assert cf.count_occurrences("x (a+)+$ y", term) == 1
+    start = time.perf_counter()
+    apply_slice(pd.DataFrame({"text": hostile, "label": 0, "pred": 0, "split": "s", "correct": True}),
+                SliceSpec(contains=(term,)))
+    assert time.perf_counter() - start < LIMIT_S
+
+
+def test_hostile_regex_link_renders_quickly(hostile_run):
+    # Every text of the run ends in 30 "a"s and "!": the backtracking engine needed about 2**30 steps per text on
+    # `(a+)+$` and froze the server; AppTest stops a script run after `timeout` seconds and fails the test.
+    open_page("examples")  # warm imports and caches: the timing below is the regex's
+    for pattern in [r"(a+)+$", r"^(\w+\s?)*$", r"(?<=a)b"]:
+        start = time.perf_counter()
+        at = open_page("clusters", timeout=30, regex=pattern, clusters="2")
+        elapsed = time.perf_counter() - start
+        no_exception(at)
+        assert elapsed < 30, f"{pattern!r}: {elapsed:.1f} s"
+    assert "lookbehind" in texts(at.error) and "does not support" in texts(at.error)
+    at = open_page("map", timeout=30, colour="match", match_regex=r"(a)\1")
+    no_exception(at)
+    assert "backreference" in texts(at.error)
