@@ -64,7 +64,7 @@ with left:
     per_split = counts.get("per_split", {}) or {}
     split_rows = [{"split": s, "examples": n, "accuracy": accuracy.get(s)} for s, n in per_split.items()]
     if split_rows:
-        st.dataframe(pd.DataFrame(split_rows), hide_index=True,
+        ui.dataframe(pd.DataFrame(split_rows), hide_index=True,
                      column_config={"accuracy": st.column_config.ProgressColumn(
                          "accuracy", min_value=0.0, max_value=1.0, format="%.3f")})
     label_counts = run.examples.groupby(["split", "label"]).size().unstack(fill_value=0)

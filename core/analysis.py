@@ -1150,9 +1150,22 @@ def _escape_cell(value: object) -> object:
     return value
 
 
+def formula_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of ``df`` whose text cells and index labels that a spreadsheet would read as a formula
+    (starting with =, +, -, @, tab or carriage return) are prefixed by "'"; other cells are left as they are."""
+    out = df.copy(deep=False)
+    for i in range(out.shape[1]):
+        column = out.iloc[:, i]
+        if column.dtype == object or isinstance(column.dtype, pd.StringDtype):
+            out.isetitem(i, column.map(_escape_cell))
+    if out.index.dtype == object or isinstance(out.index.dtype, pd.StringDtype):
+        out.index = out.index.map(_escape_cell)
+    return out
+
+
 def to_csv_safe(df: pd.DataFrame) -> str:
     """Return ``df`` as CSV text (no index), with formula-like string cells and headers prefixed by "'"."""
-    safe = df.map(_escape_cell)
+    safe = formula_safe(df)
     safe.columns = [_escape_cell(str(c)) for c in df.columns]
     buffer = io.StringIO()
     # RFC 4180 line ends: the csv writer then also quotes cells holding a lone "\r".

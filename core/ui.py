@@ -718,13 +718,24 @@ def display_table(view: View, rows: np.ndarray | None = None) -> pd.DataFrame:
 MAX_LISTED = 1000
 
 
+def dataframe(data: pd.DataFrame, **kwargs: Any) -> Any:
+    """Draw `data` with st.dataframe (keyword arguments passed on; returns what it returns), its text cells that a
+    spreadsheet would run as formulas (=, +, -, @ first) prefixed by "'" (analysis.formula_safe).
+
+    The table toolbar's own "Download as CSV" exports the cells as given, and Streamlit 1.67 can hide it only for
+    every table at once (client.disableDataExport, which also blocks copying cells): every page draws its tables
+    of dataset text and terms through this instead.
+    """
+    return st.dataframe(analysis.formula_safe(data), **kwargs)
+
+
 def example_list(view: View, rows: np.ndarray, key: str | None = None) -> None:
     """Draw a table of the given examples (at most MAX_LISTED rows, with a note when cut)."""
     rows = np.asarray(rows)
     if len(rows) > MAX_LISTED:
         st.caption(f"Showing {MAX_LISTED:,} of {len(rows):,} examples (a seeded random sample, in row order).")
         rows = np.sort(np.random.default_rng(0).choice(rows, MAX_LISTED, replace=False))
-    st.dataframe(display_table(view, rows), column_config=TABLE_COLUMNS, key=key,
+    dataframe(display_table(view, rows), column_config=TABLE_COLUMNS, key=key,
                  height="auto" if len(rows) <= 10 else 400)
 
 

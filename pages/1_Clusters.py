@@ -73,7 +73,7 @@ def _pick_from_table() -> None:
         st.session_state["cluster_pick"] = int(table.iloc[selected[0]].cluster)
 
 
-st.dataframe(
+ui.dataframe(
     table, hide_index=True, key="cluster_table", on_select=_pick_from_table, selection_mode="single-row",
     column_config={
         "cluster": st.column_config.NumberColumn("cluster", width="small"),

@@ -44,7 +44,7 @@ st.caption(f"{total:,} examples" + (f"; showing the first {MAX_TABLE_ROWS:,} in 
 
 focus = ui.focus_row()
 default_position = table.index.get_indexer([focus])[0] if focus is not None else 0
-state = st.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
+state = ui.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
                      height="auto" if len(table) <= 8 else 320,
                      column_config=ui.TABLE_COLUMNS,
                      selection_default={"selection": {"rows": [int(default_position)]}} if default_position >= 0
@@ -90,7 +90,7 @@ with info_col:
     terms = view.terms_of(row, n=max(view.key.k or 10, 1))
     st.markdown(f"**Top terms** (S1, {view.method}, k = {view.key.k or 'all'})")
     if terms:
-        st.dataframe(pd.DataFrame(terms, columns=["term", "salience"]), hide_index=True, key="example_terms",
+        ui.dataframe(pd.DataFrame(terms, columns=["term", "salience"]), hide_index=True, key="example_terms",
                      column_config={"salience": st.column_config.ProgressColumn(
                          "salience", min_value=0.0, max_value=1.0, format="%.3f")})
     else:

@@ -98,7 +98,7 @@ with left:
     if salient.empty:
         empty_hint("salient")
     elif salient_rank == "distinctive":
-        st.dataframe(salient[["term", "distinctiveness", "mean_salience", "mean_salience_rest", "count"]],
+        ui.dataframe(salient[["term", "distinctiveness", "mean_salience", "mean_salience_rest", "count"]],
                      hide_index=True, key="salient_table",
                      column_config={"distinctiveness": bar("distinctiveness", salient, "distinctiveness", "%.4f"),
                                     "mean_salience": st.column_config.NumberColumn("mean salience", format="%.4f"),
@@ -106,7 +106,7 @@ with left:
                                                                                         format="%.4f")})
         downloads(salient, f"{stem}-{salient_name}", "salient")
     else:
-        st.dataframe(salient[["term", "mean_salience", "count"]], hide_index=True, key="salient_table",
+        ui.dataframe(salient[["term", "mean_salience", "count"]], hide_index=True, key="salient_table",
                      column_config={"mean_salience": bar("mean salience", salient, "mean_salience", "%.4f")})
         downloads(salient, f"{stem}-{salient_name}", "salient")
 with right:
@@ -123,13 +123,13 @@ with right:
     if assoc.empty:
         empty_hint(assoc_label)
     elif assoc_rank == "log_odds":
-        st.dataframe(assoc[["term", "z", "delta", "count", "class_count"]], hide_index=True, key="assoc_table",
+        ui.dataframe(assoc[["term", "z", "delta", "count", "class_count"]], hide_index=True, key="assoc_table",
                      column_config={"z": st.column_config.NumberColumn("z", format="%.2f"),
                                     "delta": st.column_config.NumberColumn("delta", format="%.3f"),
                                     "class_count": "class count"})
         downloads(assoc, f"{stem}-log_odds", "assoc")
     else:
-        st.dataframe(assoc[["term", "pmi", "count", "class_count"]], hide_index=True, key="assoc_table",
+        ui.dataframe(assoc[["term", "pmi", "count", "class_count"]], hide_index=True, key="assoc_table",
                      column_config={"pmi": st.column_config.NumberColumn("PMI", format="%.3f"),
                                     "class_count": "class count"})
         downloads(assoc, f"{stem}-pmi", "assoc")

@@ -202,7 +202,7 @@ st.caption(
     f"examples; seed {result.settings.seed}, "
     f"{result.settings.n_bootstrap:,} bootstrap resamples, {result.seconds:.1f} s. List values are mean ± std over "
     "the list's terms; terms that never occur are left out of the masking mean.")
-st.dataframe(result.summary(), hide_index=True, key="sens_summary",
+ui.dataframe(result.summary(), hide_index=True, key="sens_summary",
              column_config={"terms": st.column_config.TextColumn("terms", width="large")})
 
 per_term = result.per_term()
@@ -219,11 +219,11 @@ with tab_mask:
 per_list = result.per_list()
 number = st.column_config.NumberColumn
 with st.expander("Per list, with 95% bootstrap intervals", expanded=False):
-    st.dataframe(per_list, hide_index=True, key="sens_per_list",
+    ui.dataframe(per_list, hide_index=True, key="sens_per_list",
                  column_config={c: number(c, format="%+.3f") for c in ("mean_change", "ci_low", "ci_high")}
                  | {"std_change": number("std_change", format="%.3f")})
 with st.expander("Per term", expanded=True):
-    st.dataframe(per_term, hide_index=True, key="sens_per_term",
+    ui.dataframe(per_term, hide_index=True, key="sens_per_term",
                  column_config={c: number(c, format="%+.3f") for c in ("mean_change", "ci_low", "ci_high")}
                  | {c: number(c, format="%.3f") for c in ("std_change", "mean_p_before", "mean_p_after")})
 

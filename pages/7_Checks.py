@@ -109,7 +109,7 @@ else:
     summary = pd.DataFrame(summary_json["methods"])
     table = summary[["method", "aopc_comprehensiveness", "aopc_sufficiency", "examples"]].rename(
         columns={"aopc_comprehensiveness": "AOPC comprehensiveness ↑", "aopc_sufficiency": "AOPC sufficiency ↓"})
-    st.dataframe(table, hide_index=True, column_config={
+    ui.dataframe(table, hide_index=True, column_config={
         c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns if c.startswith("AOPC")})
     st.plotly_chart(_curve_figure(summary), key="aopc_curve")
     random_row = summary[summary["method"] == fa.RANDOM]
@@ -159,7 +159,7 @@ else:
         "jaccard_mean": "Jaccard@25%", "jaccard_chance": "Jaccard chance", "spearman_mean": "Spearman",
         "aopc_comprehensiveness_trained": "AOPC comp. (trained)",
         "aopc_comprehensiveness_other": "AOPC comp. (other)", "barely_changes": "barely changes"})
-    st.dataframe(table, hide_index=True, column_config={
+    ui.dataframe(table, hide_index=True, column_config={
         c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns[1:-1]})
     fig = go.Figure([go.Box(y=group["jaccard"], name=method, boxmean=True)
                      for method, group in per_example.groupby("method", sort=False)])

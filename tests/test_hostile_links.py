@@ -162,3 +162,44 @@ def test_hostile_regex_link_renders_quickly(hostile_run):
     at = open_page("map", timeout=30, colour="match", match_regex=r"(a)\1")
     no_exception(at)
     assert "backreference" in texts(at.error)
+
+
+# ---------------------------------------------------------------- 8. spreadsheet formulas in table exports
+
+FORMULA = "=cmd|' /C calc'!A0"
+
+
+def test_formula_safe_escapes_text_cells_only():
+    frame = pd.DataFrame({"text": [FORMULA, "+1", "-x", "@SUM(A1)", "fine", None], "n": [1, 2, 3, 4, 5, 6]},
+                         index=pd.Index(["=a", "b", "c", "d", "e", "f"], name="row"))
+    safe = analysis.formula_safe(frame)
+    assert safe["text"].tolist()[:5] == ["'" + FORMULA, "'+1", "'-x", "'@SUM(A1)", "fine"]
+    assert safe["text"].isna().tolist()[5] and safe["n"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert safe.index.tolist()[0] == "'=a"
+    assert frame["text"].iloc[0] == FORMULA  # the caller's frame is unchanged
+
+
+def test_tables_reach_streamlit_with_formulas_escaped(tiny_run_path, isolated_cache):
+    target = _copy_run(tiny_run_path, isolated_cache)
+    texts_now = pd.read_parquet(target / "examples.parquet")["text"].tolist()
+    _set_texts(target, [FORMULA + " " + t for t in texts_now])
+    vocab = json.loads((target / "vocab.json").read_text(encoding="utf-8"))
+    vocab[vocab.index("movie")] = "=movie"
+    _rewrite(target, "vocab.json", json.dumps(vocab).encode())
+
+    at = open_page("examples", terms="piece", row="1")
+    no_exception(at)
+    shown = at.dataframe(key="examples_table").value
+    assert shown["text"].str.startswith("'" + FORMULA).all()
+    at = open_page("clusters", clusters="2")
+    no_exception(at)
+    members = next(frame.value for frame in at.dataframe if "text" in frame.value.columns)
+    assert len(members) and members["text"].str.startswith("'=").all()
+    at = open_page("seed_terms", terms="piece", min_count="1")
+    no_exception(at)
+    for frame in at.dataframe:
+        for column in frame.value.columns:
+            values = frame.value[column]
+            if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+                assert not values.astype(str).str.startswith(("=", "+", "-", "@")).any(), column
+    assert any("'=movie" in frame.value.get("term", pd.Series(dtype=str)).tolist() for frame in at.dataframe)
