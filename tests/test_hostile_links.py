@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -162,6 +164,121 @@ def test_hostile_regex_link_renders_quickly(hostile_run):
     at = open_page("map", timeout=30, colour="match", match_regex=r"(a)\1")
     no_exception(at)
     assert "backreference" in texts(at.error)
+
+
+# ---------------------------------------------------------------- 5. Markdown injection
+
+LINK = "[log in](http://evil.example)"
+IMAGE = "![x](http://evil.example/a.png)"
+HOSTILE_TEXTS = [LINK, IMAGE, "<img src=http://evil.example/b.png>", "see www.evil.example or me@evil.example",
+                 "$\\frac{1}{2}$ :red[alert] **bold** `code` # title\n- item | a | b |", "a\\[b](http://evil.example)"]
+
+
+def live_markup(value: str) -> list[str]:
+    """Return the link, image, autolink and HTML syntax in Markdown `value` that would render live: outside code
+    spans and not backslash-escaped."""
+    text = re.sub(r"(`+)(.+?)\1", "", str(value))  # code spans render verbatim
+    text = re.sub(r"\\[!-/:-@\[-`{-~]", "", text)  # an escaped punctuation character is plain text
+    return re.findall(r"!?\[[^\]]*\]\(|https?://|www\.|\w@\w|<[a-z]", text, flags=re.IGNORECASE)
+
+
+def markdown_values(at: AppTest) -> list[str]:
+    """Return every Markdown source the page drew: texts, captions, alerts, titles and widget labels."""
+    values = []
+    for kind in ("markdown", "caption", "info", "warning", "error", "success", "title", "header", "subheader"):
+        values += [str(e.value) for e in at.get(kind)]
+    for kind in ("checkbox", "toggle", "radio", "text_input", "selectbox", "multiselect", "number_input"):
+        values += [str(e.label) for e in at.get(kind)]
+    return values
+
+
+def assert_no_live_markup(at: AppTest) -> None:
+    no_exception(at)
+    live = {v: live_markup(v) for v in markdown_values(at) if live_markup(v)}
+    assert not live, f"user text rendered as Markdown: {live}"
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXTS)
+def test_escape_markdown_renders_the_same_plain_text(text):
+    escaped = ui.escape_markdown(text)
+    assert not live_markup(escaped), escaped
+    assert "\n" not in escaped
+    plain = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", escaped).replace("\u2060", "")
+    assert plain == text.replace("\n", " ")
+    code = ui.inline_code(text)
+    assert not live_markup(code)
+
+
+def test_inline_code_holds_backticks():
+    assert ui.inline_code("a`b") == "``a`b``"
+    assert ui.inline_code("`x") == "`` `x ``"
+    assert ui.inline_code("") == ""
+
+
+@pytest.mark.parametrize(("page", "query"), [
+    ("examples", {"q": LINK}),
+    ("examples", {"q": IMAGE, "contains": LINK}),
+    ("clusters", {"contains": IMAGE}),
+    ("clusters", {"regex": LINK}),
+    ("clusters", {"regex": IMAGE + "("}),
+    ("map", {"colour": "match", "match_words": LINK, "match_regex": IMAGE}),
+    ("map", {"colour": "match", "match_words": "movie", "match_regex": IMAGE + "(?<=x)"}),
+    ("neighbours", {"contains": "www.evil.example, me@evil.example"}),
+    ("summary", {"run": f"x` {LINK} `y"}),  # backticks: the run id is shown as code
+    ("seed_terms", {"run": f"x` {IMAGE}"}),
+])
+def test_link_parameters_are_not_rendered_as_markdown(run_id_copy, page, query):
+    at = open_page(page, **query)
+    assert_no_live_markup(at)
+    assert any("evil" in v for v in markdown_values(at)), "the hostile text should still be shown, escaped"
+
+
+@pytest.fixture
+def run_id_copy(tiny_run_path, isolated_cache) -> str:
+    return _copy_run(tiny_run_path, isolated_cache).name
+
+
+@pytest.fixture
+def hostile_data_run(tiny_run_path, isolated_cache) -> str:
+    """The fixture run with hostile class names and a hostile word piece (terms are the data's words)."""
+    target = _copy_run(tiny_run_path, isolated_cache)
+    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    manifest["model"]["id2label"] = {"0": LINK, "1": IMAGE}
+    (target / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    vocab = json.loads((target / "vocab.json").read_text(encoding="utf-8"))
+    vocab[vocab.index("movie")] = "[click](http://evil.example/t)"
+    _rewrite(target, "vocab.json", json.dumps(vocab).encode())
+    return target.name
+
+
+@pytest.mark.parametrize(("page", "query"), [
+    ("summary", {}),
+    ("clusters", {"clusters": "2", "terms": "piece"}),
+    ("examples", {"terms": "piece", "row": "0"}),
+    ("neighbours", {"terms": "piece", "row": "0"}),
+    ("seed_terms", {"terms": "piece", "min_count": "1"}),
+])
+def test_dataset_names_and_terms_are_not_rendered_as_markdown(hostile_data_run, page, query):
+    at = open_page(page, **query)
+    assert_no_live_markup(at)
+    assert any("evil" in v for v in markdown_values(at))
+
+
+def test_sensitivity_lists_do_not_render_terms_or_names_as_markdown(hostile_data_run):
+    at = open_page("sensitivity", terms="piece")
+    at.number_input(key="sens_min_count").set_value(1)
+    at.text_area(key="sens_user_terms").set_value(f"{IMAGE}\nwww.evil.example, a`b").run()
+    assert_no_live_markup(at)
+    shown = "\n".join(markdown_values(at))
+    assert "evil" in shown and "``a`b``" in shown
+
+
+def test_map_legend_escapes_a_typed_pattern(run_id_copy):
+    from core import plots
+
+    figure = plots.scatter_map(np.zeros((2, 2)), pd.DataFrame(index=[0, 1]),
+                               pd.Series(['matches <a href="http://evil.example">x</a>', "no match"]), None, "t")
+    assert all("<a" not in trace.name for trace in figure.data)
 
 
 # ---------------------------------------------------------------- 8. spreadsheet formulas in table exports
