@@ -11,6 +11,8 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, plots, ui
+from core.ui import escape_markdown as md  # names and paths in the manifest come from the user's model and data
+from core.ui import inline_code
 
 TRUNCATION_WARNING_FRACTION = 0.2  # warn when more than this fraction of the examples was cut at max_length
 
@@ -19,7 +21,7 @@ run, manifest = view.run, view.run.manifest
 counts, accuracy = manifest.get("counts", {}), manifest.get("accuracy", {})
 
 st.title("Saliency Atlas")
-st.caption(f"Run `{run.run_id}` · {run.title}")
+st.caption(f"Run {inline_code(run.run_id)} · {md(run.title)}")
 st.markdown(
     "Dataset-level saliency analysis: every example is turned into the vector of its most salient terms, "
     "then clustered, mapped and searched. Pick a **slice** and a **representation** in the sidebar; every page "
@@ -53,18 +55,19 @@ with left:
     seconds = manifest.get("timings", {}).get("total_seconds", 0)
     skipped = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in (data.get("skipped") or {}).items() if v)
     st.markdown(
-        f"- **Model**: `{model.get('name', '?')}` ({model.get('architecture', '?')}) at `{model.get('path', '?')}`\n"
-        f"- **Classes**: {', '.join(f'{i} = {n}' for i, n in enumerate(run.label_names))}\n"
-        f"- **Data**: `{Path(str(data.get('path', '?'))).name}` at `{data.get('path', '?')}`"
-        + (f" (rows skipped: {skipped})" if skipped else "") + "\n"
-        f"- **Attribution methods**: {', '.join(run.methods)}\n"
-        f"- **Computed on** {manifest.get('device', '?')} in {seconds:,.0f} s"
-        f" ({manifest.get('examples_per_second', 0):,.1f} examples/s), {str(manifest.get('created', ''))[:19]}"
+        f"- **Model**: {inline_code(model.get('name', '?'))} ({md(model.get('architecture', '?'))}) at "
+        f"{inline_code(model.get('path', '?'))}\n"
+        f"- **Classes**: {md(', '.join(f'{i} = {n}' for i, n in enumerate(run.label_names)))}\n"
+        f"- **Data**: {inline_code(Path(str(data.get('path', '?'))).name)} at {inline_code(data.get('path', '?'))}"
+        + (f" (rows skipped: {md(skipped)})" if skipped else "") + "\n"
+        f"- **Attribution methods**: {md(', '.join(run.methods))}\n"
+        f"- **Computed on** {md(manifest.get('device', '?'))} in {seconds:,.0f} s"
+        f" ({manifest.get('examples_per_second', 0):,.1f} examples/s), {md(str(manifest.get('created', ''))[:19])}"
     )
     per_split = counts.get("per_split", {}) or {}
     split_rows = [{"split": s, "examples": n, "accuracy": accuracy.get(s)} for s, n in per_split.items()]
     if split_rows:
-        st.dataframe(pd.DataFrame(split_rows), hide_index=True,
+        ui.dataframe(pd.DataFrame(split_rows), hide_index=True,
                      column_config={"accuracy": st.column_config.ProgressColumn(
                          "accuracy", min_value=0.0, max_value=1.0, format="%.3f")})
     label_counts = run.examples.groupby(["split", "label"]).size().unstack(fill_value=0)

@@ -329,7 +329,12 @@ def pmi_seed_list(run: Run, target_class: int, *, top_n: int = 10, min_count: in
 def term_pattern(term: str) -> re.Pattern[str]:
     """Return a case-insensitive regex for `term` as a whole word: not preceded or followed by a letter or digit
     (underscore and punctuation are separators); inner whitespace matches any whitespace run. A continuation
-    piece (``##ing``) matches its text inside a word instead: preceded by a letter or digit (``walk|ing``)."""
+    piece (``##ing``) matches its text inside a word instead: preceded by a letter or digit (``walk|ing``).
+
+    Typed terms cannot make this slow on Python's backtracking `re`: the pattern is only ever built from
+    re.escape'd literals (so a term is never a regex), joined by \\s+ between one-character lookarounds; words hold
+    no whitespace, so each \\s+ can only span the one whitespace run after the word before it, and matching stays
+    linear in the text (tests/test_hostile_links.py times hostile terms)."""
     if is_piece(term):
         return re.compile(rf"(?<=[^\W_]){re.escape(term[2:])}", re.IGNORECASE)
     body = r"\s+".join(re.escape(w) for w in term.split())

@@ -85,7 +85,8 @@ def scatter_map(
             name = "(none)" if category is None else str(category)
             fig.add_trace(
                 go.Scattergl(
-                    x=coords[members, 0], y=coords[members, 1], mode="markers", name=name,
+                    # plotly draws legend text as HTML (links included): a category can be a typed pattern
+                    x=coords[members, 0], y=coords[members, 1], mode="markers", name=html.escape(name),
                     customdata=row_ids[members], text=None if hover is None else hover[members],
                     hovertemplate=template(name),
                     marker={**marker_base,

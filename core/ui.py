@@ -18,6 +18,7 @@ import html
 import io
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ PAGE_FILES: dict[str, str] = {
     "checks": "pages/7_Checks.py",
 }
 
+REGEX_HELP = ("Case-insensitive, searched anywhere in the text. RE2 syntax, run in linear time: Python's syntax "
+              "without lookarounds or backreferences; \\w, \\d and \\b are ASCII-only (\\pL: any letter).")
 CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclassified": "misclassified only"}
 DEFAULT_CLUSTERS = 5
 SAMPLE_SEED = 0
@@ -107,6 +110,40 @@ def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool
     """Return the fields of a normalised representation key as a tuple of primitives."""
     key = key.normalised()
     return key.name, key.method, key.k, key.include_special, key.unit, key.weighting
+
+
+# Every ASCII punctuation character: CommonMark lets a backslash escape each of them, and each can start Markdown
+# (links, images, emphasis, code, HTML, tables, headings, lists), LaTeX ($) or a Streamlit directive (:red[…]).
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# GFM turns bare http://…, www.… and e-mail addresses into links even when their punctuation is escaped (the
+# escapes are resolved before it looks): an invisible WORD JOINER (U+2060) before the ":", "." or "@" stops it.
+_AUTOLINK_START = re.compile(r"(?i)(?:(?<=http)|(?<=https)|(?<=www))(?=[:.])|(?=@)")
+_WORD_JOINER = "\u2060"
+
+
+def escape_markdown(text: object) -> str:
+    """Return `text` (user or dataset text) as Markdown that renders as the same plain text on one line.
+
+    Every Markdown-rendering call (st.markdown, st.caption, st.info/warning/error/success, titles, widget labels)
+    must pass text from a link, a typed field or the data through this (or `inline_code`): otherwise a shared link
+    such as `?q=[log in](http://evil.example)` draws a clickable link or an image the browser fetches. Escapes
+    every ASCII punctuation character, stops bare URLs and e-mail addresses from becoming links, and turns line
+    breaks into spaces.
+    """
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", _AUTOLINK_START.sub(_WORD_JOINER, text))
+
+
+def inline_code(text: object) -> str:
+    """Return `text` as a Markdown code span: shown verbatim in a monospace font, whatever backticks it holds
+    (the fence is one backtick longer than its longest run of them); line breaks become spaces."""
+    text = re.sub(r"[\r\n]+", " ", str(text))
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    # CommonMark strips one space from each side when both are there: pad when a side is a backtick or a space.
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def parse_tokens(text: str) -> tuple[str, ...]:
@@ -617,7 +654,8 @@ def render_sidebar() -> View:
     healthy = [rid for rid, e in entries.items() if e.problem is None]
     asked = _parse_query(_initial_query().get("run", []), "")
     if asked and asked not in by_id and "run" not in st.session_state:
-        st.warning(f"The run `{asked}` from the link is not in this cache; showing the most recent run instead.")
+        st.warning(f"The run {inline_code(asked)} from the link is not in this cache; showing the most recent run "
+                   "instead.")
 
     bar.header("Run")
     run_id = synced(bar.selectbox, "Cached run", "run", (healthy or list(by_id))[0], options=list(by_id),
@@ -633,7 +671,7 @@ def render_sidebar() -> View:
         run = _open_run(str(path), stamp)
     except CacheError as exc:
         _publish_sidebar_params()
-        st.error(f"This run is damaged and cannot be shown. {exc}")
+        st.error(f"This run is damaged and cannot be shown. {escape_markdown(exc)}")
         if healthy and healthy[0] != run_id:
             st.info("Other runs in the cache are fine: pick one under *Cached run* in the sidebar.")
         st.stop()
@@ -656,7 +694,7 @@ def render_sidebar() -> View:
                       placeholder="e.g. boring, plot",
                       help="Comma-separated; every entry must occur as a whole word (case-insensitive).")
     regex = synced(bar.text_input, "Matches regular expression", "regex", "", sidebar=True,
-                   placeholder=r"e.g. \b\d+/10\b", help="Python syntax, case-insensitive, searched anywhere.")
+                   placeholder=r"e.g. \b\d+/10\b", help=REGEX_HELP)
     sample = synced(bar.number_input, "Random sample size (0 = all)", "sample", 0, sidebar=True, min_value=0,
                     step=100, help="A seeded random sample of the slice: same sample on every page and reload.")
 
@@ -712,9 +750,10 @@ def render_sidebar() -> View:
     bar.markdown(f"**{len(rows):,}** of {len(examples):,} examples in the slice")
     bar.caption("The address bar holds these settings: copy it to share this view.")
     if regex_error:
-        st.error(f"{regex_error}. Fix it in the sidebar; until then the regular-expression filter is ignored.")
+        st.error(f"{escape_markdown(regex_error)}. Fix it in the sidebar; until then the regular-expression filter "
+                 "is ignored.")
     for reason in _staleness(str(path), stamp):
-        st.warning(f"Stale run: {reason}.")
+        st.warning(f"Stale run: {escape_markdown(reason)}.")
     return view
 
 
@@ -724,8 +763,8 @@ def render_sidebar() -> View:
 def page_header(title: str, view: View, intro: str | None = None, show_slice: bool = True) -> None:
     """Draw a page's title, a caption naming run, slice and representation, and an optional intro line."""
     st.title(title)
-    where = f"slice: {view.describe()} ({len(view.rows):,} examples) · " if show_slice else ""
-    st.caption(f"{view.run.title} · {where}{view.key.label()}")
+    where = f"slice: {escape_markdown(view.describe())} ({len(view.rows):,} examples) · " if show_slice else ""
+    st.caption(f"{escape_markdown(view.run.title)} · {where}{escape_markdown(view.key.label())}")
     if intro:
         st.markdown(intro)
 
@@ -734,7 +773,7 @@ def require_rows(view: View, minimum: int = 1, purpose: str = "") -> None:
     """Stop the page with a clear message when the slice is empty or has fewer than `minimum` rows."""
     n = len(view.rows)
     if n == 0:
-        st.warning(f"**The slice is empty**: no example matches every filter ({view.describe()}). "
+        st.warning(f"**The slice is empty**: no example matches every filter ({escape_markdown(view.describe())}). "
                    "Remove or widen a filter in the sidebar.")
         st.stop()
     if n < minimum:
@@ -765,13 +804,24 @@ def display_table(view: View, rows: np.ndarray | None = None) -> pd.DataFrame:
 MAX_LISTED = 1000
 
 
+def dataframe(data: pd.DataFrame, **kwargs: Any) -> Any:
+    """Draw `data` with st.dataframe (keyword arguments passed on; returns what it returns), its text cells that a
+    spreadsheet would run as formulas (=, +, -, @ first) prefixed by "'" (analysis.formula_safe).
+
+    The table toolbar's own "Download as CSV" exports the cells as given, and Streamlit 1.67 can hide it only for
+    every table at once (client.disableDataExport, which also blocks copying cells): every page draws its tables
+    of dataset text and terms through this instead.
+    """
+    return st.dataframe(analysis.formula_safe(data), **kwargs)
+
+
 def example_list(view: View, rows: np.ndarray, key: str | None = None) -> None:
     """Draw a table of the given examples (at most MAX_LISTED rows, with a note when cut)."""
     rows = np.asarray(rows)
     if len(rows) > MAX_LISTED:
         st.caption(f"Showing {MAX_LISTED:,} of {len(rows):,} examples (a seeded random sample, in row order).")
         rows = np.sort(np.random.default_rng(0).choice(rows, MAX_LISTED, replace=False))
-    st.dataframe(display_table(view, rows), column_config=TABLE_COLUMNS, key=key,
+    dataframe(display_table(view, rows), column_config=TABLE_COLUMNS, key=key,
                  height="auto" if len(rows) <= 10 else 400)
 
 
@@ -786,8 +836,8 @@ TABLE_COLUMNS = {
 def verdict_badges(view: View, label: int, pred: int) -> str:
     """Return markdown badges for an example's label, prediction and whether the prediction is right."""
     verdict = ":green-badge[correct]" if label == pred else ":red-badge[misclassified]"
-    return (f":gray-badge[label: {view.label_name(label)}] :blue-badge[predicted: {view.label_name(pred)}] "
-            f"{verdict}")
+    return (f":gray-badge[label: {escape_markdown(view.label_name(label))}] "
+            f":blue-badge[predicted: {escape_markdown(view.label_name(pred))}] {verdict}")
 
 
 def saliency_block(view: View, row: int, method: str | None = None) -> None:

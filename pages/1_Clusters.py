@@ -2,6 +2,7 @@
 import streamlit as st
 
 from core import analysis, plots, ui
+from core.ui import escape_markdown as md  # terms, label names and flag reasons come from the data
 
 RANKINGS = {"distinctive": "distinctive (vs rest of slice)", "mean": "mean salience"}
 WEIGHTS = {"distinctive": "mean salience in the cluster minus mean salience in the rest of the slice",
@@ -37,11 +38,11 @@ with clouds_intro:
     best = summary.sort_values(["accuracy", "size"], ascending=[False, True]).iloc[0]
     st.markdown(f"- Largest: cluster {largest.cluster}, {largest.size_pct:.1f}% of the slice\n"
                 f"- Most accurate: cluster {best.cluster} ({best.accuracy:.0%}, {best.size_pct:.1f}% of the slice), "
-                f"top terms *{best.top_terms or '—'}*")
+                f"top terms *{md(best.top_terms) or '—'}*")
     flagged = summary[summary["shortcut"]]
     if len(flagged):
         st.markdown("\n".join(f"- ⚠️ **Possible shortcut: cluster {c.cluster}**, top terms "
-                              f"*{c.top_terms or '—'}*: {c.flag_reason}" for c in flagged.itertuples()))
+                              f"*{md(c.top_terms) or '—'}*: {md(c.flag_reason)}" for c in flagged.itertuples()))
     else:
         st.caption(f"No cluster is flagged as a possible shortcut (under {analysis.SHORTCUT_MAX_SIZE_PCT:g}% of the "
                    f"slice, mean max probability ≥ {analysis.SHORTCUT_MIN_CONFIDENCE:g} and top "
@@ -73,7 +74,7 @@ def _pick_from_table() -> None:
         st.session_state["cluster_pick"] = int(table.iloc[selected[0]].cluster)
 
 
-st.dataframe(
+ui.dataframe(
     table, hide_index=True, key="cluster_table", on_select=_pick_from_table, selection_mode="single-row",
     column_config={
         "cluster": st.column_config.NumberColumn("cluster", width="small"),
@@ -105,14 +106,14 @@ for start in range(0, len(shown), per_row):
         with col:
             flag = "⚠️ " if cluster.shortcut else ""
             st.markdown(f"**{flag}Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy "
-                        f"{cluster.accuracy:.0%} · {cluster.labels_text}")
+                        f"{cluster.accuracy:.0%} · {md(cluster.labels_text)}")
             png = ui.wordcloud_png(tuple(cluster.terms), 400, 220)
             if png is None:
                 st.caption("(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)")
             else:
                 st.image(png, width="stretch")
             if cluster.shortcut:
-                st.caption(f"⚠️ Possible shortcut: {cluster.flag_reason}")
+                st.caption(f"⚠️ Possible shortcut: {md(cluster.flag_reason)}")
 if len(summary) > len(shown):
     st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
 
@@ -123,9 +124,9 @@ pick = ui.synced(st.selectbox, "Cluster", "cluster_pick", clusters[0], options=c
 members = view.rows[labels == pick]
 info = summary.set_index("cluster").loc[pick]
 st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice); labels "
-            f"{info.labels_text} (majority *{info.majority_label}*); predictions {info.preds_text} (majority "
-            f"*{info.majority_pred}*); accuracy {info.accuracy:.0%}; share of each class's examples in the slice: "
-            f"{info.recall_text}.")
+            f"{md(info.labels_text)} (majority *{md(info.majority_label)}*); predictions {md(info.preds_text)} "
+            f"(majority *{md(info.majority_pred)}*); accuracy {info.accuracy:.0%}; share of each class's examples in "
+            f"the slice: {md(info.recall_text)}.")
 if info.shortcut:
-    st.warning(f"⚠️ Possible shortcut: {info.flag_reason}.")
+    st.warning(f"⚠️ Possible shortcut: {md(info.flag_reason)}.")
 ui.example_list(view, members, key="cluster_members")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, plots, ui
+from core.ui import escape_markdown as md  # typed words, patterns and label names
 
 COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "correctness",
              "cluster": "k-means cluster", "match": "contains word / matches regex"}
@@ -45,10 +46,11 @@ else:
         sub = st.columns(2)
         words = ui.synced(sub[0].text_input, "Contains word(s)", "match_words", "", placeholder="e.g. COMMON",
                           help="Comma-separated whole words, all required, case-insensitive.")
-        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d")
+        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d",
+                            help=ui.REGEX_HELP)
     error = analysis.validate_regex(pattern) if pattern else None
     if error:
-        st.error(f"{error}. Fix the expression; until then only the words are used.")
+        st.error(f"{md(error)}. Fix the expression; until then only the words are used.")
         pattern = ""
     spec = analysis.SliceSpec(contains=ui.parse_tokens(words), regex=pattern or None)
     what = " and ".join([f"“{w}”" for w in spec.contains] + ([f"/{pattern}/"] if pattern else [])) or "nothing"
@@ -59,7 +61,7 @@ else:
     if not (spec.contains or spec.regex):
         st.info("Type a word or a regular expression to highlight the examples that contain it.")
     else:
-        st.caption(f"{matched.sum():,} of {len(ex):,} examples match {what}.")
+        st.caption(f"{matched.sum():,} of {len(ex):,} examples match {md(what)}.")
 
 coords = view.projection(method)
 hover = view.map_hover()
@@ -100,6 +102,6 @@ else:
             st.image(png, width="stretch")
         sel = view.run.examples.iloc[selected]
         st.caption(f"accuracy {sel['correct'].mean():.0%} · "
-                   + " · ".join(f"{names[c]}: {n}" for c, n in sel["label"].value_counts().sort_index().items()))
+                   + " · ".join(f"{md(names[c])}: {n}" for c, n in sel["label"].value_counts().sort_index().items()))
     with table:
         ui.example_list(view, selected, key="map_selection")

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import plots, ui
+from core.ui import escape_markdown as md  # the search box, split names and method names
 
 SORTS = {
     "row": ("row id", None),
@@ -34,7 +35,7 @@ elif SORTS[sort][1]:
     table = table.sort_values(column, ascending=ascending, kind="stable")
 
 if table.empty:
-    st.warning(f"No example of the slice contains “{query}”. Change the search or the slice.")
+    st.warning(f"No example of the slice contains “{md(query)}”. Change the search or the slice.")
     st.stop()
 total = len(table)
 table = table.iloc[:MAX_TABLE_ROWS]
@@ -44,7 +45,7 @@ st.caption(f"{total:,} examples" + (f"; showing the first {MAX_TABLE_ROWS:,} in 
 
 focus = ui.focus_row()
 default_position = table.index.get_indexer([focus])[0] if focus is not None else 0
-state = st.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
+state = ui.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
                      height="auto" if len(table) <= 8 else 320,
                      column_config=ui.TABLE_COLUMNS,
                      selection_default={"selection": {"rows": [int(default_position)]}} if default_position >= 0
@@ -72,7 +73,7 @@ if button_col.button("Find its neighbours", icon=":material/hub:", key="to_neigh
 
 text_col, info_col = st.columns([3, 2], gap="large")
 with text_col:
-    st.markdown(f"**Saliency ({view.method})**: darker = more salient for the predicted class; "
+    st.markdown(f"**Saliency ({md(view.method)})**: darker = more salient for the predicted class; "
                 "hover a word for its score.")
     ui.saliency_block(view, row)
     if bool(example.get("truncated", False)):
@@ -81,16 +82,17 @@ with text_col:
     if others:
         with st.expander("Other attribution methods"):
             for other in others:
-                st.markdown(f"**{other}**")
+                st.markdown(f"**{md(other)}**")
                 ui.saliency_block(view, row, other)
 with info_col:
     st.markdown(ui.verdict_badges(view, label, pred))
-    st.caption(f"split {example['split']} · {int(example['n_tokens'])} tokens · source row {example['source_row']}")
+    st.caption(f"split {md(example['split'])} · {int(example['n_tokens'])} tokens · source row "
+               f"{md(example['source_row'])}")
     st.plotly_chart(plots.probability_bar(probs, names), key="probabilities")
     terms = view.terms_of(row, n=max(view.key.k or 10, 1))
-    st.markdown(f"**Top terms** (S1, {view.method}, k = {view.key.k or 'all'})")
+    st.markdown(f"**Top terms** (S1, {md(view.method)}, k = {view.key.k or 'all'})")
     if terms:
-        st.dataframe(pd.DataFrame(terms, columns=["term", "salience"]), hide_index=True, key="example_terms",
+        ui.dataframe(pd.DataFrame(terms, columns=["term", "salience"]), hide_index=True, key="example_terms",
                      column_config={"salience": st.column_config.ProgressColumn(
                          "salience", min_value=0.0, max_value=1.0, format="%.3f")})
     else:

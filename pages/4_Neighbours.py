@@ -3,6 +3,7 @@ import numpy as np
 import streamlit as st
 
 from core import ui
+from core.ui import escape_markdown as md  # label names, split names and terms come from the data
 
 view = ui.current_view()
 run = view.run
@@ -28,14 +29,14 @@ candidate_splits = ui.synced(controls[2].multiselect, "Search among splits", "am
 example = run.examples.iloc[row]
 label, pred = int(example["label"]), int(example["pred"])
 with controls[3]:
-    same_pred = ui.synced(st.checkbox, f"Only label = {names[pred]} (its prediction)", "as_pred", True,
+    same_pred = ui.synced(st.checkbox, f"Only label = {md(names[pred])} (its prediction)", "as_pred", True,
                           help="Paper §4.4: which examples labelled as this example's prediction resemble it?")
     in_slice = ui.synced(st.checkbox, "Only examples in the current slice", "in_slice", False)
 query_terms = view.terms_of(row, n=max(view.key.k or 10, 1))
 
 with st.container(border=True):
     st.markdown(f"**Example {row}** {ui.verdict_badges(view, label, pred)} · p = {example[f'prob_{pred}']:.2f} · "
-                f"split {example['split']}")
+                f"split {md(example['split'])}")
     ui.saliency_block(view, row)
     st.html(ui.terms_html(query_terms))
 
@@ -49,9 +50,9 @@ if in_slice:
     in_view[view.rows] = True
     candidates &= in_view
 candidates[row] = False
-filters = [f"split {' or '.join(candidate_splits)}" if candidate_splits else "any split"]
+filters = [f"split {md(' or '.join(candidate_splits))}" if candidate_splits else "any split"]
 if same_pred:
-    filters.append(f"label {names[pred]}")
+    filters.append(f"label {md(names[pred])}")
 if in_slice:
     filters.append("in the slice")
 if not candidates.any():
@@ -60,7 +61,7 @@ if not candidates.any():
 
 ids, scores = view.neighbour_index().search(row, n=int(count), candidates=candidates)
 st.subheader(f"{len(ids)} nearest neighbours")
-st.caption(f"Among {int(candidates.sum()):,} candidates ({', '.join(filters)}) · cosine on {view.key.label()}")
+st.caption(f"Among {int(candidates.sum()):,} candidates ({', '.join(filters)}) · cosine on {md(view.key.label())}")
 query_set = {t for t, _ in query_terms}
 for rank, (nid, score) in enumerate(zip(ids.tolist(), scores.tolist()), start=1):
     other = run.examples.iloc[nid]
@@ -68,9 +69,9 @@ for rank, (nid, score) in enumerate(zip(ids.tolist(), scores.tolist()), start=1)
     shared = query_set & {t for t, _ in other_terms}
     with st.container(border=True, key=f"neighbour_{rank}"):
         head, action = st.columns([6, 1])
-        head.markdown(f"**#{rank}** · cosine **{score:.3f}** · row {nid} · label *{names[int(other['label'])]}* · "
-                      f"predicted *{names[int(other['pred'])]}* · split {other['split']}"
-                      + (f" · shares **{', '.join(sorted(shared))}**" if shared else ""))
+        head.markdown(f"**#{rank}** · cosine **{score:.3f}** · row {nid} · label *{md(names[int(other['label'])])}* "
+                      f"· predicted *{md(names[int(other['pred'])])}* · split {md(other['split'])}"
+                      + (f" · shares **{md(', '.join(sorted(shared)))}**" if shared else ""))
         if action.button("Open", key=f"open_{nid}", icon=":material/article:", width="stretch"):
             ui.open_examples(nid)
         ui.saliency_block(view, nid)

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, ui
+from core.ui import escape_markdown as md  # class and split names and terms come from the data
 
 SALIENT_RANKINGS = {"distinctive": "distinctive (vs other classes)", "mean": "mean salience (paper)"}
 ASSOCIATION_RANKINGS = {"log_odds": "log-odds (z-score)", "pmi": "PMI"}
@@ -36,9 +37,9 @@ pool = np.flatnonzero(in_splits)
 is_target = examples["label"].to_numpy() == target_id
 class_rows = np.flatnonzero(in_splits & is_target)
 other_rows = np.flatnonzero(in_splits & ~is_target)
-scope = " or ".join(chosen_splits) if chosen_splits else "all splits"
+scope = md(" or ".join(chosen_splits)) if chosen_splits else "all splits"
 if len(class_rows) == 0:
-    st.warning(f"No example labelled *{target}* in {scope}. Choose another class or split.")
+    st.warning(f"No example labelled *{md(target)}* in {scope}. Choose another class or split.")
     st.stop()
 
 left, right = st.columns(2, gap="large")
@@ -60,8 +61,8 @@ salient = analysis.class_salient_terms(view.vocab_matrix(), presence, class_rows
 assoc = analysis.class_association_terms(presence[pool], examples["label"].to_numpy()[pool], target_id, view.vocab,
                                          view.ignore_mask, min_count=int(min_count), top_n=int(top_n),
                                          ranking=assoc_rank)
-st.caption(f"{len(class_rows):,} examples labelled *{target}* among {len(pool):,} in {scope} · "
-           f"salience from S1 ({view.method}, k = {view.vocab_key.k or 'all'})")
+st.caption(f"{len(class_rows):,} examples labelled *{md(target)}* among {len(pool):,} in {scope} · "
+           f"salience from S1 ({md(view.method)}, k = {view.vocab_key.k or 'all'})")
 
 
 def downloads(frame: pd.DataFrame, stem: str, key: str) -> None:
@@ -90,15 +91,15 @@ assoc_label = ASSOCIATION_RANKINGS[assoc_rank]
 with left:
     if salient_rank == "distinctive":
         st.subheader("Distinctive salient terms")
-        st.caption(f"Distinctiveness = mean S1 salience over the *{target}* examples minus mean over the other "
+        st.caption(f"Distinctiveness = mean S1 salience over the *{md(target)}* examples minus mean over the other "
                    "classes' examples (both shown); count = examples of the class containing the term.")
     else:
         st.subheader("Aggregated salient terms")
-        st.caption(f"Mean S1 salience over the *{target}* examples; count = examples containing the term.")
+        st.caption(f"Mean S1 salience over the *{md(target)}* examples; count = examples containing the term.")
     if salient.empty:
         empty_hint("salient")
     elif salient_rank == "distinctive":
-        st.dataframe(salient[["term", "distinctiveness", "mean_salience", "mean_salience_rest", "count"]],
+        ui.dataframe(salient[["term", "distinctiveness", "mean_salience", "mean_salience_rest", "count"]],
                      hide_index=True, key="salient_table",
                      column_config={"distinctiveness": bar("distinctiveness", salient, "distinctiveness", "%.4f"),
                                     "mean_salience": st.column_config.NumberColumn("mean salience", format="%.4f"),
@@ -106,35 +107,35 @@ with left:
                                                                                         format="%.4f")})
         downloads(salient, f"{stem}-{salient_name}", "salient")
     else:
-        st.dataframe(salient[["term", "mean_salience", "count"]], hide_index=True, key="salient_table",
+        ui.dataframe(salient[["term", "mean_salience", "count"]], hide_index=True, key="salient_table",
                      column_config={"mean_salience": bar("mean salience", salient, "mean_salience", "%.4f")})
         downloads(salient, f"{stem}-{salient_name}", "salient")
 with right:
     if assoc_rank == "log_odds":
         st.subheader("Log-odds terms")
-        st.caption(f"z = weighted log-odds ratio of the term in *{target}* vs the other classes, informative "
+        st.caption(f"z = weighted log-odds ratio of the term in *{md(target)}* vs the other classes, informative "
                    "Dirichlet prior from the overall counts, divided by its standard error (Monroe et al. 2008); "
                    "delta = the log-odds ratio; count = examples containing the term, of which class count are "
-                   f"labelled *{target}*.")
+                   f"labelled *{md(target)}*.")
     else:
         st.subheader("PMI terms")
-        st.caption(f"PMI(term; {target}) = log p({target} | term) / p({target}); count = examples containing the "
-                   f"term, of which class count are labelled *{target}*.")
+        st.caption(f"PMI(term; {md(target)}) = log p({md(target)} | term) / p({md(target)}); count = examples "
+                   f"containing the term, of which class count are labelled *{md(target)}*.")
     if assoc.empty:
         empty_hint(assoc_label)
     elif assoc_rank == "log_odds":
-        st.dataframe(assoc[["term", "z", "delta", "count", "class_count"]], hide_index=True, key="assoc_table",
+        ui.dataframe(assoc[["term", "z", "delta", "count", "class_count"]], hide_index=True, key="assoc_table",
                      column_config={"z": st.column_config.NumberColumn("z", format="%.2f"),
                                     "delta": st.column_config.NumberColumn("delta", format="%.3f"),
                                     "class_count": "class count"})
         downloads(assoc, f"{stem}-log_odds", "assoc")
     else:
-        st.dataframe(assoc[["term", "pmi", "count", "class_count"]], hide_index=True, key="assoc_table",
+        ui.dataframe(assoc[["term", "pmi", "count", "class_count"]], hide_index=True, key="assoc_table",
                      column_config={"pmi": st.column_config.NumberColumn("PMI", format="%.3f"),
                                     "class_count": "class count"})
         downloads(assoc, f"{stem}-pmi", "assoc")
 
 if not salient.empty and not assoc.empty:
     both = sorted(set(salient["term"]) & set(assoc["term"]))
-    st.markdown(f"**In both lists**: {', '.join(both) if both else 'none'} "
+    st.markdown(f"**In both lists**: {md(', '.join(both)) if both else 'none'} "
                 f"({len(both)} of {len(salient)} salient terms).")

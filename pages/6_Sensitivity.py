@@ -6,6 +6,8 @@ from pathlib import Path
 import streamlit as st
 
 from core import analysis, ui
+from core.ui import escape_markdown as md  # terms, file, class and split names are user or dataset text
+from core.ui import inline_code
 from core import counterfactual as cf
 from core.models import ModelLoadError, load_classifier
 from core.store import stat_signature
@@ -16,8 +18,8 @@ names = run.label_names
 splits = list(dict.fromkeys(run.examples["split"].astype(str)))
 
 st.title("Model sensitivity")
-st.caption(f"Run `{run.run_id}` · {run.title} · the sidebar's slice and representation do not apply on this "
-           "page: lists are ranked on a split of the run, the test runs on another.")
+st.caption(f"Run {inline_code(run.run_id)} · {md(run.title)} · the sidebar's slice and representation do not "
+           "apply on this page: lists are ranked on a split of the run, the test runs on another.")
 st.markdown(
     "Which terms does the model *react* to? Each seed term is **inserted** at a random word position into "
     "examples of the other class(es), and **masked** (every whole-word occurrence replaced by the tokenizer's "
@@ -132,31 +134,31 @@ for upload in uploads or []:
     try:
         lists.append(cf.seed_list_from_file(upload.name, upload.getvalue()))
     except ValueError as exc:
-        st.warning(f"Could not read {upload.name}: {exc}")
+        st.warning(f"Could not read {md(upload.name)}: {md(exc)}")
 
 with left:
     for seed_list in lists:
-        dropped = f" · left out: {', '.join(seed_list.dropped)}" if seed_list.dropped else ""
+        dropped = f" · left out: {md(', '.join(seed_list.dropped))}" if seed_list.dropped else ""
         if seed_list.source == "user" and seed_list.terms:
             counts = _containing(run, view.path, view.stamp, eval_split, int(target), seed_list.terms)
-            shown = ", ".join(f"`{t}` ({counts[t][0]:,} · {counts[t][1]:,})" for t in seed_list.terms)
-            st.markdown(f"**{seed_list.name}** ({len(seed_list.terms)}): {shown}{dropped}")
-            st.caption(f"(examples of the *{eval_split}* split that contain the term · of them, labelled "
-                       f"*{names[int(target)]}*: the examples masking edits)")
+            shown = ", ".join(f"{inline_code(t)} ({counts[t][0]:,} · {counts[t][1]:,})" for t in seed_list.terms)
+            st.markdown(f"**{md(seed_list.name)}** ({len(seed_list.terms)}): {shown}{dropped}")
+            st.caption(f"(examples of the *{md(eval_split)}* split that contain the term · of them, labelled "
+                       f"*{md(names[int(target)])}*: the examples masking edits)")
         else:
-            st.markdown(f"**{seed_list.name}** ({len(seed_list.terms)}): "
-                        + (", ".join(f"`{t}`" for t in seed_list.terms) or "*no term passes the filters*")
+            st.markdown(f"**{md(seed_list.name)}** ({len(seed_list.terms)}): "
+                        + (", ".join(inline_code(t) for t in seed_list.terms) or "*no term passes the filters*")
                         + dropped)
 empty = [s.name for s in lists if not s.terms]
 if empty:
-    st.info(f"No term in: {', '.join(empty)}. Lower *Min. examples with the term* or check the split.")
+    st.info(f"No term in: {md(', '.join(empty))}. Lower *Min. examples with the term* or check the split.")
 lists = [s for s in lists if s.terms]
 
 model_path = str(run.manifest.get("model", {}).get("path", ""))
 model_missing = not model_path or not Path(model_path).is_dir()
 if model_missing:
-    st.error(f"**The model folder of this run no longer exists** (`{model_path}`). The test needs the model "
-             "itself, not only the cached saliency: restore the folder, or re-run `python -m core.precompute "
+    st.error(f"**The model folder of this run no longer exists** ({inline_code(model_path)}). The test needs the "
+             "model itself, not only the cached saliency: restore the folder, or re-run `python -m core.precompute "
              "--model DIR --data FILE` with the model's new location and pick that run.")
 
 settings = cf.SensitivitySettings(m=int(m), seed=int(seed), n_bootstrap=int(n_boot),
@@ -171,7 +173,7 @@ if clicked:
     try:
         loaded, lock = _model(model_path, stat_signature(Path(model_path)))
     except ModelLoadError as exc:
-        st.error(f"The model could not be loaded: {exc}")
+        st.error(f"The model could not be loaded: {md(exc)}")
         st.stop()
     bar = st.progress(0.0, text="Starting…")
     with lock:
@@ -191,18 +193,18 @@ if stored_params != params:
 # ---------------------------------------------------------------- results
 
 st.divider()
-st.subheader(f"Results for class {result.target_class} · {result.target_label}")
+st.subheader(f"Results for class {result.target_class} · {md(result.target_label)}")
 _masked_counts = [s.n_examples for (test, _), s in result.stats.items() if test == cf.MASKING]
 _masked = (f"{min(_masked_counts):,}–{max(_masked_counts):,}" if _masked_counts and
            min(_masked_counts) != max(_masked_counts) else f"{max(_masked_counts, default=0):,}")
 st.caption(
     f"Insertion into {result.n_insertion_examples:,} of {result.n_insertion_pool:,} examples of the other "
-    f"class(es); masking with `{result.replacement or '(deletion)'}` in the examples of the target class that "
-    f"contain the term: {_masked} per term (n_examples in the table), of {result.n_masking_pool:,} target-class "
-    f"examples; seed {result.settings.seed}, "
+    f"class(es); masking with {inline_code(result.replacement or '(deletion)')} in the examples of the target "
+    f"class that contain the term: {_masked} per term (n_examples in the table), of {result.n_masking_pool:,} "
+    f"target-class examples; seed {result.settings.seed}, "
     f"{result.settings.n_bootstrap:,} bootstrap resamples, {result.seconds:.1f} s. List values are mean ± std over "
     "the list's terms; terms that never occur are left out of the masking mean.")
-st.dataframe(result.summary(), hide_index=True, key="sens_summary",
+ui.dataframe(result.summary(), hide_index=True, key="sens_summary",
              column_config={"terms": st.column_config.TextColumn("terms", width="large")})
 
 per_term = result.per_term()
@@ -214,16 +216,16 @@ with tab_mask:
     missing = per_term[(per_term["test"] == cf.MASKING) & (per_term["occurrences"] == 0)]
     if len(missing):
         st.caption("No occurrences in the target class (not shown, not averaged): "
-                   + ", ".join(dict.fromkeys(missing["term"])))
+                   + md(", ".join(dict.fromkeys(missing["term"]))))
 
 per_list = result.per_list()
 number = st.column_config.NumberColumn
 with st.expander("Per list, with 95% bootstrap intervals", expanded=False):
-    st.dataframe(per_list, hide_index=True, key="sens_per_list",
+    ui.dataframe(per_list, hide_index=True, key="sens_per_list",
                  column_config={c: number(c, format="%+.3f") for c in ("mean_change", "ci_low", "ci_high")}
                  | {"std_change": number("std_change", format="%.3f")})
 with st.expander("Per term", expanded=True):
-    st.dataframe(per_term, hide_index=True, key="sens_per_term",
+    ui.dataframe(per_term, hide_index=True, key="sens_per_term",
                  column_config={c: number(c, format="%+.3f") for c in ("mean_change", "ci_low", "ci_high")}
                  | {c: number(c, format="%.3f") for c in ("std_change", "mean_p_before", "mean_p_after")})
 

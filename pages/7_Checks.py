@@ -9,6 +9,7 @@ from plotly.subplots import make_subplots
 
 from core import faithfulness as fa
 from core import ui
+from core.ui import escape_markdown as md  # messages, folders and device names from the run and the user
 from core.models import ModelLoadError, load_classifier
 from core.saliency import ATTRIBUTION_METHODS
 
@@ -65,13 +66,13 @@ def _with_model(compute):
     try:
         loaded, lock = _model(run.manifest["model"]["path"])
     except ModelLoadError as exc:
-        st.error(f"The run's model cannot be loaded, so checks cannot be computed: {exc}")
+        st.error(f"The run's model cannot be loaded, so checks cannot be computed: {md(exc)}")
         return None
     with lock, st.spinner("Computing… (stored in the run folder when done)"):
         try:
             return compute(loaded)
         except (ModelLoadError, ValueError) as exc:
-            st.error(str(exc))
+            st.error(md(exc))
             return None
 
 
@@ -109,7 +110,7 @@ else:
     summary = pd.DataFrame(summary_json["methods"])
     table = summary[["method", "aopc_comprehensiveness", "aopc_sufficiency", "examples"]].rename(
         columns={"aopc_comprehensiveness": "AOPC comprehensiveness ↑", "aopc_sufficiency": "AOPC sufficiency ↓"})
-    st.dataframe(table, hide_index=True, column_config={
+    ui.dataframe(table, hide_index=True, column_config={
         c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns if c.startswith("AOPC")})
     st.plotly_chart(_curve_figure(summary), key="aopc_curve")
     random_row = summary[summary["method"] == fa.RANDOM]
@@ -117,10 +118,10 @@ else:
         base = float(random_row["aopc_comprehensiveness"].iloc[0])
         weak = summary[(summary["method"] != fa.RANDOM) & (summary["aopc_comprehensiveness"] <= base)]
         for method in weak["method"]:
-            st.warning(f"**{method}** is no more comprehensive than a random ranking on this sample: its "
+            st.warning(f"**{md(method)}** is no more comprehensive than a random ranking on this sample: its "
                        "most salient tokens are not the ones the prediction depends on.")
-    st.caption(f"{summary_json['examples']:,} examples · removal: {summary_json['settings']['removal']} · "
-               f"computed in {summary_json['seconds']:.0f} s on {summary_json['device']}")
+    st.caption(f"{summary_json['examples']:,} examples · removal: {md(summary_json['settings']['removal'])} · "
+               f"computed in {summary_json['seconds']:.0f} s on {md(summary_json['device'])}")
 
 # ---------------------------------------------------------------- randomization
 st.header("Randomization sanity checks")
@@ -146,10 +147,10 @@ if stored is None:
 else:
     summary_json, per_example = stored
     summary = pd.DataFrame(summary_json["methods"])
-    st.markdown(f"Compared with: **{summary_json['other']}** · the two models agree on "
+    st.markdown(f"Compared with: **{md(summary_json['other'])}** · the two models agree on "
                 f"{summary_json['prediction_agreement']:.0%} of the predictions.")
     for _, row in summary[summary["barely_changes"]].iterrows():
-        st.warning(f"**{row['method']} barely changes** (mean Jaccard@25% {row['jaccard_mean']:.2f}, "
+        st.warning(f"**{md(row['method'])} barely changes** (mean Jaccard@25% {row['jaccard_mean']:.2f}, "
                    f"Spearman {row['spearman_mean']:.2f})"
                    + (" although the head was re-initialised: its maps reflect the input more than what the "
                       "model learned." if summary_json["kind"] == "untrained_head" else
@@ -159,11 +160,11 @@ else:
         "jaccard_mean": "Jaccard@25%", "jaccard_chance": "Jaccard chance", "spearman_mean": "Spearman",
         "aopc_comprehensiveness_trained": "AOPC comp. (trained)",
         "aopc_comprehensiveness_other": "AOPC comp. (other)", "barely_changes": "barely changes"})
-    st.dataframe(table, hide_index=True, column_config={
+    ui.dataframe(table, hide_index=True, column_config={
         c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns[1:-1]})
     fig = go.Figure([go.Box(y=group["jaccard"], name=method, boxmean=True)
                      for method, group in per_example.groupby("method", sort=False)])
     fig.update_layout(height=300, yaxis_title="Jaccard@25% per example", margin={"t": 20, "b": 10})
     st.plotly_chart(fig, key="jaccard_box")
     st.caption(f"{summary_json['examples']:,} examples · computed in {summary_json['seconds']:.0f} s on "
-               f"{summary_json['device']}")
+               f"{md(summary_json['device'])}")
