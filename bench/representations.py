@@ -75,7 +75,8 @@ def cluster_scores(run, key: RepresentationKey, rows: np.ndarray, truth: np.ndar
             space = run.term_space("word")
             inside = labels == c
             terms = distinctive_terms(s1[inside], s1[~inside], space.vocab, space.ignore_mask,
-                                      presence_in_group=space.presence[rows][inside], n=5)
+                                      presence_in_group=space.presence[rows][inside], n=5,
+                                      term_weights=space.idf())
             words = ", ".join(t for t, _ in terms)
     arr = np.array(scores)
     out = {name: float(arr[:, i].mean()) for i, name in enumerate(("size", "precision", "recall", "f1"))}
@@ -205,11 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parts = [c for c in ("shortcut3_f1", "shortcut20_f1", "ari", "discovery_f1") if c in table]
     table["score"] = table[parts].mean(axis=1)
     salience_based = table["slug"].str.startswith(("s1", "s2"))
-    best = table[salience_based].sort_values("score", ascending=False).iloc[0]
-    overall = table.sort_values("score", ascending=False).iloc[0]
+    ranked = table[salience_based].sort_values("score", ascending=False)
+    best = ranked.iloc[0]
     current = default_key().slug
+    # A lead smaller than SCORE_TIE is noise (one seed's recall moves a score by more): the default stays unless
+    # another row beats it by more than that.
+    tied = ranked[ranked["score"] >= best["score"] - SCORE_TIE]
+    if current in set(tied["slug"]):
+        best = tied[tied["slug"] == current].iloc[0]
+    overall = table.sort_values("score", ascending=False).iloc[0]
     write_report(table, notes, parts, best, overall, current, args.seeds, time.perf_counter() - t0)
     return 0
+
+
+SCORE_TIE = 0.01
 
 
 def _cell(row: pd.Series, prefix: str, metric: str) -> str:
@@ -231,7 +241,8 @@ def write_report(table: pd.DataFrame, notes: list[str], parts: list[str], best: 
         "against the planted (or rating-bearing) examples; ARI: adjusted Rand index against the four classes.",
         f"- Score = mean of {', '.join(parts)} (F1 of the best cluster's P and R). The product's default is the "
         "best salience-based row (S1/S2: the dashboard explains the model through its saliency; the baselines are "
-        "there to show what salience adds).",
+        f"there to show what salience adds); rows within {SCORE_TIE} of the best score count as tied, and a tie "
+        "keeps the current default (a lead that small is within one k-means seed's noise).",
         f"- Wall time: {seconds:.0f} s.", "",
         "| representation | shortcut, 3 clusters: P / R | shortcut, 20 clusters: P / R | four classes: ARI (vs predictions) | "
         "IMDB ratings, 5 clusters: P / R | score | best shortcut cluster's distinctive words (3 clusters, seed 0; the Clusters page's default ranking) |",

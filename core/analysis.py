@@ -386,10 +386,14 @@ def default_min_support(n_group: int) -> int:
 
 
 def _rank_distinctive(mean_in: np.ndarray, mean_out: np.ndarray, support: np.ndarray, ignore_mask: np.ndarray,
-                      min_support: int, n: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (column ids, weights) of the terms with mean_in - mean_out > 0 and support >= min_support, best
-    first: by weight, then by the in-group mean, then by support, then by column id (all rules, no chance)."""
+                      min_support: int, n: int | None,
+                      term_weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (column ids, weights) of the terms with (mean_in - mean_out) [x term_weights] > 0 and support >=
+    min_support, best first: by weight, then by the in-group mean, then by support, then by column id (all rules,
+    no chance)."""
     weight = mean_in - mean_out
+    if term_weights is not None:
+        weight = weight * np.asarray(term_weights, dtype=np.float64)
     ok = np.flatnonzero((weight > 0) & (support >= min_support) & ~np.asarray(ignore_mask, dtype=bool))
     order = ok[np.lexsort((ok, -support[ok], -mean_in[ok], -weight[ok]))]
     if n is not None:
@@ -405,6 +409,7 @@ def distinctive_terms(
     presence_in_group: Matrix | None = None,
     n: int = 10,
     min_support: int | None = None,
+    term_weights: np.ndarray | None = None,
 ) -> list[tuple[str, float]]:
     """Return up to ``n`` (term, weight) pairs: the terms most distinctive of a group of rows against the rest.
 
@@ -416,6 +421,12 @@ def distinctive_terms(
     present, from ``presence_in_group``, or salient, ``R > 0``, when no presence is given; default
     ``default_min_support``: max(3, 2% of the group)) are returned, best first; equal weights are ordered by
     the in-group mean, then support, then column id. With no rest rows the weight is the group mean.
+
+    ``term_weights`` (one per column), when given, multiply the difference: the pages pass each term's idf
+    (``TermSpace.idf``). With few clusters the difference alone still lets function words through: S1 rows are
+    normalised, so where a planted or very salient term takes most of a row's salience, ``the`` and ``of`` get less
+    there and look "distinctive" of the other clusters (on the demo's 3 clusters: ``the, of, that, and`` among a
+    cluster's top 8; weighted by idf: ``doesn't, feels, over, bad``).
     """
     n_group = R_rows_in_group.shape[0]
     if n_group == 0:
@@ -424,7 +435,7 @@ def distinctive_terms(
     mean_out = _column_means(R_rows_rest)
     support = _document_counts(R_rows_in_group if presence_in_group is None else presence_in_group)
     threshold = default_min_support(n_group) if min_support is None else int(min_support)
-    order, weights = _rank_distinctive(mean_in, mean_out, support, ignore_mask, threshold, n)
+    order, weights = _rank_distinctive(mean_in, mean_out, support, ignore_mask, threshold, n, term_weights)
     return [(vocab[i], float(w)) for i, w in zip(order, weights)]
 
 
@@ -495,12 +506,13 @@ def cluster_summary(
     n_terms: int = 8,
     *,
     ranking: str = "distinctive",
+    term_weights: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Return one row per cluster, sorted by size (largest first).
 
     ``ranking`` picks the cluster's terms: ``"distinctive"`` (default) ranks them by ``distinctive_terms``
-    against the rest of the rows (mean salience in the cluster minus mean salience in the other clusters,
-    support at least ``default_min_support``); ``"mean"`` by the mean salience in the cluster (``top_terms``,
+    against the rest of the rows (mean salience in the cluster minus mean salience in the other clusters, times
+    ``term_weights`` when given, support at least ``default_min_support``); ``"mean"`` by the mean salience in the cluster (``top_terms``,
     method.md §3). The ``terms`` column holds the (term, weight) pairs of that ranking, for tables and word
     clouds alike.
 
@@ -556,7 +568,7 @@ def cluster_summary(
             rest = total - size
             mean_out = (all_sums - sums[i]) / rest if rest else np.zeros_like(mean_in)
             order, weights = _rank_distinctive(mean_in, mean_out, supports[i], ignore,
-                                               default_min_support(size), n_terms)
+                                               default_min_support(size), n_terms, term_weights)
         terms = [(vocab[j], float(w)) for j, w in zip(order, weights)]
 
         label_counts = np.bincount(labels[members], minlength=n_classes)

@@ -30,7 +30,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from core.manifest import SCHEMA_VERSION, ManifestError, validate_manifest
-from core.representations import REPRESENTATIONS, RepresentationKey, build_representation, presence_matrix
+from core.representations import (REPRESENTATIONS, RepresentationKey, build_representation, idf_weights,
+                                  presence_matrix)
 from core.words import (WORDS_VERSION, WordIndex, WordInputs, build_word_index,
                         vocabulary_is_uncased)
 
@@ -55,6 +56,11 @@ class TermSpace:
     vocab: list[str]
     ignore_mask: np.ndarray
     presence: sp.csr_matrix
+
+    def idf(self) -> np.ndarray:
+        """Return each term's inverse document frequency over the run, log((1 + n) / (1 + examples containing
+        it)) (representations.idf_weights): what the pages multiply distinctiveness by."""
+        return idf_weights(np.asarray(self.presence.sum(axis=0)).ravel(), self.presence.shape[0])
 
 
 def cache_dir() -> Path:

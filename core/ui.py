@@ -327,7 +327,12 @@ def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_j
     space = run.term_space(vocab_key[4])
     return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
                                     space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms,
-                                    ranking=ranking)
+                                    ranking=ranking, term_weights=_term_idf(path, stamp, vocab_key[4]))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _term_idf(path: str, stamp: int, unit: str) -> np.ndarray:
+    return _open_run(path, stamp).term_space(unit).idf()
 
 
 def projection_file(run: Run, key: tuple, spec_json: str, method: str, seed: int) -> Path:
@@ -486,6 +491,10 @@ class View:
     def presence(self):
         """Return the binary (n x len(vocab)) term-presence matrix of every example of the run (shared)."""
         return self.run.term_space(self.terms_unit).presence
+
+    def term_idf(self) -> np.ndarray:
+        """Return each shown term's idf over the run (what distinctive rankings are multiplied by)."""
+        return _term_idf(self.path, self.stamp, self.terms_unit)
 
     def label_name(self, label: int) -> str:
         """Return the class name of a label id."""

@@ -5,22 +5,24 @@ from core import analysis, plots, ui
 from core.ui import escape_markdown as md  # terms, label names and flag reasons come from the data
 
 RANKINGS = {"distinctive": "distinctive (vs rest of slice)", "mean": "mean salience"}
-WEIGHTS = {"distinctive": "mean salience in the cluster minus mean salience in the rest of the slice",
+WEIGHTS = {"distinctive": "mean salience in the cluster minus mean salience in the rest of the slice, times the "
+                          "term's idf",
            "mean": "mean salience of the term in the cluster"}
 
 view = ui.current_view()
 ui.page_header("Clusters", view,
                "Each cluster groups examples whose salient terms are alike. Its **top terms** are, by default, its "
                "**distinctive** terms: more salient in the cluster than in the rest of the slice (difference of "
-               "mean salience, S1 vocabulary, salient in at least 3 of its examples), so words salient everywhere "
-               "drop out; *mean salience* ranks by the plain mean instead. A small, confidently predicted cluster "
+               "mean salience, S1 vocabulary, salient in at least 3 of its examples, times the term's idf), so "
+               "words salient or present everywhere drop out; *mean salience* ranks by the plain mean instead. A small, confidently predicted cluster "
                "whose salience sits on a few terms is flagged ⚠️ as a **possible shortcut** in the data.")
 ui.require_rows(view, view.n_clusters, f"the {view.n_clusters} clusters asked for (sidebar, *Clusters*)")
 
 ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
                     format_func=RANKINGS.get, horizontal=True,
-                    help="distinctive: mean salience in the cluster minus in the rest of the slice (terms salient "
-                         "everywhere fall out). mean salience: the paper's mean over the cluster.")
+                    help="distinctive: (mean salience in the cluster minus in the rest of the slice) x idf, "
+                         "log((1 + n) / (1 + examples containing the term)): terms salient or present everywhere "
+                         "fall out. mean salience: the paper's mean over the cluster.")
 
 summary = view.cluster_summary(ranking=ranking)
 labels = view.cluster_labels()

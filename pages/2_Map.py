@@ -89,8 +89,9 @@ else:
     R = view.vocab_matrix()
     if len(rest):
         top = analysis.distinctive_terms(R[selected], R[rest], view.vocab, view.ignore_mask,
-                                         presence_in_group=view.presence()[selected], n=40)
-        how = "mean salience in the selection minus mean salience in the rest of the slice"
+                                         presence_in_group=view.presence()[selected], n=40,
+                                         term_weights=view.term_idf())
+        how = "mean salience in the selection minus mean salience in the rest of the slice, times idf"
     else:
         top = analysis.top_terms(R[selected], view.vocab, view.ignore_mask, n=40)
         how = "mean salience over the selection (it holds the whole slice)"
