@@ -7,6 +7,7 @@ with a tokenizer whose vocabulary has two words swapped (other token ids, same t
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from core.precompute import PrecomputeSettings, precompute
 from core.representations import RepresentationKey
 from core.store import open_run
 from tests.conftest import SPECIAL, WORDS, cache_at, write_tiny_model
+from tests.test_pages import no_exception, open_page, table_with, texts
 
 SETTINGS = PrecomputeSettings(split_col="split", max_length=16, batch_size=8, chunk_size=32,
                               methods=("grad_l2", "grad_x_input"))
@@ -277,3 +279,77 @@ def test_slice_accuracy_side_by_side(runs):
     assert table.loc["split test", "examples"] == 4
     sub = compare.slice_accuracy(a.examples, b.examples, a.label_names, rows=np.array([0, 1]))
     assert sub["slice"].tolist() == ["all", "split train", "class positive"]
+
+
+# ---------------------------------------------------------------- the page
+
+
+def _into_cache(cache: Path, *paths: Path) -> list[str]:
+    ids = []
+    for path in paths:
+        shutil.copytree(path, cache / "runs" / path.name)
+        ids.append(path.name)
+    return ids
+
+
+def test_page_compares_two_runs_and_opens_a_flip_in_examples(runs, isolated_cache):
+    id_a, id_b = _into_cache(isolated_cache, runs["a"], runs["b"])
+    at = open_page("compare", run=id_a, run_b=id_b, clusters="2")
+    no_exception(at)
+    assert at.title[0].value == "Compare"
+    flips = at.dataframe(key="flips_table").value
+    assert len(flips) == 16  # the swapped head flips every example
+    accuracy = table_with(at, "accuracy_a")
+    assert accuracy["slice"].tolist()[0] == "all"
+    np.testing.assert_allclose(accuracy["accuracy_a"] + accuracy["accuracy_b"], 1.0)
+    assert "No term's salience changed" in texts(at.info)  # the same maps
+    assert at.dataframe(key="least_agreeing").value["jaccard"].min() == 1.0
+    assert len(at.get("plotly_chart")) == 2  # agreement histogram, cluster flow
+
+    row = int(flips.index[3])
+    at.selectbox(key="flip_pick").set_value(row).run()
+    at.button(key="flip_to_examples").click().run()
+    no_exception(at)
+    assert at.title[0].value == "Examples"
+    assert at.subheader[0].value.startswith(f"Example {row}")
+
+
+def test_page_with_other_tokenizer_says_why_no_map_agreement(runs, isolated_cache):
+    id_a, id_c = _into_cache(isolated_cache, runs["a"], runs["c"])
+    at = open_page("compare", run=id_a, run_b=id_c, clusters="2")
+    no_exception(at)
+    assert "map agreement needs the same tokens" in texts(at.info)
+    assert "accuracy_a" in table_with(at, "accuracy_a") and table_with(at, "salience_b") is not None
+    assert len(at.get("plotly_chart")) == 2  # term shift, cluster flow
+
+    at.button(key="swap_runs").click().run()  # B becomes the sidebar's run
+    no_exception(at)
+    assert at.selectbox(key="run").value == id_c and at.selectbox(key="run_b").value == id_a
+
+
+def test_page_refuses_runs_over_other_data(runs, isolated_cache):
+    id_a, id_d = _into_cache(isolated_cache, runs["a"], runs["d"])
+    at = open_page("compare", run=id_a, run_b=id_d)
+    no_exception(at)
+    assert "different data" in texts(at.error)
+    assert not at.dataframe
+
+
+def test_page_with_one_run_compares_its_methods_or_says_it_needs_two(runs, isolated_cache):
+    (id_a,) = _into_cache(isolated_cache, runs["a"])
+    at = open_page("compare", clusters="2")
+    no_exception(at)
+    assert "needs two runs" in texts(at.info) and "attribution methods" in texts(at.info)
+    assert at.selectbox(key="method_b").value == "grad_x_input"
+    assert "No prediction flips" in texts(at.success)  # one model: the same predictions
+    assert at.dataframe(key="least_agreeing").value["jaccard"].min() < 1.0  # two methods' maps differ
+    assert table_with(at, "salience_b") is not None
+
+    manifest = isolated_cache / "runs" / id_a / "manifest.json"  # the run made single-method
+    data = json.loads(manifest.read_text())
+    data["settings"]["methods"] = ["grad_l2"]
+    manifest.write_text(json.dumps(data))
+    at = open_page("compare")
+    no_exception(at)
+    assert "needs two runs" in texts(at.info)
+    assert not at.dataframe
