@@ -80,9 +80,9 @@ def _swap() -> None:
     st.session_state["method"], st.session_state["method_b"] = method_b, view.method
 
 
-controls[2].button("Swap A and B", icon=":material/swap_horiz:", key="swap_runs", on_click=_swap,
+controls[2].button("Swap", icon=":material/swap_horiz:", key="swap_runs", on_click=_swap,
                    disabled=same_run and method_b == view.method, width="stretch",
-                   help="Makes run B the sidebar's run, so the Examples page opens examples in it.")
+                   help="Swap A and B: run B becomes the sidebar's run (the Examples page then opens examples in it).")
 st.caption(f"**A**: {md(run_a.title)} · {md(view.method)} · **B**: {md(run_b.title)} · {md(method_b)}. The "
            "sidebar's slice is read on run A (a filter on the predicted class or correctness uses A's predictions) "
            "and applied to both.")
@@ -152,7 +152,7 @@ else:
                          options=picks, format_func=lambda r: f"row {r} · {flips.loc[r, 'direction']}")
     if open_col.button("Open in Examples", icon=":material/article:", key="flip_to_examples", width="stretch"):
         ui.open_examples(flip_row)
-    st.caption("The Examples page shows run A (the sidebar's run); *Swap A and B* first to read an example in B.")
+    st.caption("The Examples page shows run A (the sidebar's run); *Swap* A and B first to read an example in B.")
 
 # ------------------------------------------------------------------ term shift
 st.subheader("Terms whose salience rose or fell")

@@ -22,6 +22,7 @@ from core.precompute import PrecomputeSettings, precompute
 from core.representations import RepresentationKey
 from core.store import open_run
 from tests.conftest import SPECIAL, WORDS, cache_at, write_tiny_model
+from tests.test_hostile_links import assert_no_live_markup, hostile_data_run, markdown_values  # noqa: F401
 from tests.test_pages import no_exception, open_page, table_with, texts
 
 SETTINGS = PrecomputeSettings(split_col="split", max_length=16, batch_size=8, chunk_size=32,
@@ -353,3 +354,11 @@ def test_page_with_one_run_compares_its_methods_or_says_it_needs_two(runs, isola
     no_exception(at)
     assert "needs two runs" in texts(at.info)
     assert not at.dataframe
+
+
+def test_page_does_not_render_class_names_or_terms_as_markdown(hostile_data_run):
+    # the fixture run (3 methods) with link and image class names and a word piece: the page compares its methods
+    at = open_page("compare", clusters="2", terms="piece", shift_min="1")
+    no_exception(at)
+    assert_no_live_markup(at)
+    assert any("evil" in v for v in markdown_values(at))
