@@ -152,6 +152,57 @@ def cluster_size_bar(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def agreement_histogram(agreement: pd.DataFrame, top_fraction: float = 0.25) -> go.Figure:
+    """Return histograms (side by side) of the per-example ``jaccard`` and ``spearman`` columns of
+    ``core.compare.map_agreement``; NaN values (examples with too few tokens) are left out."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"Jaccard of the top {top_fraction:.0%} tokens",
+                                                        "Spearman rank correlation"))
+    for col, (column, span) in enumerate((("jaccard", (0.0, 1.0)), ("spearman", (-1.0, 1.0))), start=1):
+        values = agreement[column].dropna()
+        fig.add_trace(go.Histogram(x=values, xbins={"start": span[0], "end": span[1] + 1e-9,
+                                                    "size": (span[1] - span[0]) / 20},
+                                   marker_color=CATEGORICAL_COLOURS[col - 1], name=column, showlegend=False,
+                                   hovertemplate=f"{column} %{{x}}<br>%{{y}} examples<extra></extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(range=[span[0], span[1]], row=1, col=col)
+    fig.update_yaxes(title_text="examples", row=1, col=1)
+    fig.update_layout(height=300, bargap=0.05, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def cluster_flow_heatmap(flow: pd.DataFrame) -> go.Figure:
+    """Return an annotated heatmap of ``core.compare.cluster_flow`` (rows: run A's clusters, columns: run B's),
+    each cell coloured by the share of its A cluster's examples and labelled with the count."""
+    counts = flow.to_numpy()
+    totals = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    fig = go.Figure(go.Heatmap(
+        z=share, x=[f"B {c}" for c in flow.columns], y=[f"A {c}" for c in flow.index], colorscale="Blues",
+        zmin=0, zmax=1, text=counts, texttemplate="%{text}", customdata=counts,
+        colorbar={"title": "share of A cluster"},
+        hovertemplate="%{customdata} examples of %{y} are in %{x} (%{z:.0%})<extra></extra>"))
+    fig.update_layout(xaxis_title="run B's clusters", yaxis_title="run A's clusters", yaxis_autorange="reversed",
+                      height=120 + 40 * len(flow), margin={"l": 10, "r": 10, "t": 30, "b": 10})
+    return fig
+
+
+def term_shift_bar(shift: pd.DataFrame) -> go.Figure:
+    """Return a horizontal bar chart of the ``change`` of each term in ``core.compare.term_shift`` rows of one
+    class (rises to the right in orange, falls to the left in blue), largest rise on top."""
+    shift = shift.sort_values("change", ascending=False)
+    colours = [f"rgb{POSITIVE_RGB}" if c > 0 else f"rgb{NEGATIVE_RGB}" for c in shift["change"]]
+    fig = go.Figure(go.Bar(
+        x=shift["change"], y=[html.escape(str(t)) for t in shift["term"]], orientation="h", marker_color=colours,
+        customdata=shift[["salience_a", "salience_b", "examples"]].to_numpy(dtype=float),
+        hovertemplate=("%{y}: %{x:+.4f}<br>A %{customdata[0]:.4f} → B %{customdata[1]:.4f}<br>"
+                       "in %{customdata[2]:.0f} examples<extra></extra>")))
+    fig.update_layout(xaxis_title="mean salience in B − in A", yaxis={"autorange": "reversed"},
+                      height=80 + 22 * max(len(shift), 1), margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    return fig
+
+
 def wordcloud_image(weights: dict[str, float], width: int = 400, height: int = 250) -> Image.Image | None:
     """Return a ``width`` x ``height`` word-cloud image sized by ``weights``; ``None`` if no positive weight."""
     positive = {term: float(w) for term, w in weights.items() if w > 0 and term.strip()}

@@ -56,6 +56,7 @@ PAGES: list[tuple[str, str, str]] = [  # (key, title, icon), in navigation order
     ("seed_terms", "Seed terms", ":material/format_list_bulleted:"),
     ("sensitivity", "Sensitivity", ":material/science:"),
     ("checks", "Checks", ":material/fact_check:"),
+    ("compare", "Compare", ":material/compare_arrows:"),
 ]
 
 PAGE_FILES: dict[str, str] = {
@@ -67,6 +68,7 @@ PAGE_FILES: dict[str, str] = {
     "seed_terms": "pages/5_Seed_terms.py",
     "sensitivity": "pages/6_Sensitivity.py",
     "checks": "pages/7_Checks.py",
+    "compare": "pages/8_Compare.py",
 }
 
 REGEX_HELP = ("Case-insensitive, searched anywhere in the text. RE2 syntax, run in linear time: Python's syntax "
@@ -887,3 +889,35 @@ def open_examples(row: int) -> None:
     """Switch to the Examples page showing `row` in its detail view."""
     set_focus(row)
     st.switch_page(PAGE_FILES["examples"])
+
+
+# ============================================================================ the Compare page (core.compare)
+
+
+def open_run_id(run_id: str) -> Run:
+    """Return the verified run `run_id` (a folder name listed in the cache); raise CacheError naming the problem
+    when it is not in the cache or is damaged."""
+    by_id = {p.name: p for p in list_runs()}
+    if run_id not in by_id:
+        raise CacheError(f"The run {run_id} is not in the cache {runs_dir()}.")
+    return _open_run(str(by_id[run_id]), run_stamp(by_id[run_id]))
+
+
+def run_matrix(run: Run, key: RepresentationKey):
+    """Return the representation `key` of any cached run (shared with the other pages' cache; do not modify)."""
+    return _matrix(str(run.path), run_stamp(run.path), *key_tuple(key))
+
+
+@st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=32)
+def _rows_cluster_labels(path: str, stamp: int, key: tuple, rows: np.ndarray, n_clusters: int,
+                         seed: int) -> np.ndarray:
+    matrix = _matrix(path, stamp, *key)[rows]
+    with leave_a_core_for_the_browser():
+        return analysis.cluster_rows(matrix, n_clusters, seed)
+
+
+def cluster_labels_of_rows(run: Run, key: RepresentationKey, rows: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Return the k-means clusters (seed CLUSTER_SEED) of the given rows of any run in the representation `key`:
+    the Compare page clusters run B on run A's slice (a slice by prediction differs between the runs)."""
+    return _rows_cluster_labels(str(run.path), run_stamp(run.path), key_tuple(key), np.asarray(rows), n_clusters,
+                                CLUSTER_SEED)

@@ -1,0 +1,346 @@
+"""Compare two runs over the same data: two models, two checkpoints, or two attribution methods of one run.
+
+Pure functions for the Compare page (pages/8_Compare.py); nothing here imports streamlit. Run A is the sidebar's
+run, run B the one picked on the page; every function reads "B relative to A".
+
+- `check_comparable`: refuses runs over different data (data digests, then the examples themselves) or with
+  different classes, and says whether the two runs share their tokens (per-token map agreement needs them).
+- `prediction_flips`: examples right in one run and wrong in the other.
+- `term_shift`: per class, the whole-word terms whose mean salience rose or fell most from A to B.
+- `map_agreement`: per example, Jaccard of the top-25% tokens and Spearman correlation of the two maps.
+- `cluster_flow`: where each k-means cluster of A went in B (a contingency table).
+- `slice_accuracy`: accuracy per split and per class, side by side.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from core.analysis import default_min_support
+
+Matrix = np.ndarray | sp.spmatrix
+
+# prediction_flips' `direction` values
+BROKEN = "right in A, wrong in B"
+FIXED = "wrong in A, right in B"
+TOP_FRACTION = 0.25  # map_agreement's default share of each example's tokens that counts as its top tokens
+
+
+class ComparableRun(Protocol):
+    """What `check_comparable` reads of a run (core.store.Run has it)."""
+
+    manifest: dict[str, Any]
+    examples: pd.DataFrame
+    label_names: list[str]
+    token_ids: np.ndarray
+    row_ptr: np.ndarray
+    vocab: list[str]
+
+
+@dataclass(frozen=True)
+class Comparability:
+    """Whether two runs can be compared, and how far.
+
+    comparable: same data (digest and examples) and the same classes; `reason` says why not when False.
+    same_tokens: both runs hold the same token ids per example (same tokenizer and max_length), which per-token
+    map agreement needs; `token_reason` says why not when False (predictions, terms and clusters still compare).
+    """
+
+    comparable: bool
+    reason: str | None
+    same_tokens: bool
+    token_reason: str | None
+
+
+def _data_name(run: ComparableRun) -> str:
+    return Path(str(run.manifest.get("data", {}).get("path", "?"))).name
+
+
+def check_comparable(run_a: ComparableRun, run_b: ComparableRun) -> Comparability:
+    """Return whether `run_b` can be compared with `run_a`, with the reason in words when not.
+
+    Refused (comparable False): different class names (in order), a different data digest (the data file's
+    sha256 in the manifest), or the same file read into different examples (another --limit, --sample or text,
+    label or split column: texts, labels or splits differ row by row). Allowed but without per-token map
+    agreement (same_tokens False): the same examples tokenized differently (another tokenizer or max_length);
+    predictions, whole-word terms and clusters are still compared then.
+    """
+    def refuse(reason: str) -> Comparability:
+        return Comparability(False, reason, False, None)
+
+    if list(run_a.label_names) != list(run_b.label_names):
+        return refuse(f"The runs classify into different classes (A: {', '.join(run_a.label_names)}; B: "
+                      f"{', '.join(run_b.label_names)}). Compare runs of models with the same labels.")
+    digest_a = run_a.manifest.get("data", {}).get("digest", "")
+    digest_b = run_b.manifest.get("data", {}).get("digest", "")
+    if digest_a != digest_b:
+        return refuse(f"The runs were computed on different data: run A's data file {_data_name(run_a)} (sha256 "
+                      f"{digest_a[:12] or '?'}…) is not run B's {_data_name(run_b)} (sha256 "
+                      f"{digest_b[:12] or '?'}…). Compare runs precomputed on the same data file.")
+    ex_a, ex_b = run_a.examples, run_b.examples
+    if len(ex_a) != len(ex_b):
+        return refuse(f"The runs read the same data file into different examples (A has {len(ex_a):,}, B "
+                      f"{len(ex_b):,}): they were precomputed with another --limit, --sample or columns. Precompute "
+                      "both with the same data options.")
+    for column in ("text", "label", "split"):
+        if column in ex_a and column in ex_b and not np.array_equal(ex_a[column].astype(str).to_numpy(),
+                                                                     ex_b[column].astype(str).to_numpy()):
+            differ = int((ex_a[column].astype(str).to_numpy() != ex_b[column].astype(str).to_numpy()).sum())
+            return refuse(f"The runs read the same data file into different examples ({differ:,} of "
+                          f"{len(ex_a):,} rows have another {column}): they were precomputed with another --sample "
+                          "or other text, label or split columns. Precompute both with the same data options.")
+    same = (np.array_equal(np.asarray(run_a.row_ptr), np.asarray(run_b.row_ptr))
+            and np.array_equal(np.asarray(run_a.token_ids), np.asarray(run_b.token_ids))
+            and list(run_a.vocab) == list(run_b.vocab))
+    token_reason = None if same else (
+        "The two runs tokenize the texts differently (another tokenizer or max_length), so their saliency maps "
+        "are over different tokens: per-token map agreement needs the same tokens and is not computed. "
+        "Predictions, whole-word terms and clusters are compared as usual.")
+    return Comparability(True, None, same, token_reason)
+
+
+def _rows(rows: np.ndarray | None, n: int) -> np.ndarray:
+    if rows is None:
+        return np.arange(n, dtype=np.int64)
+    rows = np.asarray(rows)
+    return np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64)
+
+
+def _names(ids: np.ndarray, label_names: Sequence[str] | None) -> np.ndarray | list[str]:
+    if label_names is None:
+        return ids
+    return [label_names[i] if 0 <= i < len(label_names) else str(i) for i in ids]
+
+
+def prediction_flips(examples_a: pd.DataFrame, examples_b: pd.DataFrame, rows: np.ndarray | None = None,
+                     label_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """Return the examples (of `rows`, default all) that one run predicts right and the other wrong.
+
+    Index: the row id (named "row"). Columns: text, label, pred_a, pred_b (class names when `label_names` is
+    given, else ids), p_true_a and p_true_b (each run's probability of the true label, when the tables have
+    prob_<i> columns), and direction: `BROKEN` ("right in A, wrong in B") or `FIXED` ("wrong in A, right in B").
+    Sorted by direction (broken first), then by the largest change of the true label's probability. An example
+    whose prediction changed from one wrong class to another is not a flip.
+    """
+    ids = _rows(rows, len(examples_a))
+    a, b = examples_a.iloc[ids], examples_b.iloc[ids]
+    labels = a["label"].to_numpy(dtype=np.int64)
+    pred_a, pred_b = a["pred"].to_numpy(dtype=np.int64), b["pred"].to_numpy(dtype=np.int64)
+    right_a, right_b = pred_a == labels, pred_b == labels
+    flip = right_a != right_b
+    keep = np.flatnonzero(flip)
+    frame = pd.DataFrame({"text": a["text"].to_numpy()[keep],
+                          "label": _names(labels[keep], label_names),
+                          "pred_a": _names(pred_a[keep], label_names),
+                          "pred_b": _names(pred_b[keep], label_names)},
+                         index=pd.Index(ids[keep], name="row"))
+    change = np.zeros(len(keep))
+    prob_cols = [c for c in examples_a.columns if c.startswith("prob_")]
+    if prob_cols and all(c in examples_b.columns for c in prob_cols):
+        probs_a = a[sorted(prob_cols, key=lambda c: int(c[5:]))].to_numpy(dtype=np.float64)
+        probs_b = b[sorted(prob_cols, key=lambda c: int(c[5:]))].to_numpy(dtype=np.float64)
+        frame["p_true_a"] = probs_a[keep, labels[keep]]
+        frame["p_true_b"] = probs_b[keep, labels[keep]]
+        change = np.abs(frame["p_true_b"].to_numpy() - frame["p_true_a"].to_numpy())
+    frame["direction"] = np.where(right_a[keep], BROKEN, FIXED)
+    order = np.lexsort((frame.index.to_numpy(), -change, ~right_a[keep]))
+    return frame.iloc[order]
+
+
+def _column_means(R: Matrix, rows: np.ndarray) -> np.ndarray:
+    if len(rows) == 0:
+        return np.zeros(R.shape[1])
+    return np.asarray(R[rows].mean(axis=0), dtype=np.float64).ravel()
+
+
+def _counts(M: Matrix, rows: np.ndarray) -> np.ndarray:
+    return np.asarray((M[rows] > 0).sum(axis=0), dtype=np.int64).ravel()
+
+
+def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequence[str], labels: np.ndarray,
+               label_names: Sequence[str], rows: np.ndarray | None = None, *, presence_a: Matrix | None = None,
+               presence_b: Matrix | None = None, ignore_a: np.ndarray | None = None,
+               ignore_b: np.ndarray | None = None, n: int = 10, min_count: int | None = None) -> pd.DataFrame:
+    """Return, per true class, the `n` terms whose mean salience rose most and the `n` that fell most from A to B.
+
+    R_a, R_b: each run's (examples x terms) salience matrix (S1, whole words by default), rows aligned (the same
+    examples); their columns are matched by term string, so two tokenizers' word vocabularies line up. A term's
+    salience in a class is its mean over the class's examples of `rows` (default all); `change` = B - A.
+    Only terms that are not ignored (`ignore_a`/`ignore_b`) and occur in at least `min_count` of the class's
+    examples (from `presence_a`/`presence_b`, the larger count; salient entries when none is given; default
+    analysis.default_min_support of the class size) are listed. Columns: class, direction ("rose"/"fell"), term,
+    salience_a, salience_b, change, examples. Per class: rises (largest first), then falls (most negative first);
+    equal changes by term. Identical maps give an empty frame.
+    """
+    ids = _rows(rows, R_a.shape[0])
+    union: dict[str, int] = {}
+    for term in vocab_a:
+        union.setdefault(term, len(union))
+    for term in vocab_b:
+        union.setdefault(term, len(union))
+    terms = np.asarray(list(union), dtype=object)
+    col_a = np.fromiter((union[t] for t in vocab_a), dtype=np.int64, count=len(vocab_a))
+    col_b = np.fromiter((union[t] for t in vocab_b), dtype=np.int64, count=len(vocab_b))
+    ignored = np.zeros(len(union), dtype=bool)
+    if ignore_a is not None:
+        ignored[col_a[np.asarray(ignore_a, dtype=bool)]] = True
+    if ignore_b is not None:
+        ignored[col_b[np.asarray(ignore_b, dtype=bool)]] = True
+    labels = np.asarray(labels)
+    frames = []
+    for c, name in enumerate(label_names):
+        members = ids[labels[ids] == c]
+        if len(members) == 0:
+            continue
+        mean_a, mean_b = np.zeros(len(union)), np.zeros(len(union))
+        np.add.at(mean_a, col_a, _column_means(R_a, members))
+        np.add.at(mean_b, col_b, _column_means(R_b, members))
+        count = np.zeros(len(union), dtype=np.int64)
+        np.maximum.at(count, col_a, _counts(R_a if presence_a is None else presence_a, members))
+        np.maximum.at(count, col_b, _counts(R_b if presence_b is None else presence_b, members))
+        threshold = default_min_support(len(members)) if min_count is None else int(min_count)
+        change = mean_b - mean_a
+        ok = (count >= threshold) & ~ignored
+        for direction, sign in (("rose", 1.0), ("fell", -1.0)):
+            chosen = np.flatnonzero(ok & (sign * change > 0))
+            chosen = chosen[np.lexsort((terms[chosen].astype(str), -sign * change[chosen]))][:n]
+            frames.append(pd.DataFrame({"class": name, "direction": direction, "term": terms[chosen].astype(str),
+                                        "salience_a": mean_a[chosen], "salience_b": mean_b[chosen],
+                                        "change": change[chosen], "examples": count[chosen]}))
+    columns = ["class", "direction", "term", "salience_a", "salience_b", "change", "examples"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def _average_ranks(owner: np.ndarray, values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return each value's rank within its row (0-based, ties get their average rank) and, per row, the number
+    of distinct values. `owner` is the row of each value (sorted ascending), `starts` each row's first position."""
+    order = np.lexsort((values, owner))
+    o, v = owner[order], values[order]
+    new = np.ones(len(o), dtype=bool)
+    new[1:] = (o[1:] != o[:-1]) | (v[1:] != v[:-1])
+    group = np.cumsum(new) - 1
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(o)) - 1
+    ranks = np.empty(len(o), dtype=np.float64)
+    ranks[order] = (first + last)[group] / 2.0 - starts[o]
+    return ranks, np.bincount(o[new], minlength=len(starts))
+
+
+def _top_mask(owner: np.ndarray, position: np.ndarray, values: np.ndarray, starts: np.ndarray,
+              k: np.ndarray) -> np.ndarray:
+    """Return a mask of the `k[row]` largest values of each row (ties broken by the earlier position)."""
+    order = np.lexsort((position, -values, owner))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - starts[owner[order]]
+    return rank < k[owner]
+
+
+def map_agreement(row_ptr: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, rows: np.ndarray | None = None,
+                  keep: np.ndarray | None = None, top_fraction: float = TOP_FRACTION) -> pd.DataFrame:
+    """Return, per example of `rows` (default all), how much two saliency maps over the same tokens agree.
+
+    row_ptr: the n + 1 token offsets shared by both runs; scores_a, scores_b: one score per token. `keep`: a bool
+    per token of the tokens that count (e.g. not special tokens or punctuation); default every token. Salience
+    is |score| (as in S1). Columns (index "row"): tokens (counted), top_k = ceil(top_fraction x tokens),
+    jaccard: |top_a ∩ top_b| / |top_a ∪ top_b| of each map's top_k tokens (ties by position), NaN with no
+    token; spearman: Spearman's rank correlation of the two maps (ties get average ranks), NaN with fewer than
+    two tokens or when one map is constant and the other is not, 1 when both are constant.
+    """
+    if not 0 < top_fraction <= 1:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+    row_ptr = np.asarray(row_ptr, dtype=np.int64)
+    ids = _rows(rows, len(row_ptr) - 1)
+    lo, lengths = row_ptr[ids], row_ptr[ids + 1] - row_ptr[ids]
+    owner = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    position = np.arange(int(lengths.sum()), dtype=np.int64) - offsets[owner] + lo[owner]
+    if keep is not None:
+        mask = np.asarray(keep, dtype=bool)[position]
+        owner, position = owner[mask], position[mask]
+    a = np.abs(np.asarray(scores_a, dtype=np.float64)[position])
+    b = np.abs(np.asarray(scores_b, dtype=np.float64)[position])
+    m = len(ids)
+    counts = np.bincount(owner, minlength=m)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    k = np.where(counts > 0, np.maximum(1, np.ceil(top_fraction * counts - 1e-9)), 0).astype(np.int64)
+    both = _top_mask(owner, position, a, starts, k) & _top_mask(owner, position, b, starts, k)
+    inter = np.bincount(owner[both], minlength=m).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jaccard = np.where(counts > 0, inter / (2 * k - inter), np.nan)
+    rank_a, distinct_a = _average_ranks(owner, a, starts)
+    rank_b, distinct_b = _average_ranks(owner, b, starts)
+    nf = counts.astype(np.float64)
+    sa, sb = np.bincount(owner, rank_a, m), np.bincount(owner, rank_b, m)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = np.bincount(owner, rank_a * rank_b, m) - sa * sb / nf
+        var_a = np.bincount(owner, rank_a * rank_a, m) - sa * sa / nf
+        var_b = np.bincount(owner, rank_b * rank_b, m) - sb * sb / nf
+        spearman = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
+    constant_a, constant_b = distinct_a <= 1, distinct_b <= 1
+    spearman = np.where(constant_a & constant_b, 1.0, np.where(constant_a | constant_b, np.nan, spearman))
+    spearman[counts < 2] = np.nan
+    return pd.DataFrame({"tokens": counts, "top_k": k, "jaccard": jaccard, "spearman": spearman},
+                        index=pd.Index(ids, name="row"))
+
+
+def cluster_flow(labels_a: np.ndarray, labels_b: np.ndarray) -> pd.DataFrame:
+    """Return the contingency table of two clusterings of the same examples: how many examples of each cluster of
+    A (rows, ascending id) are in each cluster of B (columns).
+
+    B's columns are ordered so that each sits under the A cluster most of its examples come from (then larger
+    first, then by id): two clusterings that group the examples alike, whatever their cluster ids, give a
+    diagonal table. Index named "A cluster", columns "B cluster".
+    """
+    labels_a, labels_b = np.asarray(labels_a, dtype=np.int64), np.asarray(labels_b, dtype=np.int64)
+    if labels_a.shape != labels_b.shape:
+        raise ValueError(f"the clusterings cover {len(labels_a)} and {len(labels_b)} examples; they must be equal")
+    ids_a, inv_a = np.unique(labels_a, return_inverse=True)
+    ids_b, inv_b = np.unique(labels_b, return_inverse=True)
+    table = np.zeros((len(ids_a), len(ids_b)), dtype=np.int64)
+    np.add.at(table, (inv_a, inv_b), 1)
+    if table.size:
+        home = table.argmax(axis=0)
+        order = np.lexsort((ids_b, -table[home, np.arange(len(ids_b))], home))
+    else:
+        order = np.arange(len(ids_b))
+    return pd.DataFrame(table[:, order], index=pd.Index(ids_a, name="A cluster"),
+                        columns=pd.Index(ids_b[order], name="B cluster"))
+
+
+def _accuracy(correct: np.ndarray) -> float:
+    return float(correct.mean()) if len(correct) else math.nan
+
+
+def slice_accuracy(examples_a: pd.DataFrame, examples_b: pd.DataFrame, label_names: Sequence[str],
+                   rows: np.ndarray | None = None) -> pd.DataFrame:
+    """Return the accuracy of both runs over `rows` (default all), overall, per split and per true class.
+
+    Columns: slice ("all", "split <name>", "class <name>"), kind ("all", "split", "class"), examples,
+    accuracy_a, accuracy_b, change (B - A). Splits in order of first appearance, classes in label order;
+    classes without examples in the rows are left out.
+    """
+    ids = _rows(rows, len(examples_a))
+    a, b = examples_a.iloc[ids], examples_b.iloc[ids]
+    labels = a["label"].to_numpy(dtype=np.int64)
+    right_a = a["pred"].to_numpy(dtype=np.int64) == labels
+    right_b = b["pred"].to_numpy(dtype=np.int64) == labels
+    records = [("all", "all", np.ones(len(ids), dtype=bool))]
+    if "split" in a:
+        splits = a["split"].astype(str).to_numpy()
+        records += [(f"split {s}", "split", splits == s) for s in dict.fromkeys(splits)]
+    records += [(f"class {name}", "class", labels == c) for c, name in enumerate(label_names)
+                if (labels == c).any()]
+    out = pd.DataFrame([{"slice": title, "kind": kind, "examples": int(mask.sum()),
+                         "accuracy_a": _accuracy(right_a[mask]), "accuracy_b": _accuracy(right_b[mask])}
+                        for title, kind, mask in records])
+    out["change"] = out["accuracy_b"] - out["accuracy_a"]
+    return out
