@@ -4,8 +4,8 @@ Copies the demo run into a scratch cache next to two damaged copies of it (a man
 examples table with a flipped byte), starts `streamlit run app.py` on that cache, then opens N chromium sessions at
 once (separate browser contexts, so separate Streamlit sessions) on the Clusters page. One session carries a
 catastrophic-backtracking regex (`(a+)+$`) and one a Markdown-injection link in the slice; the rest ordinary slices.
-It reports each session's time to a drawn page, the server's resident memory idle, with the sessions, and after
-they closed, whether any page showed an exception, and whether the run's stored files are byte-identical afterwards.
+It reports each session's time to a drawn page, cold (first wave) and warm (the same links again), the server's
+resident memory idle, with the sessions, and after they closed, whether any page showed an exception, and whether the run's stored files are byte-identical afterwards.
 
     python -m bench.reliability [--sessions 8] [--out bench/results/reliability_load.json]
 """
@@ -48,7 +48,7 @@ async def _session(browser, url: str, timeout_s: float) -> dict:
     t0 = time.perf_counter()
     error = None
     try:
-        await page.goto(url)
+        await page.goto(url, timeout=timeout_s * 1000)
         await page.wait_for_selector("text=Cluster", timeout=timeout_s * 1000)
         await page.wait_for_function(f"() => ({_STATE}) === 'notRunning'", timeout=timeout_s * 1000, polling=20)
     except Exception as exc:  # noqa: BLE001 - reported, not raised: one slow session is a finding
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             results, during = asyncio.run(_load(base, run.name, args.sessions, args.timeout, proc.pid))
             wall = time.perf_counter() - t0
+            # a second wave of the same links on the now warm server (run verified, matrices and clusters cached)
+            t1 = time.perf_counter()
+            warm_results, warm_during = asyncio.run(_load(base, run.name, args.sessions, args.timeout, proc.pid))
+            warm_wall = time.perf_counter() - t1
             time.sleep(3)
             after = _rss_mb(proc.pid)
         finally:
@@ -126,12 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         open_run(run, verify=True)
     report = {
         "sessions": args.sessions, "server_start_seconds": round(started, 1), "wall_seconds": round(wall, 1),
-        "rss_mb": {"idle": round(idle), "with_sessions": round(during), "after_close": round(after)},
+        "warm_wall_seconds": round(warm_wall, 1),
+        "rss_mb": {"idle": round(idle), "with_sessions": round(during), "with_second_wave": round(warm_during),
+                   "after_close": round(after)},
         "stored_files_unchanged": before == after_files,
-        "results": results,
+        "results": results, "warm_results": warm_results,
     }
     Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    for r in results:
+    for r in results + warm_results:
         print(f"{r['seconds']:7.2f} s  exceptions {r['exceptions']}  injected {r['injected_links']}  "
               f"{r['error'] or ''}  {r['url']}")
     print(json.dumps({k: v for k, v in report.items() if k != "results"}))
