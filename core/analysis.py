@@ -590,7 +590,7 @@ def cluster_summary(
         if shortcut:
             reason = (f"small ({size_pct:.1f}% of the slice, under {SHORTCUT_MAX_SIZE_PCT:g}%), "
                       f"confident (mean max probability {conf:.2f} ≥ {SHORTCUT_MIN_CONFIDENCE:g}), "
-                      f"concentrated (top {len(top_ids)} terms {', '.join(vocab[j] for j in top_ids)} hold "
+                      f"concentrated (its top {len(top_ids)} terms, {' · '.join(vocab[j] for j in top_ids)}, hold "
                       f"{top_share:.0%} of its salience, against {slice_top_share:.0%} for the slice's top "
                       f"{SHORTCUT_TOP_TERMS})")
         records.append(
