@@ -20,6 +20,7 @@ STATUS_ICONS = {"warn": ":material/warning:", "info": ":material/info:", "ok": "
                 "skipped": ":material/remove:"}
 SHIFT_COLUMNS = {"term": "term", "higher_in": "more salient in", "mean_train": "mean salience, train",
                  "mean_other": "mean salience, other split", "difference": "difference (other - train)",
+                 "z": "Welch z",
                  "support_train": "examples with it, train", "support_other": "examples with it, other split"}
 BUTTONS_PER_CHECK = 3  # more findings than this: pick one in a list
 
@@ -109,7 +110,8 @@ for check in report["checks"]:
                 terms["more salient in"] = terms["more salient in"].map({"train": "train"}).fillna(table["split"])
                 ui.dataframe(terms, hide_index=True, key=f"shift_{table['split']}",
                              column_config={SHIFT_COLUMNS[c]: st.column_config.NumberColumn(format="%.3f")
-                                            for c in ("mean_train", "mean_other", "difference")})
+                                            for c in ("mean_train", "mean_other", "difference")}
+                             | {SHIFT_COLUMNS["z"]: st.column_config.NumberColumn(format="%.1f")})
         draw_findings(check)
 
 left, right = st.columns([3, 2], gap="large")

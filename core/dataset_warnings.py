@@ -66,6 +66,7 @@ class WarningSettings:
     long_iqr_factor: float = 3.0              # Tukey's far-out fence: Q3 + 3 IQR
     short_max_content_tokens: int = 1
     shift_terms: int = 5                      # terms per direction and split
+    shift_min_z: float = 4.5                  # |Welch z| a difference needs to count (about Bonferroni over 20k terms)
     approximate_above: int = 20_000           # pool rows above which faiss searches an IVF index
 
     def digest(self) -> str:
@@ -271,20 +272,32 @@ def length_outliers(n_tokens: Sequence[int], content_tokens: Sequence[int], trun
             "short": by(short_rows, content, False), "fence": fence, "quartiles": [q1, median, q3]}
 
 
+def _column_variances(X: Any, means: np.ndarray) -> np.ndarray:
+    """Return each column's population variance (zeros included) given its mean."""
+    n = X.shape[0]
+    if n == 0:
+        return np.zeros(X.shape[1])
+    squares = X.multiply(X).sum(axis=0) if sp.issparse(X) else np.square(np.asarray(X, dtype=np.float64)).sum(axis=0)
+    return np.maximum(np.asarray(squares, dtype=np.float64).ravel() / n - means ** 2, 0.0)
+
+
 def salience_shift(R_train: Any, R_other: Any, presence_train: Any, presence_other: Any, vocab: Sequence[str],
                    ignore_mask: np.ndarray, n: int = 5) -> pd.DataFrame:
     """Return the terms whose mean salience differs most between two groups of rows (the training split and
     another), `n` per direction: ``term``, ``column``, ``mean_train``, ``mean_other``, ``difference`` (other minus
-    train), ``support_train``/``support_other`` (rows containing the term) and ``higher_in`` ("train" or
-    "other"). A term must occur in at least analysis.default_min_support rows of the group where it is more
-    salient; ranking as in analysis.distinctive_terms (difference of means, then mean, support, column)."""
+    train), ``z`` (Welch's statistic: the difference over sqrt(var_train / n_train + var_other / n_other); inf when
+    both variances are 0), ``support_train``/``support_other`` (rows containing the term) and ``higher_in``
+    ("train" or "other"). A term must occur in at least analysis.default_min_support rows of the group where it
+    is more salient; ranking as in analysis.distinctive_terms (difference of means, then mean, support, column)."""
     from core.analysis import _column_means, _document_counts, _rank_distinctive, default_min_support
 
-    columns = ["term", "column", "mean_train", "mean_other", "difference", "support_train", "support_other",
+    columns = ["term", "column", "mean_train", "mean_other", "difference", "z", "support_train", "support_other",
                "higher_in"]
     if R_train.shape[0] == 0 or R_other.shape[0] == 0:
         return pd.DataFrame(columns=columns)
     mean_train, mean_other = _column_means(R_train), _column_means(R_other)
+    se = np.sqrt(_column_variances(R_train, mean_train) / R_train.shape[0]
+                 + _column_variances(R_other, mean_other) / R_other.shape[0])
     support_train, support_other = _document_counts(presence_train), _document_counts(presence_other)
     records = []
     for higher, (m_in, m_out, support, size) in {
@@ -292,8 +305,10 @@ def salience_shift(R_train: Any, R_other: Any, presence_train: Any, presence_oth
             "train": (mean_train, mean_other, support_train, R_train.shape[0])}.items():
         order, _ = _rank_distinctive(m_in, m_out, support, ignore_mask, default_min_support(size), n)
         for j in order:
+            difference = float(mean_other[j] - mean_train[j])
+            z = difference / se[j] if se[j] > 0 else math.copysign(math.inf, difference)
             records.append({"term": vocab[j], "column": int(j), "mean_train": float(mean_train[j]),
-                            "mean_other": float(mean_other[j]), "difference": float(mean_other[j] - mean_train[j]),
+                            "mean_other": float(mean_other[j]), "difference": difference, "z": float(z),
                             "support_train": int(support_train[j]), "support_other": int(support_other[j]),
                             "higher_in": higher})
     return pd.DataFrame.from_records(records, columns=columns)
@@ -483,17 +498,20 @@ def _shift_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
         for j, t in enumerate(table.itertuples()):
             has = np.sort(both[present[:, t.column].indices])
             higher = split if t.higher_in == "other" else "train"
+            significant = abs(t.z) >= settings.shift_min_z
             findings.append(_finding(
                 f"shift-{i}-{j}", f"“{t.term}” is more salient in {higher} (mean salience train {t.mean_train:.3f}, "
-                f"{split} {t.mean_other:.3f})", has,
+                f"{split} {t.mean_other:.3f}, z {t.z:.1f}{'' if significant else ', within chance'})", has,
                 [f"contains “{t.term}” ({examples['split'].iloc[r]})" for r in has],
-                term=t.term, split=split, higher_in=higher))
+                term=t.term, split=split, higher_in=higher, significant=bool(significant)))
         tables.append({"split": split, "terms": table.drop(columns="column").to_dict(orient="records")})
-    summary = (f"Whole words whose mean {method} salience (S1, k = all, summed over pieces) differs most between "
-               f"train and {', '.join(s for s, _ in others)}; a term much more salient in one split may be an "
+    significant = sum(f["significant"] for f in findings)
+    summary = (f"Whole words whose mean {method} salience per example (S1, k = all, summed over pieces) differs "
+               f"most between train and {', '.join(s for s, _ in others)}: {significant} of {len(findings)} beyond "
+               f"chance (Welch |z| ≥ {settings.shift_min_z:g}). A term much more salient in one split may be an "
                "artefact of how that split was collected." if findings else
                "No term's salience differs between the splits.")
-    return _check("shift", "info" if findings else "ok", summary, findings, count=len(findings), tables=tables,
+    return _check("shift", "info" if significant else "ok", summary, findings, count=significant, tables=tables,
                   method=method)
 
 

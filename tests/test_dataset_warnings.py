@@ -138,6 +138,12 @@ def test_salience_shift_by_hand():
     assert table[["term", "higher_in"]].values.tolist() == [["cat", "other"], ["dog", "train"]]
     assert table.set_index("term").loc["cat", "difference"] == pytest.approx(0.8)
     assert table.set_index("term").loc["dog", "difference"] == pytest.approx(-0.5)
+    assert table["z"].tolist() == [np.inf, -np.inf]  # no variance inside either group
+    # Welch z by hand: "cat" 0.8 in 3 of 4 test rows (mean .6, variance .48 - .36), absent from train
+    R_test = sp.csr_matrix(np.array([[0.5, 0.8, 0.0, 0.1]] * 3 + [[0.5, 0.0, 0.0, 0.1]]))
+    presence_test = sp.csr_matrix((R_test.toarray() > 0).astype(np.float32))
+    table = dw.salience_shift(R_train, R_test, presence_train, presence_test, vocab, ignore, n=5).set_index("term")
+    assert table.loc["cat", "z"] == pytest.approx(0.6 / np.sqrt(0.12 / 4))
 
 
 # ---------------------------------------------------------------- a planted run
