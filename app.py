@@ -7,14 +7,22 @@ link's query parameters, so a page opened directly from a shared link shows the 
 """
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, plots, ui
+from core import analysis, metrics, plots, ui
 from core.ui import escape_markdown as md  # names and paths in the manifest come from the user's model and data
 from core.ui import inline_code
 
 TRUNCATION_WARNING_FRACTION = 0.2  # warn when more than this fraction of the examples was cut at max_length
+STATUS_ICONS = {"warn": ":material/warning:", "info": ":material/info:", "ok": ":material/check_circle:",
+                "skipped": ":material/remove:"}
+SHIFT_COLUMNS = {"term": "term", "higher_in": "more salient in", "mean_train": "mean salience, train",
+                 "mean_other": "mean salience, other split", "difference": "difference (other - train)",
+                 "z": "Welch z",
+                 "support_train": "examples with it, train", "support_other": "examples with it, other split"}
+BUTTONS_PER_CHECK = 3  # more findings than this: pick one in a list
 
 view = ui.current_view()
 run, manifest = view.run, view.run.manifest
@@ -48,6 +56,64 @@ if n_examples and n_truncated / n_examples > TRUNCATION_WARNING_FRACTION:
         + (", or with `--truncation tail` (or `head+tail`) to keep the end of long texts." if side == "head" else "."),
         icon=":material/content_cut:")
 
+
+
+def draw_findings(check: dict) -> None:
+    """Draw a check's findings, each with a button that lists its examples on the Examples page."""
+    findings = [f for f in check["findings"] if f["rows"]]
+    if len(findings) <= BUTTONS_PER_CHECK:
+        for f in findings:
+            text_col, button_col = st.columns([5, 1])
+            text_col.markdown(f"- {md(f['title'])}")
+            if button_col.button(f"Show {f['count']:,}", key=f"warning_{f['id']}", icon=":material/article:",
+                                 help="List these examples on the Examples page.", width="stretch"):
+                ui.open_warning(f["id"], f["rows"][0])
+        return
+    by_id = {f["id"]: f for f in findings}
+    pick_col, button_col = st.columns([5, 1], vertical_alignment="bottom")
+    picked = pick_col.selectbox(f"{len(findings)} findings", list(by_id), key=f"warning_pick_{check['check']}",
+                                format_func=lambda i: by_id[i]["title"])
+    if button_col.button("Show examples", key=f"warning_open_{check['check']}", icon=":material/article:",
+                         width="stretch"):
+        ui.open_warning(picked, by_id[picked]["rows"][0])
+
+
+st.subheader("Dataset warnings")
+report = view.dataset_warnings()
+flagged = [c for c in report["checks"] if c["status"] == "warn"]
+st.caption(("Found: " + ", ".join(c["title"].lower() for c in flagged) + ". " if flagged else
+            "No check found a problem. ")
+           + "Computed once for the whole run (every split, whatever the slice) and kept in the run folder; open a "
+             "check for its numbers and list its examples on the Examples page.")
+for check in report["checks"]:
+    count = check.get("count", 0)
+    label = check["title"] + (f" ({count:,})" if count else "")
+    with st.expander(label, expanded=False, icon=STATUS_ICONS.get(check["status"])):
+        st.markdown(md(check["summary"]))
+        if check["check"] == "imbalance" and check.get("table"):
+            ui.dataframe(pd.DataFrame(check["table"])[["split", "examples", "classes", "ratio", "imbalanced"]],
+                         hide_index=True, key="imbalance_table",
+                         column_config={"ratio": st.column_config.TextColumn("largest / smallest class")})
+        if check["check"] == "leakage":
+            pairs = [p for f in check["findings"] for p in f.get("pairs", [])][:20]
+            if pairs:
+                texts = run.examples["text"]
+                ui.dataframe(pd.DataFrame([{"row": p["row"], "text": texts.iloc[p["row"]],
+                                            "train row": p["duplicate_of"], "train text": texts.iloc[p["duplicate_of"]],
+                                            "cosine": p["cosine"], "character similarity": p["text_similarity"]}
+                                           for p in pairs]), hide_index=True, key="leakage_pairs")
+        if check["check"] == "shift":
+            for table in check.get("tables", []):
+                st.caption(f"train vs {md(table['split'])}: mean salience per example, and examples containing "
+                           "the word")
+                terms = pd.DataFrame(table["terms"])[list(SHIFT_COLUMNS)].rename(columns=SHIFT_COLUMNS)
+                terms["more salient in"] = terms["more salient in"].map({"train": "train"}).fillna(table["split"])
+                ui.dataframe(terms, hide_index=True, key=f"shift_{table['split']}",
+                             column_config={SHIFT_COLUMNS[c]: st.column_config.NumberColumn(format="%.3f")
+                                            for c in ("mean_train", "mean_other", "difference")}
+                             | {SHIFT_COLUMNS["z"]: st.column_config.NumberColumn(format="%.1f")})
+        draw_findings(check)
+
 left, right = st.columns([3, 2], gap="large")
 with left:
     st.subheader("Model and data")
@@ -70,15 +136,63 @@ with left:
         ui.dataframe(pd.DataFrame(split_rows), hide_index=True,
                      column_config={"accuracy": st.column_config.ProgressColumn(
                          "accuracy", min_value=0.0, max_value=1.0, format="%.3f")})
+with right:
     label_counts = run.examples.groupby(["split", "label"]).size().unstack(fill_value=0)
     label_counts.columns = [view.label_name(int(c)) for c in label_counts.columns]
     st.caption("Examples per split and true label")
     st.bar_chart(label_counts, horizontal=True, height=60 + 40 * len(label_counts))
 
-with right:
-    st.plotly_chart(plots.confusion_figure(analysis.confusion(run.examples, run.num_labels), run.label_names),
-                    key="confusion")
-    st.caption("All examples of the run; rows are true labels, columns predictions.")
+st.subheader("Metrics of the slice")
+sliced = view.examples
+st.caption(f"Slice: {md(view.describe())} ({len(sliced):,} of {len(run.examples):,} examples); change it in the "
+           "sidebar.")
+if sliced.empty:
+    st.info("The slice is empty: no example matches every filter. Widen it in the sidebar to see its metrics.")
+else:
+    report_col, confusion_col = st.columns([3, 2], gap="large")
+    with report_col:
+        per_class = metrics.per_class_report(sliced["label"], sliced["pred"], run.label_names)
+        ui.dataframe(per_class, hide_index=True, key="per_class_metrics",
+                     column_config={m: st.column_config.NumberColumn(format="%.3f")
+                                    for m in ("precision", "recall", "f1")})
+        st.caption("Per class: precision (of the examples predicted as it, the share labelled so), recall (of "
+                   "the examples labelled so, the share predicted as it), F1 and their support; None where "
+                   "undefined (a class the slice never predicts or never holds). Accuracy "
+                   f"{sliced['correct'].mean():.1%}.")
+    with confusion_col:
+        st.plotly_chart(plots.confusion_figure(analysis.confusion(sliced, run.num_labels), run.label_names),
+                        key="confusion")
+        st.caption("The slice's examples; rows are true labels, columns predictions.")
+
+    if run.num_labels == 2:
+        names = run.label_names
+        st.markdown("**Threshold** (binary task): an example is predicted positive when the positive class's "
+                    "probability is at least the threshold; at 0.5 that is the model's own decision.")
+        pick_col, slider_col = st.columns([1, 3])
+        positive = ui.synced(pick_col.selectbox, "Positive class", "positive", names[1], options=names)
+        threshold = ui.synced(slider_col.slider, "Threshold", "threshold", 0.5, min_value=0.0, max_value=1.0,
+                              step=0.01)
+        positive_id = names.index(positive)
+        is_positive = sliced["label"].to_numpy() == positive_id
+        scores = sliced[f"prob_{positive_id}"].to_numpy(dtype=np.float64)
+        at = metrics.threshold_metrics(is_positive, scores, threshold)
+        cols = st.columns(5)
+        for col, (name, key) in zip(cols, [("Precision", "precision"), ("Recall", "recall"), ("F1", "f1"),
+                                           ("False positive rate", "fpr"), ("Accuracy", "accuracy")]):
+            value = at[key]
+            col.metric(f"{name} at {threshold:.2f}", "—" if np.isnan(value) else f"{value:.3f}")
+        st.caption(f"At {threshold:.2f}: {at['tp']:,} true positives, {at['fp']:,} false positives, {at['fn']:,} "
+                   f"false negatives, {at['tn']:,} true negatives (positive: {md(positive)}).")
+        curves = metrics.binary_curves(is_positive, scores)
+        if curves is None:
+            st.caption("ROC and precision-recall curves need examples of both classes in the slice.")
+        else:
+            roc_col, pr_col = st.columns(2)
+            roc_col.plotly_chart(plots.roc_figure(curves.fpr, curves.tpr, curves.roc_thresholds, curves.roc_auc,
+                                                  (at["fpr"], at["tpr"])), key="roc")
+            pr_col.plotly_chart(plots.precision_recall_figure(curves.precision, curves.recall, curves.pr_thresholds,
+                                                              curves.average_precision,
+                                                              (at["recall"], at["precision"])), key="pr")
 
 st.subheader("Where to go next")
 guide = st.columns(5)

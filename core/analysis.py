@@ -521,6 +521,9 @@ def cluster_summary(
     (tuples of counts per class), ``labels_text`` / ``preds_text`` (e.g. ``"negative 104 · positive 3"``),
     ``recall`` (tuple per class: the share of the rows labelled with that class that fall in this cluster, NaN
     for a class absent from the rows; each class's recalls sum to 1 over the clusters), ``recall_text``,
+    ``class_recall`` (tuple per class: the model's recall of that class inside the cluster, the share of the
+    cluster's examples labelled with it that are predicted as it; NaN for a class the cluster does not hold) and
+    ``class_recall_text`` (e.g. ``"negative 95% · positive 40%"``, classes the cluster holds),
     ``accuracy`` (fraction correct), ``confidence`` (mean max class probability from the ``prob_<i>`` columns,
     NaN without them), ``top_share`` (share of the cluster's summed salience, ignored terms left out, held by
     its ``SHORTCUT_TOP_TERMS`` terms of highest mean salience), ``shortcut`` (bool: small, confident and
@@ -577,6 +580,11 @@ def cluster_summary(
             recall = np.where(label_totals > 0, label_counts / np.maximum(label_totals, 1), np.nan)
         recall_text = " · ".join(f"{_label_name(label_names, k)} {recall[k]:.0%}"
                                  for k in range(n_classes) if label_totals[k] > 0)
+        hits = np.bincount(labels[members][correct[members]], minlength=n_classes)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            class_recall = np.where(label_counts > 0, hits / np.maximum(label_counts, 1), np.nan)
+        class_recall_text = " · ".join(f"{_label_name(label_names, k)} {class_recall[k]:.0%}"
+                                       for k in range(n_classes) if label_counts[k] > 0)
 
         top_ids, top_share = _top_share(np.where(ignore, 0.0, sums[i]))
         size_pct = 100.0 * size / total
@@ -613,12 +621,14 @@ def cluster_summary(
                 "label_counts": tuple(int(k) for k in label_counts),
                 "pred_counts": tuple(int(k) for k in pred_counts),
                 "recall": tuple(float(r) for r in recall),
+                "class_recall": tuple(float(r) for r in class_recall),
+                "class_recall_text": class_recall_text,
             }
         )
     columns = [
         "cluster", "size", "size_pct", "majority_label", "majority_pred", "labels_text", "preds_text",
         "recall_text", "accuracy", "confidence", "top_share", "shortcut", "flag_reason", "top_terms", "terms",
-        "label_counts", "pred_counts", "recall",
+        "label_counts", "pred_counts", "recall", "class_recall", "class_recall_text",
     ]
     df = pd.DataFrame.from_records(records, columns=columns)
     df["shortcut"] = df["shortcut"].astype(bool)

@@ -282,3 +282,41 @@ def saliency_html(
             f'title="{title}">{segment}</span>'
         )
     return '<div style="line-height:1.9;white-space:pre-wrap">' + "".join(parts) + "</div>"
+
+
+def _curve_figure(x: np.ndarray, y: np.ndarray, thresholds: np.ndarray, point: tuple[float, float] | None,
+                  title: str, x_title: str, y_title: str, diagonal: bool) -> go.Figure:
+    fig = go.Figure()
+    if diagonal:
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#aaa"},
+                                 hoverinfo="skip", showlegend=False))
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line={"color": "#1f77b4"}, customdata=thresholds,
+                             hovertemplate=f"{x_title} %{{x:.3f}}<br>{y_title} %{{y:.3f}}<br>threshold "
+                                           "%{customdata:.3f}<extra></extra>", showlegend=False))
+    if point is not None and all(np.isfinite(point)):
+        fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers",
+                                 marker={"size": 12, "color": "#d62728", "symbol": "x"},
+                                 hovertemplate="at the threshold<extra></extra>", showlegend=False))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, height=340,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_xaxes(range=[-0.02, 1.02])
+    fig.update_yaxes(range=[-0.02, 1.02])
+    return fig
+
+
+def roc_figure(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, auc: float,
+               point: tuple[float, float] | None = None) -> go.Figure:
+    """Return the ROC curve (false positive rate vs true positive rate), the chance diagonal, and a marker at
+    `point` (fpr, tpr) of the chosen threshold; hovering the curve shows each point's threshold."""
+    return _curve_figure(np.asarray(fpr), np.asarray(tpr), np.asarray(thresholds), point,
+                         f"ROC curve (AUC {auc:.3f})", "false positive rate", "true positive rate", diagonal=True)
+
+
+def precision_recall_figure(precision: np.ndarray, recall: np.ndarray, thresholds: np.ndarray,
+                            average_precision: float, point: tuple[float, float] | None = None) -> go.Figure:
+    """Return the precision-recall curve (recall on x) with a marker at `point` (recall, precision) of the chosen
+    threshold. scikit-learn's last point (recall 0, precision 1) has no threshold; its hover shows NaN."""
+    thresholds = np.append(np.asarray(thresholds, dtype=np.float64), np.nan)
+    return _curve_figure(np.asarray(recall), np.asarray(precision), thresholds, point,
+                         f"Precision-recall curve (average precision {average_precision:.3f})", "recall",
+                         "precision", diagonal=False)

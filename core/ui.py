@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, plots
+from core import analysis, dataset_warnings, plots
 from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_TERMS_UNIT, DEFAULT_UNIT,
                                   DEFAULT_WEIGHTING,
                                   REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
@@ -85,6 +85,8 @@ MAP_FULL_HOVER_MAX = 20_000
 
 # UMAP (numba) and t-SNE are not safe to run concurrently from several sessions' threads.
 _PROJECTION_LOCK = threading.Lock()
+# Dataset warnings are computed once per run; a second session waits for the first and reads its file.
+_WARNINGS_LOCK = threading.Lock()
 
 _INITIAL_QUERY = "_atlas_initial_query"
 _KEEP = "_atlas_keep"
@@ -202,6 +204,12 @@ def _parse_query(raw: list[str], default: Any) -> Any:
             return int(value)
         except ValueError:
             return default
+    if isinstance(default, float):
+        try:
+            number = float(value)
+        except ValueError:
+            return default
+        return number if np.isfinite(number) else default
     return value
 
 
@@ -411,6 +419,13 @@ def _neighbour_index(path: str, stamp: int, key: tuple) -> analysis.NeighbourInd
     return analysis.NeighbourIndex(_matrix(path, stamp, *key))
 
 
+@st.cache_data(show_spinner="Checking the dataset once for this run (class balance, duplicates across splits, label "
+                            "noise, lengths, salience shift); the result is kept in the run folder…", max_entries=8)
+def _dataset_warnings(path: str, stamp: int) -> dict:
+    with _WARNINGS_LOCK, leave_a_core_for_the_browser():
+        return dataset_warnings.load_or_compute(_open_run(path, stamp))
+
+
 @st.cache_data(show_spinner=False, ttl=120)
 def _staleness(path: str, stamp: int) -> list[str]:
     return _open_run(path, stamp).staleness()
@@ -558,6 +573,10 @@ class View:
         """Return the exact cosine index over every example of the run in the chosen representation."""
         return _neighbour_index(self.path, self.stamp, key_tuple(self.key))
 
+    def dataset_warnings(self) -> dict:
+        """Return the run's dataset warnings (core.dataset_warnings), computed once per run and stored."""
+        return _dataset_warnings(self.path, self.stamp)
+
 
 def current_view() -> View:
     """Set up the page (wide layout) and draw the shared sidebar; return the view it selects.
@@ -580,7 +599,7 @@ def _initial_query() -> dict[str, list[str]]:
 
 
 def _seed(key: str, default: Any, options: Sequence[Any] | None = None,
-          min_value: int | None = None, max_value: int | None = None) -> None:
+          min_value: float | None = None, max_value: float | None = None) -> None:
     """Put a widget's value into session state before it is drawn: its current value, else the value
     remembered from an earlier visit to its page, else the shared link's query parameter, else `default`;
     values no longer valid (an option that vanished with another run, a number out of range) are repaired."""
@@ -598,7 +617,7 @@ def _seed(key: str, default: Any, options: Sequence[Any] | None = None,
             value = [v for v in (value or []) if v in options]
         elif value not in options:
             value = default if default in options else (options[0] if options else None)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         if min_value is not None:
             value = max(value, min_value)
         if max_value is not None:
@@ -889,6 +908,30 @@ def open_examples(row: int) -> None:
     """Switch to the Examples page showing `row` in its detail view."""
     set_focus(row)
     st.switch_page(PAGE_FILES["examples"])
+
+
+def open_warning(finding_id: str, first_row: int | None = None) -> None:
+    """Switch to the Examples page listing the examples of a dataset-warning finding (and showing `first_row`)."""
+    st.session_state.setdefault(_KEEP, {})["warning"] = str(finding_id)
+    if first_row is not None:
+        set_focus(first_row)
+    st.switch_page(PAGE_FILES["examples"])
+
+
+def open_warning_id() -> str | None:
+    """Return the id of the dataset-warning finding the Examples page lists (from a Summary button or a link's
+    `warning=` parameter), None when it lists the slice."""
+    keep = st.session_state.setdefault(_KEEP, {})
+    if "warning" in keep:
+        return keep["warning"] or None
+    return _parse_query(_initial_query().get("warning", []), "") or None
+
+
+def close_warning() -> None:
+    """Go back from a warning's examples to the slice (the link's `warning=` no longer applies)."""
+    st.session_state.setdefault(_KEEP, {})["warning"] = ""
+    if "warning" in st.query_params:
+        del st.query_params["warning"]
 
 
 # ============================================================================ the Compare page (core.compare)

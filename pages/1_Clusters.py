@@ -66,8 +66,8 @@ with clouds_intro:
     st.caption("Select a row of the table to list that cluster's examples.")
 
 table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[
-    ["cluster", "flag", "size", "size_pct", "labels_text", "preds_text", "recall_text", "accuracy", "confidence",
-     "top_terms", "flag_reason"]]
+    ["cluster", "flag", "size", "size_pct", "labels_text", "preds_text", "recall_text", "accuracy",
+     "class_recall_text", "confidence", "top_terms", "flag_reason"]]
 
 
 def _pick_from_table() -> None:
@@ -89,6 +89,9 @@ ui.dataframe(
             "share of each class", help="Of the slice's examples labelled with a class, the share in this cluster "
                                         "(recall per class; each class sums to 100% over the clusters)."),
         "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="%.2f"),
+        "class_recall_text": st.column_config.TextColumn(
+            "recall per class", help="The model's recall of each class inside the cluster: of the cluster's "
+                                     "examples labelled with the class, the share predicted as it."),
         "confidence": st.column_config.NumberColumn("confidence", format="%.2f",
                                                     help="Mean probability of the predicted class."),
         "top_terms": st.column_config.TextColumn(f"top terms ({RANKINGS[ranking]})", width="large"),
@@ -127,8 +130,8 @@ members = view.rows[labels == pick]
 info = summary.set_index("cluster").loc[pick]
 st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice); labels "
             f"{md(info.labels_text)} (majority *{md(info.majority_label)}*); predictions {md(info.preds_text)} "
-            f"(majority *{md(info.majority_pred)}*); accuracy {info.accuracy:.0%}; share of each class's examples in "
-            f"the slice: {md(info.recall_text)}.")
+            f"(majority *{md(info.majority_pred)}*); accuracy {info.accuracy:.0%} (recall per class: "
+            f"{md(info.class_recall_text)}); share of each class's examples in the slice: {md(info.recall_text)}.")
 if info.shortcut:
     st.warning(f"⚠️ Possible shortcut: {md(info.flag_reason)}.")
 ui.example_list(view, members, key="cluster_members")

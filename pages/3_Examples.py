@@ -1,10 +1,12 @@
-"""Examples: a searchable, sortable table of the slice and a detail view of one example shaded by saliency."""
+"""Examples: a searchable, sortable table of the slice (or of a dataset warning's examples, `?warning=<id>`) and a
+detail view of one example shaded by saliency."""
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import plots, ui
+from core import dataset_warnings, plots, ui
 from core.ui import escape_markdown as md  # the search box, split names and method names
+from core.ui import inline_code
 
 SORTS = {
     "row": ("row id", None),
@@ -17,14 +19,45 @@ MAX_TABLE_ROWS = 2000
 view = ui.current_view()
 ui.page_header("Examples", view, "Search the slice, select a row, and read the example with each token shaded "
                                  "by its saliency for the prediction.")
-ui.require_rows(view)
+
+# A dataset warning's examples (a Summary button or a link's ?warning=<id>) replace the slice in the table.
+finding = None
+warning_id = ui.open_warning_id()
+if warning_id:
+    finding = dataset_warnings.find(view.dataset_warnings(), warning_id)
+    if finding is None:
+        st.warning(f"The dataset warning {inline_code(warning_id)} from the link is not among this run's warnings "
+                   "(they may have been recomputed); showing the slice.")
+        ui.close_warning()
+if finding is None:
+    ui.require_rows(view)
 
 controls = st.columns([3, 2])
 query = ui.synced(controls[0].text_input, "Search the texts", "q", "", placeholder="any substring, case-insensitive")
 sort = ui.synced(controls[1].selectbox, "Order", "sort", "row", options=list(SORTS),
-                 format_func=lambda s: SORTS[s][0])
+                 format_func=lambda s: "the warning's order" if finding is not None and s == "row" else SORTS[s][0])
 
-table = ui.display_table(view)
+columns = ui.TABLE_COLUMNS
+if finding is not None:
+    notes: dict[int, list[str]] = {}
+    for r, note in zip(finding["rows"], finding["notes"]):
+        if 0 <= int(r) < len(view.run.examples):
+            notes.setdefault(int(r), []).append(note)  # a training row duplicated twice is listed once
+    table = ui.display_table(view, np.fromiter(notes, dtype=np.int64, count=len(notes)))
+    table.insert(0, "warning", ["; ".join(n for n in v if n) for v in notes.values()])
+    columns = {**columns, "warning": st.column_config.TextColumn("warning", width="medium")}
+    st.query_params["warning"] = warning_id
+    banner, back = st.columns([5, 1])
+    banner.info(f"**Dataset warning**: {md(finding['title'])}. Listing its {len(table):,} examples"
+                + (f" (the first {len(finding['rows']):,} stored of {finding['count']:,})"
+                   if finding["count"] > len(finding["rows"]) else "")
+                + " from the whole run; the sidebar's slice does not apply until you go back to it.",
+                icon=":material/warning:")
+    if back.button("Back to the slice", key="close_warning", icon=":material/close:", width="stretch"):
+        ui.close_warning()
+        st.rerun()
+else:
+    table = ui.display_table(view)
 if query:
     table = table[table["text"].str.contains(query, case=False, regex=False, na=False)]
 if sort == "confident_wrong":
@@ -47,7 +80,7 @@ focus = ui.focus_row()
 default_position = table.index.get_indexer([focus])[0] if focus is not None else 0
 state = ui.dataframe(table, key="examples_table", on_select="rerun", selection_mode="single-row",
                      height="auto" if len(table) <= 8 else 320,
-                     column_config=ui.TABLE_COLUMNS,
+                     column_config=columns,
                      selection_default={"selection": {"rows": [int(default_position)]}} if default_position >= 0
                      else None)
 chosen = [i for i in state.selection.rows if i < len(table)]  # a stale selection can outlive a new search

@@ -1,0 +1,104 @@
+"""Classification metrics of a slice: per-class precision, recall and F1, and for binary tasks ROC and
+precision-recall curves with the metrics at a chosen threshold (Summary page).
+
+Pure compute on label, prediction and probability arrays (scikit-learn); nothing here draws or imports streamlit.
+scikit-learn is imported on first use: its import costs 1-2 s, which the Summary page, the first a new server
+draws, pays only once it reaches its metrics section (see analysis.cluster_rows).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+def per_class_report(labels: Sequence[int], preds: Sequence[int], label_names: Sequence[str]) -> pd.DataFrame:
+    """Return one row per class: ``class``, ``support`` (examples labelled with it), ``predicted`` (examples
+    predicted as it), ``precision``, ``recall`` and ``f1`` (scikit-learn's ``precision_recall_fscore_support``;
+    NaN where undefined: precision of a class never predicted, recall of a class absent from the labels), then
+    the rows ``macro average`` (mean over the classes where the metric is defined) and ``weighted average``
+    (weighted by support)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = np.asarray(labels, dtype=np.int64)
+    preds = np.asarray(preds, dtype=np.int64)
+    classes = list(range(len(label_names)))
+    columns = ["class", "support", "predicted", "precision", "recall", "f1"]
+    if len(labels) == 0:
+        return pd.DataFrame(columns=columns)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, preds, labels=classes, average=None, zero_division=np.nan)
+    predicted = np.bincount(preds[(preds >= 0) & (preds < len(classes))], minlength=len(classes))
+    table = pd.DataFrame({"class": [str(n) for n in label_names], "support": support.astype(np.int64),
+                          "predicted": predicted.astype(np.int64), "precision": precision, "recall": recall,
+                          "f1": f1})
+    metrics = ["precision", "recall", "f1"]
+    macro = {m: float(np.nanmean(table[m])) if table[m].notna().any() else np.nan for m in metrics}
+    weighted = {}
+    for m in metrics:
+        known = table[m].notna() & (table["support"] > 0)
+        weights = table.loc[known, "support"]
+        weighted[m] = float(np.average(table.loc[known, m], weights=weights)) if weights.sum() > 0 else np.nan
+    total, n_pred = int(table["support"].sum()), int(table["predicted"].sum())
+    averages = pd.DataFrame([{"class": "macro average", "support": total, "predicted": n_pred, **macro},
+                             {"class": "weighted average", "support": total, "predicted": n_pred, **weighted}])
+    return pd.concat([table, averages], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class BinaryCurves:
+    """ROC and precision-recall curves of one class's probability against the labels (scikit-learn)."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    roc_thresholds: np.ndarray
+    roc_auc: float
+    precision: np.ndarray
+    recall: np.ndarray
+    pr_thresholds: np.ndarray
+    average_precision: float
+    positives: int
+    negatives: int
+
+
+def binary_curves(is_positive: Sequence[bool], scores: Sequence[float]) -> BinaryCurves | None:
+    """Return the ROC and precision-recall curves of `scores` (the positive class's probability) against
+    `is_positive`; None when the rows hold only one of the two classes (the curves are then undefined)."""
+    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+    y = np.asarray(is_positive, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        return None
+    fpr, tpr, roc_thresholds = roc_curve(y, s, drop_intermediate=False)
+    precision, recall, pr_thresholds = precision_recall_curve(y, s)
+    return BinaryCurves(fpr=fpr, tpr=tpr, roc_thresholds=roc_thresholds, roc_auc=float(auc(fpr, tpr)),
+                        precision=precision, recall=recall, pr_thresholds=pr_thresholds,
+                        average_precision=float(average_precision_score(y, s)),
+                        positives=positives, negatives=len(y) - positives)
+
+
+def threshold_metrics(is_positive: Sequence[bool], scores: Sequence[float], threshold: float) -> dict[str, float]:
+    """Return the counts and metrics of predicting positive where ``score >= threshold``: ``tp``, ``fp``, ``fn``,
+    ``tn``, ``precision`` (NaN when nothing is predicted positive), ``recall`` and ``tpr`` (NaN without
+    positives), ``fpr`` (NaN without negatives), ``f1`` (NaN when precision or recall is, 0 when both are 0) and
+    ``accuracy`` (scikit-learn's confusion_matrix)."""
+    from sklearn.metrics import confusion_matrix
+
+    y = np.asarray(is_positive, dtype=bool)
+    predicted = np.asarray(scores, dtype=np.float64) >= threshold
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[False, True]).ravel())
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else float("nan")
+
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    if np.isnan(precision) or np.isnan(recall):
+        f1 = float("nan")
+    else:
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": precision, "recall": recall, "tpr": recall,
+            "fpr": ratio(fp, fp + tn), "f1": f1, "accuracy": ratio(tp + tn, len(y))}
