@@ -28,6 +28,8 @@ PAGES = {
     "map": f"Map?{SLICE}&colour=cluster",
     "examples": f"Examples?{SLICE}",
     "neighbours": f"Neighbours?{SLICE}",
+    "summary": f"?{SLICE}",
+    "compare": "Compare?",
 }
 
 

@@ -167,7 +167,8 @@ def _counts(M: Matrix, rows: np.ndarray) -> np.ndarray:
 def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequence[str], labels: np.ndarray,
                label_names: Sequence[str], rows: np.ndarray | None = None, *, presence_a: Matrix | None = None,
                presence_b: Matrix | None = None, ignore_a: np.ndarray | None = None,
-               ignore_b: np.ndarray | None = None, n: int = 10, min_count: int | None = None) -> pd.DataFrame:
+               ignore_b: np.ndarray | None = None, n: int = 10, min_count: int | None = None,
+               idf_a: np.ndarray | None = None, idf_b: np.ndarray | None = None) -> pd.DataFrame:
     """Return, per true class, the `n` terms whose mean salience rose most and the `n` that fell most from A to B.
 
     R_a, R_b: each run's (examples x terms) salience matrix (S1, whole words by default), rows aligned (the same
@@ -177,7 +178,9 @@ def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequen
     examples (from `presence_a`/`presence_b`, the larger count; salient entries when none is given; default
     analysis.default_min_support of the class size) are listed. Columns: class, direction ("rose"/"fell"), term,
     salience_a, salience_b, change, examples. Per class: rises (largest first), then falls (most negative first);
-    equal changes by term. Identical maps give an empty frame.
+    equal changes by term. Identical maps give an empty frame. With `idf_a`/`idf_b` (each run's TermSpace.idf) the
+    order is by change x idf (A's where it has the term), as the Clusters page ranks terms, so that shifts spread
+    over function words (`a`, `is`, `to`) do not crowd out the terms that moved.
     """
     ids = _rows(rows, R_a.shape[0])
     union: dict[str, int] = {}
@@ -193,6 +196,11 @@ def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequen
         ignored[col_a[np.asarray(ignore_a, dtype=bool)]] = True
     if ignore_b is not None:
         ignored[col_b[np.asarray(ignore_b, dtype=bool)]] = True
+    weight = np.ones(len(union))
+    if idf_b is not None:
+        weight[col_b] = np.asarray(idf_b, dtype=np.float64)
+    if idf_a is not None:
+        weight[col_a] = np.asarray(idf_a, dtype=np.float64)
     labels = np.asarray(labels)
     frames = []
     for c, name in enumerate(label_names):
@@ -210,7 +218,7 @@ def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequen
         ok = (count >= threshold) & ~ignored
         for direction, sign in (("rose", 1.0), ("fell", -1.0)):
             chosen = np.flatnonzero(ok & (sign * change > 0))
-            chosen = chosen[np.lexsort((terms[chosen].astype(str), -sign * change[chosen]))][:n]
+            chosen = chosen[np.lexsort((terms[chosen].astype(str), -sign * change[chosen] * weight[chosen]))][:n]
             frames.append(pd.DataFrame({"class": name, "direction": direction, "term": terms[chosen].astype(str),
                                         "salience_a": mean_a[chosen], "salience_b": mean_b[chosen],
                                         "change": change[chosen], "examples": count[chosen]}))

@@ -175,7 +175,8 @@ def _term_shift(id_a: str, s_a: int, ka: tuple, id_b: str, s_b: int, kb: tuple, 
     return compare.term_shift(ui.run_matrix(a, rk_a), ui.run_matrix(b, rk_b), space_a.vocab, space_b.vocab,
                               a.examples["label"].to_numpy(), a.label_names, rows, presence_a=space_a.presence,
                               presence_b=space_b.presence, ignore_a=space_a.ignore_mask,
-                              ignore_b=space_b.ignore_mask, n=N_TERMS, min_count=minimum or None)
+                              ignore_b=space_b.ignore_mask, n=N_TERMS, min_count=minimum or None,
+                              idf_a=space_a.idf(), idf_b=space_b.idf())
 
 
 shift = _term_shift(run_a.run_id, stamp_a, ui.key_tuple(key_a), run_b.run_id, stamp_b, ui.key_tuple(key_b), rows,
@@ -183,7 +184,8 @@ shift = _term_shift(run_a.run_id, stamp_a, ui.key_tuple(key_a), run_b.run_id, st
 of_class = shift[shift["class"] == shift_class]
 st.caption(f"A term's salience in a class: its mean S1 salience ({md(key_a.label())} for A, {md(method_b)} for B; "
            "each example's vector has unit length, so the two runs' scales compare) over the class's examples of "
-           f"the slice. Up to {N_TERMS} largest rises and falls, B − A.")
+           f"the slice. Up to {N_TERMS} largest rises and falls, B − A, ranked by the change times the term's idf "
+           "(as cluster terms are), so shifts spread over function words do not crowd out the terms that moved.")
 if of_class.empty:
     st.info(f"No term's salience changed in class {md(shift_class)} (among terms in enough of its examples: lower "
             "the minimum above, or widen the slice).")

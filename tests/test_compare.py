@@ -362,3 +362,17 @@ def test_page_does_not_render_class_names_or_terms_as_markdown(hostile_data_run)
     no_exception(at)
     assert_no_live_markup(at)
     assert any("evil" in v for v in markdown_values(at))
+
+
+def test_term_shift_ranks_by_change_times_idf():
+    # "the" rises most in raw salience, but it is in every example (idf ~0); "dull" rises less and is rare.
+    R_a = np.array([[0.2, 0.1], [0.2, 0.1], [0.2, 0.1]])
+    R_b = np.array([[0.5, 0.3], [0.5, 0.3], [0.5, 0.3]])
+    vocab = ["the", "dull"]
+    labels = np.zeros(3, dtype=int)
+    plain = compare.term_shift(R_a, R_b, vocab, vocab, labels, ["neg"], min_count=1)
+    assert list(plain["term"]) == ["the", "dull"]
+    idf = np.array([0.05, 2.0])
+    weighted = compare.term_shift(R_a, R_b, vocab, vocab, labels, ["neg"], min_count=1, idf_a=idf, idf_b=idf)
+    assert list(weighted["term"]) == ["dull", "the"]
+    assert weighted.set_index("term").loc["the", "change"] == pytest.approx(0.3)  # the change shown stays raw
