@@ -74,6 +74,17 @@ method_b = ui.synced(controls[1].selectbox, "Method of B", "method_b", default_m
                      help="Attribution method of run B's maps and terms; run A's is the sidebar's.")
 
 
+def _selectable_table(table: pd.DataFrame, key: str, pick_key: str, rows: list[int], column_config: dict) -> None:
+    """Draw `table` with single-row selection; selecting a row puts its run row id into `pick_key`."""
+    def on_select() -> None:
+        selected = st.session_state[key].selection.rows
+        if selected:
+            st.session_state[pick_key] = rows[selected[0]]
+
+    ui.dataframe(table, key=key, on_select=on_select, selection_mode="single-row",
+                 height="auto" if len(table) <= 10 else 360, column_config=column_config)
+
+
 def _swap() -> None:
     """Make B the sidebar's run A and A run B (a widget callback: runs before the page redraws)."""
     st.session_state["run"], st.session_state["run_b"] = run_b.run_id, run_a.run_id
@@ -135,18 +146,11 @@ else:
     if len(flips) > len(shown):
         st.caption(f"Showing the first {len(shown):,} of {len(flips):,}.")
     picks = [int(r) for r in shown.index]
-
-    def _pick_flip() -> None:
-        selected = st.session_state["flips_table"].selection.rows
-        if selected:
-            st.session_state["flip_pick"] = picks[selected[0]]
-
-    ui.dataframe(shown, key="flips_table", on_select=_pick_flip, selection_mode="single-row",
-                 height="auto" if len(shown) <= 10 else 360,
-                 column_config={"text": st.column_config.TextColumn("text", width="large"),
-                                "pred_a": "prediction of A", "pred_b": "prediction of B",
-                                "p_true_a": ratio("p(label) in A", min_value=0.0, max_value=1.0, format="%.2f"),
-                                "p_true_b": ratio("p(label) in B", min_value=0.0, max_value=1.0, format="%.2f")})
+    _selectable_table(shown, "flips_table", "flip_pick", picks,
+                      {"text": st.column_config.TextColumn("text", width="large"),
+                       "pred_a": "prediction of A", "pred_b": "prediction of B",
+                       "p_true_a": ratio("p(label) in A", min_value=0.0, max_value=1.0, format="%.2f"),
+                       "p_true_b": ratio("p(label) in B", min_value=0.0, max_value=1.0, format="%.2f")})
     pick_col, open_col = st.columns([3, 1], vertical_alignment="bottom")
     flip_row = ui.synced(pick_col.selectbox, "Example to open (or select a table row)", "flip_pick", picks[0],
                          options=picks, format_func=lambda r: f"row {r} · {flips.loc[r, 'direction']}")
@@ -232,18 +236,11 @@ else:
             table[column] = table[column].map(dict(enumerate(names)))
         table = table[["text", "jaccard", "spearman", "tokens", "label", "pred_a", "pred_b"]]
         least_rows = [int(r) for r in table.index]
-
-        def _pick_least() -> None:
-            selected = st.session_state["least_agreeing"].selection.rows
-            if selected:
-                st.session_state["agree_pick"] = least_rows[selected[0]]
-
-        ui.dataframe(table, key="least_agreeing", on_select=_pick_least, selection_mode="single-row",
-                     height="auto" if len(table) <= 10 else 360,
-                     column_config={"text": st.column_config.TextColumn("text", width="large"),
-                                    "jaccard": st.column_config.NumberColumn("Jaccard", format="%.2f"),
-                                    "spearman": st.column_config.NumberColumn("Spearman", format="%.2f"),
-                                    "pred_a": "prediction of A", "pred_b": "prediction of B"})
+        _selectable_table(table, "least_agreeing", "agree_pick", least_rows,
+                          {"text": st.column_config.TextColumn("text", width="large"),
+                           "jaccard": st.column_config.NumberColumn("Jaccard", format="%.2f"),
+                           "spearman": st.column_config.NumberColumn("Spearman", format="%.2f"),
+                           "pred_a": "prediction of A", "pred_b": "prediction of B"})
         pick_col, open_col = st.columns([3, 1], vertical_alignment="bottom")
         agree_row = ui.synced(pick_col.selectbox, "Example to read (or select a table row)", "agree_pick",
                               least_rows[0], options=least_rows,
