@@ -242,13 +242,50 @@ def check_inputs(model_dir: Path, data_path: Path, settings: PrecomputeSettings)
 
 
 def precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings = PrecomputeSettings(),
-               force: bool = False, progress: bool = True, stop_after_chunks: int | None = None) -> PrecomputeResult:
+               force: bool = False, progress: bool = True, stop_after_chunks: int | None = None,
+               projection: bool = False) -> PrecomputeResult:
     """Compute (or reuse) the run for this model, data and settings and return where it is stored.
+
+    `projection=True` (the CLI's default) then stores the Map page's default map (UMAP of the default
+    representation of the whole run, see core.projection) unless it is stored already, so the first Map is not
+    blank; it is a derived file outside the manifest, so the run's fingerprint and file hashes do not change.
 
     A second identical precompute waits for the first (a lock per run) and then reuses its run; work folders
     left by killed precomputes are removed first (see core.store.clean_stale_work).
     `stop_after_chunks` simulates an interruption (raises KeyboardInterrupt) after that many new chunks.
     """
+    result = _precompute(model_dir, data_path, settings, force, progress, stop_after_chunks)
+    if projection:
+        build_default_projection(result.run_path, progress)
+    return result
+
+
+def build_default_projection(run_path: Path, progress: bool = True) -> Path:
+    """Store the default map of the run at `run_path` (core.projection) unless stored already; return its file."""
+    from tqdm.auto import tqdm
+
+    from core.projection import DEFAULT_PROJECTION_METHOD, build_default_projection as build, describe_estimate
+
+    run = open_run(run_path)
+    n = run.n_examples
+    if progress:
+        print(f"Default map: UMAP of {n:,} examples ({describe_estimate(n, DEFAULT_PROJECTION_METHOD)} on a 2-core "
+              "CPU; skip with --no-projection, the Map page then computes it on first visit)", file=sys.stderr)
+    with tqdm(total=100, desc="Map (UMAP)", unit="%", disable=not progress, dynamic_ncols=True,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
+        def report(fraction: float, message: str) -> None:
+            bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+            bar.set_postfix_str(message)
+
+        file, computed = build(run, report)
+        if not computed:
+            bar.n = 100
+            bar.set_postfix_str("already stored")
+    return file
+
+
+def _precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings, force: bool,
+                progress: bool, stop_after_chunks: int | None) -> PrecomputeResult:
     t_start = time.perf_counter()
     model_dir, data_path = Path(model_dir).expanduser().resolve(), Path(data_path).expanduser().resolve()
     check_inputs(model_dir, data_path, settings)
@@ -621,6 +658,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "$SALIENCY_ATLAS_CACHE (default: $SALIENCY_ATLAS_CACHE, else cache/ in the repository)")
     parser.add_argument("--force", action="store_true", help="recompute even if the run is cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-projection", action="store_true",
+                        help="do not store the Map page's default map (UMAP of the whole run, about 2 min for "
+                             "100,000 examples on 2 cores); the Map page then computes it on its first visit")
     return parser.parse_args(argv)
 
 
@@ -646,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
         truncation=args.truncation, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
     try:
-        result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet)
+        result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet,
+                            projection=not args.no_projection)
     except (ModelLoadError, DataLoadError, CacheError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

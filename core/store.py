@@ -162,8 +162,9 @@ def _save_matrix(path: Path, matrix) -> None:
         raise
 
 
-# Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check.
-DERIVED_FOLDERS = ("words",)
+# Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check
+# (analysis/: stored 2-D projections, core.projection).
+DERIVED_FOLDERS = ("words", "analysis")
 
 
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:

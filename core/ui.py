@@ -12,14 +12,11 @@ are also written to the run's analysis folder as .npy, so each run/slice/represe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import html
 import io
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +27,14 @@ import pandas as pd
 import streamlit as st
 
 from core import analysis, dataset_warnings, plots
+from core.projection import (PROJECTION_LOCK, PROJECTION_SEED, describe_estimate, projection_file,  # noqa: F401
+                             short_hash, slice_json, warm_up_in_background)
+from core.projection import compute_projection as _compute_projection
 from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_TERMS_UNIT, DEFAULT_UNIT,
                                   DEFAULT_WEIGHTING,
                                   REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
                                   RepresentationKey)
-from core.store import (MANIFEST, REPO_ROOT, CacheError, Run, atomic_write_bytes, list_runs, open_run, read_manifest,
+from core.store import (MANIFEST, REPO_ROOT, CacheError, Run, list_runs, open_run, read_manifest,
                         run_problem, runs_dir)
 
 T = TypeVar("T")
@@ -77,14 +77,13 @@ CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclas
 DEFAULT_CLUSTERS = 5
 SAMPLE_SEED = 0
 CLUSTER_SEED = 0
-PROJECTION_SEED = 0
 
 # Above this many points the map's hover shows row ids only: full hover texts cost about 300 bytes a point
 # (32 MB for 100,000), which the browser takes seconds to receive; see bench/results/dashboard.md.
 MAP_FULL_HOVER_MAX = 20_000
 
 # UMAP (numba) and t-SNE are not safe to run concurrently from several sessions' threads.
-_PROJECTION_LOCK = threading.Lock()
+_PROJECTION_LOCK = PROJECTION_LOCK
 # Dataset warnings are computed once per run; a second session waits for the first and reads its file.
 _WARNINGS_LOCK = threading.Lock()
 
@@ -96,18 +95,9 @@ _SIDEBAR_PARAMS = "_atlas_sidebar_params"
 # ============================================================================ pure helpers
 
 
-def slice_json(spec: analysis.SliceSpec) -> str:
-    """Return a canonical JSON string of a slice spec (a primitive cache key)."""
-    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
-
-
 def slice_hash(spec: analysis.SliceSpec) -> str:
     """Return a short stable hash of a slice spec, used in file names of cached projections."""
-    return _short_hash(slice_json(spec))
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return short_hash(slice_json(spec))
 
 
 def key_tuple(key: RepresentationKey) -> tuple[str, str | None, int | None, bool, str, str]:
@@ -345,12 +335,6 @@ def _term_idf(path: str, stamp: int, unit: str) -> np.ndarray:
     return _open_run(path, stamp).term_space(unit).idf()
 
 
-def projection_file(run: Run, key: tuple, spec_json: str, method: str, seed: int) -> Path:
-    """Return where the 2-D coordinates of a run/representation/slice/method/seed are stored (.npy)."""
-    slug = RepresentationKey(*key).slug
-    return run.analysis_dir() / f"projection-{method}-{slug}-{_short_hash(spec_json)}-seed{seed}.npy"
-
-
 @st.cache_data(show_spinner=False, max_entries=32)
 def _stored_projection(file: str, mtime_ns: int, n_rows: int) -> np.ndarray:
     coords = np.load(file, allow_pickle=False)
@@ -374,22 +358,24 @@ def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, 
     coords = stored()
     if coords is not None:
         return coords
-    bar = st.progress(0.0, text=f"Waiting for another projection to finish before projecting {len(rows):,} points…")
+    title = {"umap": "UMAP", "tsne": "t-SNE"}.get(method, method)
+    slot = st.empty()  # the status box goes away once the map is drawn
+    with slot.container():
+        status = st.status(f"Computing the {title} map of {len(rows):,} points: {describe_estimate(len(rows), method)}"
+                           " on a 2-core CPU, once per run, slice and representation, then saved in the run folder",
+                           expanded=True)
+        bar = status.progress(0.0, text="Waiting for another map being computed in this server to finish…")
     with _PROJECTION_LOCK:
-        coords = stored()  # another session may have computed it while this one waited
+        coords = stored()  # another session (or the precompute) may have stored it while this one waited
         if coords is None:
             matrix = _matrix(path, stamp, *key)[rows]
 
             def report(fraction: float, message: str) -> None:
-                bar.progress(min(max(fraction, 0.0), 1.0),
-                             text=f"{message} (once per run, slice and representation; saved in the run folder)")
+                bar.progress(min(max(fraction, 0.0), 1.0), text=message)
 
             with leave_a_core_for_the_browser():
-                coords = analysis.project_2d(matrix, method, seed=seed, progress=report).astype(np.float32)
-            buffer = io.BytesIO()
-            np.save(buffer, coords, allow_pickle=False)
-            atomic_write_bytes(file, buffer.getvalue())
-    bar.empty()
+                coords = _compute_projection(matrix, method, seed, file, progress=report)
+    slot.empty()
     return coords
 
 
@@ -585,6 +571,8 @@ def current_view() -> View:
     page opened straight from a shared link builds the same view as one reached through the app.
     """
     st.set_page_config(page_title="Saliency Atlas", page_icon=":material/travel_explore:", layout="wide")
+    # Once per server process, in a daemon thread: numba compiles UMAP's code (10-25 s) before a map is asked for.
+    warm_up_in_background()
     return render_sidebar()
 
 

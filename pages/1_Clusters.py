@@ -14,124 +14,135 @@ ui.page_header("Clusters", view,
                "Each cluster groups examples whose salient terms are alike. Its **top terms** are, by default, its "
                "**distinctive** terms: more salient in the cluster than in the rest of the slice (difference of "
                "mean salience, S1 vocabulary, salient in at least 3 of its examples, times the term's idf), so "
-               "words salient or present everywhere drop out; *mean salience* ranks by the plain mean instead. A small, confidently predicted cluster "
-               "whose salience sits on a few terms is flagged ⚠️ as a **possible shortcut** in the data.")
+               "words salient or present everywhere drop out; *mean salience* ranks by the plain mean instead. A "
+               "small, confidently predicted cluster whose salience sits on a few terms is flagged ⚠️ as a "
+               "**possible shortcut** in the data.")
 ui.require_rows(view, view.n_clusters, f"the {view.n_clusters} clusters asked for (sidebar, *Clusters*)")
 
-ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
-                    format_func=RANKINGS.get, horizontal=True,
-                    help="distinctive: (mean salience in the cluster minus in the rest of the slice) x idf, "
-                         "log((1 + n) / (1 + examples containing the term)): terms salient or present everywhere "
-                         "fall out. mean salience: the paper's mean over the cluster.")
-
-summary = view.cluster_summary(ranking=ranking)
-labels = view.cluster_labels()
-if len(summary) < view.n_clusters:
-    st.info(f"k-means found only {len(summary)} distinct cluster{'s' if len(summary) != 1 else ''} instead of "
-            f"{view.n_clusters}: many examples of the slice have identical vectors in this representation "
-            "(for instance all-zero rows). Try another representation or a larger k.")
-
-chart, clouds_intro = st.columns([3, 2], gap="large")
-with chart:
-    st.plotly_chart(plots.cluster_size_bar(summary), key="cluster_sizes")
-with clouds_intro:
-    st.markdown(f"**{len(summary)} clusters** of {len(view.rows):,} examples.")
-    largest = summary.iloc[0]
-    best = summary.sort_values(["accuracy", "size"], ascending=[False, True]).iloc[0]
-    st.markdown(f"- Largest: cluster {largest.cluster}, {largest.size_pct:.1f}% of the slice\n"
-                f"- Most accurate: cluster {best.cluster} ({best.accuracy:.0%}, {best.size_pct:.1f}% of the slice), "
-                f"top terms *{md(best.top_terms) or '—'}*")
-    flagged = summary[summary["shortcut"]]
-    if len(flagged):
-        st.markdown("\n".join(f"- ⚠️ **Possible shortcut: cluster {c.cluster}**, top terms "
-                              f"*{md(c.top_terms) or '—'}*: {md(c.flag_reason)}" for c in flagged.itertuples()))
-    else:
-        st.caption(f"No cluster is flagged as a possible shortcut (under {analysis.SHORTCUT_MAX_SIZE_PCT:g}% of the "
-                   f"slice, mean max probability ≥ {analysis.SHORTCUT_MIN_CONFIDENCE:g} and top "
-                   f"{analysis.SHORTCUT_TOP_TERMS} terms holding ≥ {analysis.SHORTCUT_MIN_TOP_SHARE:.0%} of the "
-                   f"cluster's salience and ≥ {analysis.SHORTCUT_MIN_SHARE_RATIO:g}x the share the slice's own top "
-                   f"{analysis.SHORTCUT_TOP_TERMS} hold).")
-    slice_labels = view.examples["label"].to_numpy()
-    # only meaningful on a slice the model splits into several classes (not e.g. "predicted negative")
-    if len(summary) > 1 and view.examples["pred"].nunique() > 1 and len(set(slice_labels.tolist())) > 1:
-        agreement = analysis.label_agreement(labels, slice_labels)
-        st.caption(f"Agreement of these clusters with the true labels: adjusted Rand index {agreement:.2f} "
-                   "(1: the clusters are the classes; 0: unrelated).")
-        if agreement < 0.2 and view.key.name in ("s1", "s2"):
-            st.caption("Salience clusters group examples by the words the model relies on, which on a slice of "
-                       "several classes need not follow the classes: on a four-class benchmark no salience "
-                       "representation reached an ARI above 0.13, B3 [CLS] reached 0.48 and B1 0.38 "
-                       "(bench/results/representations.md). To group by class, switch the sidebar's "
-                       "*Representation*; to find a shortcut, slice by one predicted class first.")
-    st.caption("Select a row of the table to list that cluster's examples.")
-
-table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[
-    ["cluster", "flag", "size", "size_pct", "labels_text", "preds_text", "recall_text", "accuracy",
-     "class_recall_text", "confidence", "top_terms", "flag_reason"]]
+labels = view.cluster_labels()  # k-means runs here, in the full run, never again on the fragment's reruns
 
 
-def _pick_from_table() -> None:
-    selected = st.session_state["cluster_table"].selection.rows
-    if selected:
-        st.session_state["cluster_pick"] = int(table.iloc[selected[0]].cluster)
+@st.fragment
+def clusters_view(view: ui.View, labels) -> None:
+    """Ranking, table, word clouds and a cluster's examples: a fragment, so switching the ranking or picking a
+    cluster reruns only this block (the sidebar and k-means are not run again)."""
+    ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
+                        format_func=RANKINGS.get, horizontal=True,
+                        help="distinctive: (mean salience in the cluster minus in the rest of the slice) x idf, "
+                             "log((1 + n) / (1 + examples containing the term)): terms salient or present everywhere "
+                             "fall out. mean salience: the paper's mean over the cluster.")
+
+    summary = view.cluster_summary(ranking=ranking)
+    if len(summary) < view.n_clusters:
+        st.info(f"k-means found only {len(summary)} distinct cluster{'s' if len(summary) != 1 else ''} instead of "
+                f"{view.n_clusters}: many examples of the slice have identical vectors in this representation "
+                "(for instance all-zero rows). Try another representation or a larger k.")
+
+    chart, clouds_intro = st.columns([3, 2], gap="large")
+    with chart:
+        st.plotly_chart(plots.cluster_size_bar(summary), key="cluster_sizes")
+    with clouds_intro:
+        st.markdown(f"**{len(summary)} clusters** of {len(view.rows):,} examples.")
+        largest = summary.iloc[0]
+        best = summary.sort_values(["accuracy", "size"], ascending=[False, True]).iloc[0]
+        st.markdown(f"- Largest: cluster {largest.cluster}, {largest.size_pct:.1f}% of the slice\n"
+                    f"- Most accurate: cluster {best.cluster} ({best.accuracy:.0%}, {best.size_pct:.1f}% of the "
+                    f"slice), top terms *{md(best.top_terms) or '—'}*")
+        flagged = summary[summary["shortcut"]]
+        if len(flagged):
+            st.markdown("\n".join(f"- ⚠️ **Possible shortcut: cluster {c.cluster}**, top terms "
+                                  f"*{md(c.top_terms) or '—'}*: {md(c.flag_reason)}" for c in flagged.itertuples()))
+        else:
+            st.caption(f"No cluster is flagged as a possible shortcut (under {analysis.SHORTCUT_MAX_SIZE_PCT:g}% "
+                       f"of the slice, mean max probability ≥ {analysis.SHORTCUT_MIN_CONFIDENCE:g} and top "
+                       f"{analysis.SHORTCUT_TOP_TERMS} terms holding ≥ {analysis.SHORTCUT_MIN_TOP_SHARE:.0%} of the "
+                       f"cluster's salience and ≥ {analysis.SHORTCUT_MIN_SHARE_RATIO:g}x the share the slice's own "
+                       f"top {analysis.SHORTCUT_TOP_TERMS} hold).")
+        slice_labels = view.examples["label"].to_numpy()
+        # only meaningful on a slice the model splits into several classes (not e.g. "predicted negative")
+        if len(summary) > 1 and view.examples["pred"].nunique() > 1 and len(set(slice_labels.tolist())) > 1:
+            agreement = analysis.label_agreement(labels, slice_labels)
+            st.caption(f"Agreement of these clusters with the true labels: adjusted Rand index {agreement:.2f} "
+                       "(1: the clusters are the classes; 0: unrelated).")
+            if agreement < 0.2 and view.key.name in ("s1", "s2"):
+                st.caption("Salience clusters group examples by the words the model relies on, which on a slice of "
+                           "several classes need not follow the classes: on a four-class benchmark no salience "
+                           "representation reached an ARI above 0.13, B3 [CLS] reached 0.48 and B1 0.38 "
+                           "(bench/results/representations.md). To group by class, switch the sidebar's "
+                           "*Representation*; to find a shortcut, slice by one predicted class first.")
+        st.caption("Select a row of the table to list that cluster's examples.")
+
+    table = summary.assign(flag=summary["shortcut"].map({True: "⚠️", False: ""}))[
+        ["cluster", "flag", "size", "size_pct", "labels_text", "preds_text", "recall_text", "accuracy",
+         "class_recall_text", "confidence", "top_terms", "flag_reason"]]
 
 
-ui.dataframe(
-    table, hide_index=True, key="cluster_table", on_select=_pick_from_table, selection_mode="single-row",
-    column_config={
-        "cluster": st.column_config.NumberColumn("cluster", width="small"),
-        "flag": st.column_config.TextColumn("⚠️", width="small", help="Possible shortcut: see *why flagged*."),
-        "size": st.column_config.NumberColumn("examples", format="%d"),
-        "size_pct": st.column_config.ProgressColumn("% of slice", min_value=0.0, max_value=100.0, format="%.1f%%"),
-        "labels_text": st.column_config.TextColumn("labels", help="Examples per true label (ties are visible)."),
-        "preds_text": st.column_config.TextColumn("predictions", help="Examples per predicted class."),
-        "recall_text": st.column_config.TextColumn(
-            "share of each class", help="Of the slice's examples labelled with a class, the share in this cluster "
-                                        "(recall per class; each class sums to 100% over the clusters)."),
-        "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="%.2f"),
-        "class_recall_text": st.column_config.TextColumn(
-            "recall per class", help="The model's recall of each class inside the cluster: of the cluster's "
-                                     "examples labelled with the class, the share predicted as it."),
-        "confidence": st.column_config.NumberColumn("confidence", format="%.2f",
-                                                    help="Mean probability of the predicted class."),
-        "top_terms": st.column_config.TextColumn(f"top terms ({RANKINGS[ranking]})", width="large"),
-        "flag_reason": st.column_config.TextColumn("why flagged", width="large"),
-    },
-)
-st.caption(f"Top terms and word clouds are weighted by {WEIGHTS[ranking]}"
-           + (" (terms salient in at least max(3, 2%) of the cluster's examples)." if ranking == "distinctive"
-              else "."))
+    def _pick_from_table() -> None:
+        selected = st.session_state["cluster_table"].selection.rows
+        if selected:
+            st.session_state["cluster_pick"] = int(table.iloc[selected[0]].cluster)
 
-st.subheader("Word clouds")
-st.caption(f"Term size = {WEIGHTS[ranking]}, the weights of the table's top terms.")
-per_row = 4
-shown = summary if len(summary) <= 8 else summary.iloc[:8]
-for start in range(0, len(shown), per_row):
-    for col, (_, cluster) in zip(st.columns(per_row), shown.iloc[start:start + per_row].iterrows()):
-        with col:
-            flag = "⚠️ " if cluster.shortcut else ""
-            st.markdown(f"**{flag}Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy "
-                        f"{cluster.accuracy:.0%} · {md(cluster.labels_text)}")
-            png = ui.wordcloud_png(tuple(cluster.terms), 400, 220)
-            if png is None:
-                st.caption("(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)")
-            else:
-                st.image(png, width="stretch")
-            if cluster.shortcut:
-                st.caption(f"⚠️ Possible shortcut: {md(cluster.flag_reason)}")
-if len(summary) > len(shown):
-    st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
 
-st.subheader("Examples of a cluster")
-clusters = [int(c) for c in summary["cluster"]]
-pick = ui.synced(st.selectbox, "Cluster", "cluster_pick", clusters[0], options=clusters,
-                 format_func=lambda c: f"cluster {c} · {summary.set_index('cluster').loc[c, 'top_terms'] or '—'}")
-members = view.rows[labels == pick]
-info = summary.set_index("cluster").loc[pick]
-st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice); labels "
-            f"{md(info.labels_text)} (majority *{md(info.majority_label)}*); predictions {md(info.preds_text)} "
-            f"(majority *{md(info.majority_pred)}*); accuracy {info.accuracy:.0%} (recall per class: "
-            f"{md(info.class_recall_text)}); share of each class's examples in the slice: {md(info.recall_text)}.")
-if info.shortcut:
-    st.warning(f"⚠️ Possible shortcut: {md(info.flag_reason)}.")
-ui.example_list(view, members, key="cluster_members")
+    ui.dataframe(
+        table, hide_index=True, key="cluster_table", on_select=_pick_from_table, selection_mode="single-row",
+        column_config={
+            "cluster": st.column_config.NumberColumn("cluster", width="small"),
+            "flag": st.column_config.TextColumn("⚠️", width="small", help="Possible shortcut: see *why flagged*."),
+            "size": st.column_config.NumberColumn("examples", format="%d"),
+            "size_pct": st.column_config.ProgressColumn("% of slice", min_value=0.0, max_value=100.0, format="%.1f%%"),
+            "labels_text": st.column_config.TextColumn("labels", help="Examples per true label (ties are visible)."),
+            "preds_text": st.column_config.TextColumn("predictions", help="Examples per predicted class."),
+            "recall_text": st.column_config.TextColumn(
+                "share of each class", help="Of the slice's examples labelled with a class, the share in this cluster "
+                                            "(recall per class; each class sums to 100% over the clusters)."),
+            "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="%.2f"),
+            "class_recall_text": st.column_config.TextColumn(
+                "recall per class", help="The model's recall of each class inside the cluster: of the cluster's "
+                                         "examples labelled with the class, the share predicted as it."),
+            "confidence": st.column_config.NumberColumn("confidence", format="%.2f",
+                                                        help="Mean probability of the predicted class."),
+            "top_terms": st.column_config.TextColumn(f"top terms ({RANKINGS[ranking]})", width="large"),
+            "flag_reason": st.column_config.TextColumn("why flagged", width="large"),
+        },
+    )
+    st.caption(f"Top terms and word clouds are weighted by {WEIGHTS[ranking]}"
+               + (" (terms salient in at least max(3, 2%) of the cluster's examples)." if ranking == "distinctive"
+                  else "."))
+
+    st.subheader("Word clouds")
+    st.caption(f"Term size = {WEIGHTS[ranking]}, the weights of the table's top terms.")
+    per_row = 4
+    shown = summary if len(summary) <= 8 else summary.iloc[:8]
+    for start in range(0, len(shown), per_row):
+        for col, (_, cluster) in zip(st.columns(per_row), shown.iloc[start:start + per_row].iterrows()):
+            with col:
+                flag = "⚠️ " if cluster.shortcut else ""
+                st.markdown(f"**{flag}Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy "
+                            f"{cluster.accuracy:.0%} · {md(cluster.labels_text)}")
+                png = ui.wordcloud_png(tuple(cluster.terms), 400, 220)
+                if png is None:
+                    st.caption("(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)")
+                else:
+                    st.image(png, width="stretch")
+                if cluster.shortcut:
+                    st.caption(f"⚠️ Possible shortcut: {md(cluster.flag_reason)}")
+    if len(summary) > len(shown):
+        st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
+
+    st.subheader("Examples of a cluster")
+    clusters = [int(c) for c in summary["cluster"]]
+    top_terms = summary.set_index("cluster")["top_terms"]
+    pick = ui.synced(st.selectbox, "Cluster", "cluster_pick", clusters[0], options=clusters,
+                     format_func=lambda c: f"cluster {c} · {top_terms.loc[c] or '—'}")
+    members = view.rows[labels == pick]
+    info = summary.set_index("cluster").loc[pick]
+    st.markdown(f"Cluster {pick}: **{len(members):,} examples** ({info.size_pct:.1f}% of the slice); labels "
+                f"{md(info.labels_text)} (majority *{md(info.majority_label)}*); predictions {md(info.preds_text)} "
+                f"(majority *{md(info.majority_pred)}*); accuracy {info.accuracy:.0%} (recall per class: "
+                f"{md(info.class_recall_text)}); share of each class's examples in the slice: {md(info.recall_text)}.")
+    if info.shortcut:
+        st.warning(f"⚠️ Possible shortcut: {md(info.flag_reason)}.")
+    ui.example_list(view, members, key="cluster_members")
+
+
+clusters_view(view, labels)

@@ -16,93 +16,104 @@ ui.page_header("Map", view,
                "around a region to list its examples and their aggregate top terms.")
 ui.require_rows(view)
 
-controls = st.columns([1, 1, 2])
-method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap", options=list(PROJECTIONS),
-                   format_func=PROJECTIONS.get, required=True,
-                   help="Computed once per run, slice and representation, with a progress bar, and saved in the run "
-                        "folder (UMAP of 100,000 examples: about 2 minutes on a 2-core CPU). t-SNE embeds a seeded sample "
-                        "of at most 20,000 points and places the others into that map with openTSNE's transform.")
-colour = ui.synced(controls[1].selectbox, "Colour by", "colour", "label", options=list(COLOUR_BY),
-                   format_func=COLOUR_BY.get)
 
-ex = view.examples
-names = dict(enumerate(view.run.label_names))
-colour_by: pd.Series
-if colour == "label":
-    colour_by = ex["label"].map(names).rename("true label")
-elif colour == "prediction":
-    colour_by = ex["pred"].map(names).rename("prediction")
-elif colour == "correctness":
-    colour_by = ex["correct"].map({True: "correct", False: "misclassified"}).rename("correctness")
-elif colour == "cluster":
-    if len(view.rows) < view.n_clusters:
-        st.warning(f"The slice has {len(view.rows)} examples, fewer than the {view.n_clusters} clusters asked "
-                   "for in the sidebar; colouring by true label instead.")
+@st.fragment
+def map_view(view: ui.View) -> None:
+    """Controls, map and lasso selection: a fragment, so a colour change, a projection switch or a lasso reruns
+    only this block (the sidebar's slice and representation are not rebuilt)."""
+    controls = st.columns([1, 1, 2])
+    method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap", options=list(PROJECTIONS),
+                       format_func=PROJECTIONS.get, required=True,
+                       help="Computed once per run, slice and representation, with a progress bar, and saved in "
+                            "the run folder (UMAP of 100,000 examples: about 2 minutes on a 2-core CPU; the "
+                            "precompute stores the default UMAP of the whole run). t-SNE embeds a seeded sample of "
+                            "at most 20,000 points and places the others into that map with openTSNE's transform.")
+    colour = ui.synced(controls[1].selectbox, "Colour by", "colour", "label", options=list(COLOUR_BY),
+                       format_func=COLOUR_BY.get)
+
+    ex = view.examples
+    names = dict(enumerate(view.run.label_names))
+    colour_by: pd.Series
+    if colour == "label":
         colour_by = ex["label"].map(names).rename("true label")
+    elif colour == "prediction":
+        colour_by = ex["pred"].map(names).rename("prediction")
+    elif colour == "correctness":
+        colour_by = ex["correct"].map({True: "correct", False: "misclassified"}).rename("correctness")
+    elif colour == "cluster":
+        if len(view.rows) < view.n_clusters:
+            st.warning(f"The slice has {len(view.rows)} examples, fewer than the {view.n_clusters} clusters asked "
+                       "for in the sidebar; colouring by true label instead.")
+            colour_by = ex["label"].map(names).rename("true label")
+        else:
+            colour_by = pd.Series([f"cluster {c}" for c in view.cluster_labels()], index=ex.index, name="cluster")
     else:
-        colour_by = pd.Series([f"cluster {c}" for c in view.cluster_labels()], index=ex.index, name="cluster")
-else:
-    with controls[2]:
-        sub = st.columns(2)
-        words = ui.synced(sub[0].text_input, "Contains word(s)", "match_words", "", placeholder="e.g. COMMON",
-                          help="Comma-separated whole words, all required, case-insensitive.")
-        pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d",
-                            help=ui.REGEX_HELP)
-    error = analysis.validate_regex(pattern) if pattern else None
-    if error:
-        st.error(f"{md(error)}. Fix the expression; until then only the words are used.")
-        pattern = ""
-    spec = analysis.SliceSpec(contains=ui.parse_tokens(words), regex=pattern or None)
-    what = " and ".join([f"“{w}”" for w in spec.contains] + ([f"/{pattern}/"] if pattern else [])) or "nothing"
-    hits = analysis.apply_slice(ex.reset_index(drop=True), spec) if (spec.contains or spec.regex) else []
-    matched = np.zeros(len(ex), dtype=bool)
-    matched[np.asarray(hits, dtype=np.int64)] = True
-    colour_by = pd.Series(np.where(matched, f"matches {what}", "no match"), index=ex.index, name="match")
-    if not (spec.contains or spec.regex):
-        st.info("Type a word or a regular expression to highlight the examples that contain it.")
-    else:
-        st.caption(f"{matched.sum():,} of {len(ex):,} examples match {md(what)}.")
+        with controls[2]:
+            sub = st.columns(2)
+            words = ui.synced(sub[0].text_input, "Contains word(s)", "match_words", "", placeholder="e.g. COMMON",
+                              help="Comma-separated whole words, all required, case-insensitive.")
+            pattern = ui.synced(sub[1].text_input, "or matches regex", "match_regex", "", placeholder=r"e.g. class_\d",
+                                help=ui.REGEX_HELP)
+        error = analysis.validate_regex(pattern) if pattern else None
+        if error:
+            st.error(f"{md(error)}. Fix the expression; until then only the words are used.")
+            pattern = ""
+        spec = analysis.SliceSpec(contains=ui.parse_tokens(words), regex=pattern or None)
+        what = " and ".join([f"“{w}”" for w in spec.contains] + ([f"/{pattern}/"] if pattern else [])) or "nothing"
+        hits = analysis.apply_slice(ex.reset_index(drop=True), spec) if (spec.contains or spec.regex) else []
+        matched = np.zeros(len(ex), dtype=bool)
+        matched[np.asarray(hits, dtype=np.int64)] = True
+        colour_by = pd.Series(np.where(matched, f"matches {what}", "no match"), index=ex.index, name="match")
+        if not (spec.contains or spec.regex):
+            st.info("Type a word or a regular expression to highlight the examples that contain it.")
+        else:
+            st.caption(f"{matched.sum():,} of {len(ex):,} examples match {md(what)}.")
 
-coords = view.projection(method)
-hover = view.map_hover()
-if hover is None:
-    st.caption(f"{len(ex):,} points: hovering shows the row id and colour group only (full hover texts are drawn "
-               f"up to {ui.MAP_FULL_HOVER_MAX:,} points, to keep the map fast); draw a lasso or box to read the "
-               "examples, or narrow the slice.")
-figure = plots.scatter_map(coords, ex, colour_by, hover,
-                           f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}")
-figure.update_layout(height=620)
-# Small slices get bigger points; dense ones stay small so regions remain visible.
-figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
-# The mode bar (lasso, box, zoom) is always shown: by default Plotly shows it only while the mouse is over the chart.
-event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"),
-                        config={"displayModeBar": True})
+    coords = view.projection(method)
+    hover = view.map_hover()
+    if hover is None:
+        st.caption(f"{len(ex):,} points: hovering shows the row id and colour group only (full hover texts are drawn "
+                   f"up to {ui.MAP_FULL_HOVER_MAX:,} points, to keep the map fast); draw a lasso or box to read the "
+                   "examples, or narrow the slice.")
+    figure = plots.scatter_map(coords, ex, colour_by, hover,
+                               f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}")
+    figure.update_layout(height=620)
+    # Small slices get bigger points; dense ones stay small so regions remain visible.
+    figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
+    # The mode bar (lasso, box, zoom) is always shown: by default Plotly shows it only while the mouse is over the
+    # chart.
+    event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"),
+                            config={"displayModeBar": True})
 
-selected = ui.selected_rows(event, figure)
-if len(selected) == 0:
-    st.info("Draw a lasso or a box on the map to list the examples inside it: pick the lasso or box tool in the "
-            "toolbar at the top right of the map, then drag over the points.")
-else:
-    st.subheader(f"{len(selected):,} selected examples")
-    cloud, table = st.columns([1, 2], gap="large")
-    rest = np.setdiff1d(view.rows, selected, assume_unique=False)
-    R = view.vocab_matrix()
-    if len(rest):
-        top = analysis.distinctive_terms(R[selected], R[rest], view.vocab, view.ignore_mask,
-                                         presence_in_group=view.presence()[selected], n=40,
-                                         term_weights=view.term_idf())
-        how = "mean salience in the selection minus mean salience in the rest of the slice, times idf"
+    selected = ui.selected_rows(event, figure)
+    if len(selected) == 0:
+        st.info("Draw a lasso or a box on the map to list the examples inside it: pick the lasso or box tool in the "
+                "toolbar at the top right of the map, then drag over the points.")
     else:
-        top = analysis.top_terms(R[selected], view.vocab, view.ignore_mask, n=40)
-        how = "mean salience over the selection (it holds the whole slice)"
-    with cloud:
-        st.markdown(f"**Aggregate top terms** ({how})")
-        st.markdown(ui.terms_html(top[:12]), unsafe_allow_html=True)
-        png = ui.wordcloud_png(tuple(top), 400, 240)
-        if png is not None:
-            st.image(png, width="stretch")
-        sel = view.run.examples.iloc[selected]
-        st.caption(f"accuracy {sel['correct'].mean():.0%} · "
-                   + " · ".join(f"{md(names[c])}: {n}" for c, n in sel["label"].value_counts().sort_index().items()))
-    with table:
-        ui.example_list(view, selected, key="map_selection")
+        st.subheader(f"{len(selected):,} selected examples")
+        cloud, table = st.columns([1, 2], gap="large")
+        rest = np.setdiff1d(view.rows, selected, assume_unique=False)
+        R = view.vocab_matrix()
+        if len(rest):
+            top = analysis.distinctive_terms(R[selected], R[rest], view.vocab, view.ignore_mask,
+                                             presence_in_group=view.presence()[selected], n=40,
+                                             term_weights=view.term_idf())
+            how = "mean salience in the selection minus mean salience in the rest of the slice, times idf"
+        else:
+            top = analysis.top_terms(R[selected], view.vocab, view.ignore_mask, n=40)
+            how = "mean salience over the selection (it holds the whole slice)"
+        with cloud:
+            st.markdown(f"**Aggregate top terms** ({how})")
+            st.markdown(ui.terms_html(top[:12]), unsafe_allow_html=True)
+            png = ui.wordcloud_png(tuple(top), 400, 240)
+            if png is not None:
+                st.image(png, width="stretch")
+            sel = view.run.examples.iloc[selected]
+            st.caption(f"accuracy {sel['correct'].mean():.0%} · "
+                       + " · ".join(f"{md(names[c])}: {n}"
+                                    for c, n in sel["label"].value_counts().sort_index().items()))
+        with table:
+            ui.example_list(view, selected, key="map_selection")
+
+
+map_view(view)

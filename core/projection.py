@@ -1,0 +1,136 @@
+"""Stored 2-D projections (UMAP / t-SNE) of a run: where they live, how they are computed and stored.
+
+One place for the file name, so the precompute (which builds the default map at its end) writes exactly the file
+the Map page reads for the default view: the default representation of the run's first attribution method, the
+whole run (no slice), UMAP, seed PROJECTION_SEED. Projection files live in the run's `analysis/` folder, a derived
+folder (core.store.DERIVED_FOLDERS): not in the manifest, rebuilt when missing or damaged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from core import analysis
+from core.representations import RepresentationKey, default_key
+from core.store import Run, atomic_write_bytes
+
+PROJECTION_SEED = 0
+DEFAULT_PROJECTION_METHOD = "umap"
+WHOLE_RUN = analysis.SliceSpec()
+
+# Rough cost on a 2-core CPU (bench/results/dashboard.md: 100,000 rows in about 110 s for either method), plus
+# the one-off numba compilation of UMAP in a fresh process.
+SECONDS_PER_ROW = 0.0011
+FIRST_UMAP_SECONDS = 15
+
+# UMAP (numba) and t-SNE are not safe to run concurrently from several threads of one process.
+PROJECTION_LOCK = threading.Lock()
+
+
+def slice_json(spec: analysis.SliceSpec) -> str:
+    """Return a canonical JSON string of a slice spec (a primitive cache key)."""
+    return json.dumps(dataclasses.asdict(spec), sort_keys=True)
+
+
+def short_hash(text: str) -> str:
+    """Return the first 16 hex digits of the sha256 of `text`."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def projection_file(run: Run, key: tuple | RepresentationKey, spec_json: str, method: str, seed: int) -> Path:
+    """Return where the 2-D coordinates of a run/representation/slice/method/seed are stored (.npy)."""
+    key = key if isinstance(key, RepresentationKey) else RepresentationKey(*key)
+    return run.analysis_dir() / f"projection-{method}-{key.slug}-{short_hash(spec_json)}-seed{seed}.npy"
+
+
+def default_projection_key(run: Run) -> RepresentationKey:
+    """Return the representation the Map page shows by default: the default one of the run's first method."""
+    return default_key(run.methods[0])
+
+
+def default_projection_file(run: Run) -> Path:
+    """Return the file of the default map: default representation, whole run, UMAP, PROJECTION_SEED."""
+    return projection_file(run, default_projection_key(run), slice_json(WHOLE_RUN), DEFAULT_PROJECTION_METHOD,
+                           PROJECTION_SEED)
+
+
+def estimate_seconds(n_rows: int, method: str) -> float:
+    """Return a rough duration in seconds of projecting `n_rows` rows on a 2-core CPU (order of magnitude)."""
+    return n_rows * SECONDS_PER_ROW + (FIRST_UMAP_SECONDS if method == "umap" else 2)
+
+
+def describe_estimate(n_rows: int, method: str) -> str:
+    """Return e.g. 'about 20 s' or 'about 2 min' for projecting `n_rows` rows."""
+    seconds = estimate_seconds(n_rows, method)
+    return f"about {max(5, round(seconds / 5) * 5):.0f} s" if seconds < 90 else f"about {seconds / 60:.0f} min"
+
+
+def load_projection(file: Path, n_rows: int) -> np.ndarray | None:
+    """Return the stored coordinates in `file`, or None when absent, unreadable or of the wrong shape."""
+    try:
+        coords = np.load(file, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return coords if coords.shape == (n_rows, 2) else None
+
+
+def compute_projection(matrix, method: str, seed: int, file: Path, progress=None) -> np.ndarray:
+    """Project the rows of `matrix` to 2-D with `method`, store them in `file` (atomically) and return them.
+
+    The caller holds PROJECTION_LOCK (UMAP and t-SNE must not run concurrently in one process).
+    """
+    coords = analysis.project_2d(matrix, method, seed=seed, progress=progress).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, coords, allow_pickle=False)
+    atomic_write_bytes(file, buffer.getvalue())
+    return coords
+
+
+def build_default_projection(run: Run, progress=None) -> tuple[Path, bool]:
+    """Compute and store the default map of `run` unless it is stored already; return (file, computed)."""
+    file = default_projection_file(run)
+    with PROJECTION_LOCK:
+        if load_projection(file, run.n_examples) is not None:
+            return file, False
+        matrix = run.representation(default_projection_key(run))
+        compute_projection(matrix, DEFAULT_PROJECTION_METHOD, PROJECTION_SEED, file, progress)
+    return file, True
+
+
+def warm_up_umap() -> None:
+    """Import umap and run a tiny UMAP once, so numba compiles its code before a user asks for a map."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    dense = rng.random((64, 32), dtype=np.float32)
+    dense[dense < 0.7] = 0.0
+    dense[:, 0] += 0.1  # no empty row: cosine needs a norm
+    with PROJECTION_LOCK:  # sparse rows and the cosine metric: the numba code the default map runs
+        analysis.project_2d(sp.csr_matrix(dense), "umap", seed=0)
+
+
+_warm = {"started": False}
+_warm_lock = threading.Lock()
+
+
+def warm_up_in_background() -> bool:
+    """Start warm_up_umap in a daemon thread, once per process; return whether this call started it."""
+    with _warm_lock:
+        if _warm["started"]:
+            return False
+        _warm["started"] = True
+    threading.Thread(target=_warm_quietly, name="umap-warm-up", daemon=True).start()
+    return True
+
+
+def _warm_quietly() -> None:
+    try:
+        warm_up_umap()
+    except Exception:  # noqa: BLE001  a failed warm-up only means the first map compiles numba itself
+        pass

@@ -1,0 +1,95 @@
+"""Map and Clusters redraw their interactive block as an st.fragment: a widget inside it reruns only the fragment.
+
+AppTest always reruns the whole script (its runner builds a RerunData without fragment ids), so `run_fragments`
+asks its runner for the fragment-only rerun a browser's widget change inside a fragment makes: the script body
+outside the fragments (sidebar, k-means) is not executed. (Each AppTest run starts a new message queue, so after
+such a rerun the tree holds only the fragments' elements; a browser keeps the others.)
+"""
+from __future__ import annotations
+
+import functools
+
+import pytest
+from streamlit.runtime.scriptrunner import RerunData
+from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import local_script_runner
+
+from core import analysis, ui
+from tests.test_pages import no_exception, open_page, run_id  # noqa: F401  run_id is a fixture
+
+
+def run_fragments(at: AppTest, monkeypatch) -> AppTest:
+    """Rerun only the fragments the last run registered, as a widget change inside them does in a browser."""
+    ids = list(at._fragment_storage._fragments)
+    assert ids, "the page registered no fragment"
+    with monkeypatch.context() as patch:
+        patch.setattr(local_script_runner, "RerunData", functools.partial(RerunData, fragment_id_queue=ids))
+        return at.run()
+
+
+@pytest.fixture
+def counts(monkeypatch) -> dict[str, int]:
+    """Count full script runs (the sidebar is drawn once per full run) and k-means fits."""
+    calls = {"sidebar": 0, "kmeans": 0}
+    render_sidebar, cluster_rows = ui.render_sidebar, analysis.cluster_rows
+
+    def counted_sidebar(*args, **kwargs):
+        calls["sidebar"] += 1
+        return render_sidebar(*args, **kwargs)
+
+    def counted_kmeans(*args, **kwargs):
+        calls["kmeans"] += 1
+        return cluster_rows(*args, **kwargs)
+
+    monkeypatch.setattr(ui, "render_sidebar", counted_sidebar)
+    monkeypatch.setattr(analysis, "cluster_rows", counted_kmeans)
+    return calls
+
+
+def legend_title(at: AppTest) -> str:
+    return str(at.get("plotly_chart")[0].proto.spec)
+
+
+def test_map_colour_change_reruns_only_the_fragment(run_id, counts, monkeypatch):  # noqa: F811
+    at = open_page("map", proj="tsne", colour="cluster")
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}
+    assert "cluster 0" in legend_title(at)
+
+    at.selectbox(key="colour").set_value("prediction")
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}, "a colour change reran the sidebar or k-means"
+    assert at.selectbox(key="colour").value == "prediction"
+    assert "cluster 0" not in legend_title(at) and "prediction" in legend_title(at)
+
+    at.selectbox(key="colour").set_value("cluster")
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}
+    assert "cluster 0" in legend_title(at)
+    assert at.query_params.get("colour") == "cluster" or at.selectbox(key="colour").value == "cluster"
+
+    at.run()  # a full rerun (e.g. a sidebar change) does draw the sidebar again: the counter works
+    assert counts["sidebar"] == 2
+
+
+def test_clusters_ranking_change_reruns_only_the_fragment(run_id, counts, monkeypatch):  # noqa: F811
+    at = open_page("clusters")
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}
+    headers = [c for frame in at.dataframe for c in frame.value.columns]
+    assert "top_terms" in headers
+
+    at.radio(key="term_rank").set_value("mean")
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}, "a ranking change reran the sidebar or k-means"
+    assert at.radio(key="term_rank").value == "mean"
+    assert "mean salience of the term in the cluster" in "\n".join(str(c.value) for c in at.caption)
+
+    at.selectbox(key="cluster_pick").set_value(1)  # picking a cluster's examples stays inside the fragment too
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}
+    assert any(str(m.value).startswith("Cluster 1:") for m in at.markdown)

@@ -1,0 +1,84 @@
+"""The default map stored by the precompute (core.projection), read by the Map page without recomputing it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import analysis, projection, ui
+from core import precompute as pc
+from core.store import describe_files, list_runs, open_run
+from tests.test_pages import no_exception, open_page
+
+
+def precompute_cli(tiny_model_dir, tiny_data_csv, *args) -> str:
+    code = pc.main(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--split-col", "split",
+                    "--max-length", "16", "--quiet", *args])
+    assert code == 0
+    (path,) = list_runs()
+    return str(path)
+
+
+def test_default_projection_file_is_the_map_pages_default_view(tiny_run_path):
+    run = open_run(tiny_run_path)
+    default = ui.View(run=run, stamp=0, spec=analysis.SliceSpec(seed=ui.SAMPLE_SEED), rows=np.arange(16),
+                      key=projection.default_key(run.methods[0]), n_clusters=ui.DEFAULT_CLUSTERS)
+    page_file = ui.projection_file(run, ui.key_tuple(default.key), default.spec_json, "umap", ui.PROJECTION_SEED)
+    assert page_file == projection.default_projection_file(run)
+
+
+def test_precompute_stores_the_default_map_and_the_page_does_not_recompute(tiny_model_dir, tiny_data_csv,
+                                                                          monkeypatch):
+    path = precompute_cli(tiny_model_dir, tiny_data_csv)
+    run = open_run(path, verify=True)  # the derived analysis/ folder leaves the manifest's hashes valid
+    file = projection.default_projection_file(run)
+    coords = np.load(file)
+    assert coords.shape == (run.n_examples, 2) and coords.dtype == np.float32
+    assert not any(rel.startswith("analysis/") for rel in run.manifest["files"])
+    assert describe_files(run.path) == run.manifest["files"]
+    stamp = file.stat().st_mtime_ns
+
+    def no_projection(*args, **kwargs):
+        raise AssertionError("the Map page recomputed the projection the precompute stored")
+
+    monkeypatch.setattr(analysis, "project_2d", no_projection)
+    at = open_page("map")
+    no_exception(at)
+    figure = at.get("plotly_chart")
+    assert figure and '"x"' in figure[0].proto.spec
+    assert file.stat().st_mtime_ns == stamp
+
+    # a second precompute reuses the run and the stored map
+    assert precompute_cli(tiny_model_dir, tiny_data_csv) == path
+    assert file.stat().st_mtime_ns == stamp
+
+
+def test_no_projection_skips_the_map(tiny_model_dir, tiny_data_csv):
+    path = precompute_cli(tiny_model_dir, tiny_data_csv, "--no-projection")
+    run = open_run(path, verify=True)
+    assert not projection.default_projection_file(run).exists()
+    assert not list(run.analysis_dir().glob("projection-*"))
+
+
+def test_map_without_a_stored_projection_shows_what_it_computes(tiny_run_path, monkeypatch):
+    messages = []
+    real = analysis.project_2d
+
+    def recorded(X, method, seed=0, progress=None, **kwargs):
+        return real(X, method, seed=seed, progress=lambda f, m: (messages.append(m), progress(f, m)), **kwargs)
+
+    monkeypatch.setattr(analysis, "project_2d", recorded)
+    import shutil
+    from pathlib import Path
+
+    from core.store import runs_dir
+    shutil.copytree(tiny_run_path, runs_dir() / Path(tiny_run_path).name)
+    at = open_page("map", proj="tsne")
+    no_exception(at)
+    assert at.get("plotly_chart")
+    assert any("t-SNE" in m for m in messages)
+    assert not at.get("expandable"), "the progress box is removed once the map is drawn"
+
+
+@pytest.mark.parametrize("n, text", [(16, "about 5 s"), (100_000, "about 2 min")])
+def test_estimate_in_words(n, text):
+    assert projection.describe_estimate(n, "tsne") == text
