@@ -11,16 +11,17 @@ Neighbours N(x): the `k` (10) nearest examples to x in the classifier's last-lay
 cosine distance (1 - cosine similarity of the L2-normalised rows), among the examples with the same predicted class
 (`same_class`), found exactly with faiss (IndexFlatIP per class). A neighbour is kept only when its distance is at
 most the `quantile` (10%) quantile of the distances between random pairs of the run's examples (`pair_sample`
-seeded pairs), so an isolated example borrows from nobody (its LAFA is its base score; 18% of the demo run's
-examples, which keep 7.8 neighbours on average). Neighbours are weighted uniformly.
+seeded pairs), so an isolated example borrows from nobody (its LAFA is its base score: 23% of the demo run's
+examples; 7.4 neighbours per example on average, bench/results/faithfulness.md section 5). Neighbours are
+weighted uniformly.
 
 Token kernel kappa: thresholded cosine similarity of the input embeddings, kappa(u, v) = cos(e_u, e_v) when it is at
 least `kernel_threshold` (0.6), else 0, and kappa(t, t) = 1. A token thus receives the scores of the same token and of
-its close variants in the neighbours ("movie" <- "movie" 1.0, "movies" .82, "film" .71; "funny" <- "hilarious" .68).
+its close variants in the neighbours ("movie" <- "movie" 1.0, "movies" .81, "film" .71; "funny" <- "hilarious" .68).
 Why not a Gaussian kernel exp(-||e_u - e_v||^2 / h) with h the median squared distance: input embeddings are nearly
 equidistant, so that kernel is almost flat (0.26 to 0.54 over 98% of random token pairs of the demo's MiniLM) and
 would add the same mass to every token; the threshold 0.6 keeps 1.5 kernel partners per vocabulary item on average
-and leaves antonyms out ("good"/"bad" have cosine .53).
+and leaves antonyms out ("good"/"bad" have cosine .52).
 
 Computation, vectorised and exact: the kernel depends on token ids only, so it is a sparse vocabulary x vocabulary
 matrix K over the ids that occur in the run (one faiss range search). With V the (examples x vocab) matrix of summed
