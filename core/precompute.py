@@ -5,9 +5,9 @@
 
 With no --model/--data it builds (or reuses) the embedded demo. A derived method (`--method grad_l2,lafa`, see
 core.lafa) costs no backward pass: it is computed from the stored scores of its base method after the run is built
-or reused, and kept in the run's `derived/` folder; it does not change the run's fingerprint. The work is split into chunks written
-atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last finished
-chunk. The finished run is assembled in a temporary folder and moved into place in one step.
+or reused, and kept in the run's `derived/` folder; it does not change the run's fingerprint. The work is split
+into chunks written atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last
+finished chunk. The finished run is assembled in a temporary folder and moved into place in one step.
 """
 from __future__ import annotations
 
@@ -414,7 +414,8 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
         "char_starts": (staging / "tokens" / "char_starts.npy", np.int32, (n_tokens,)),
         "char_ends": (staging / "tokens" / "char_ends.npy", np.int32, (n_tokens,)),
         "cls": (staging / "cls.npy", np.float32, (n, hidden)),
-        **{f"scores__{m}": (staging / "saliency" / f"{m}.npy", np.float32, (n_tokens,)) for m in settings.stored_methods},
+        **{f"scores__{m}": (staging / "saliency" / f"{m}.npy", np.float32, (n_tokens,))
+           for m in settings.stored_methods},
     }
     targets = {name: np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
                for name, (path, dtype, shape) in outputs.items()}
