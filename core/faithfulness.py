@@ -9,6 +9,10 @@
   model's maps: Jaccard@25% of the top-25% token sets and Spearman rank correlation, per example and over
   the sample, plus the faithfulness of both. Maps that barely change are flagged.
 
+A derived method (LAFA, core.lafa) is read from the run (computed from its stored base scores on first use); under
+another model (the randomization check), or when the run lacks its base, its base method is computed on the sample
+and the sample's neighbours in the run, then aggregated with the run's neighbour graph.
+
 Only non-special tokens are ranked, removed or compared. Tokens are ranked as the representations rank them,
 by |score| (setting `rank_by="signed"` ranks signed methods by their signed score). Results are written to
 the run's analysis folder (`checks/`) as JSON (summary) and parquet (per example), keyed by a hash of the
@@ -29,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core.models import LoadedModel, load_classifier
+from core.models import LoadedModel, input_embedding_matrix, load_classifier
 from core.saliency import forward_and_attribute, get_method, token_distribution
 from core.store import Run, atomic_save_npz, atomic_write_bytes, atomic_write_json, load_npz
 
@@ -163,6 +167,43 @@ def compute_scores(loaded: LoadedModel, lists: Sequence[np.ndarray], method: str
         for row, i in enumerate(idx):
             out[i] = values[row, :len(lists[i])].astype(np.float32)
     return out
+
+
+def derived_scores(run: Run, loaded: LoadedModel, rows: Sequence[int], method: str, targets: np.ndarray | None = None,
+                   batch_size: int = 32) -> list[np.ndarray]:
+    """Return the derived `method`'s maps (LAFA) of `rows` under `loaded`, without reading the run's stored scores.
+
+    The base method is computed by `loaded` on `rows` and on their neighbours (the run's [CLS] neighbour graph, same
+    parameters as the run's own LAFA), for `targets` on `rows` (None: the run's targets) and the run's targets on the
+    neighbours; the token kernel uses `loaded`'s input embeddings.
+    """
+    from core import lafa
+
+    params = lafa.DERIVED_METHODS[method]
+    rows = np.asarray(rows, dtype=np.int64)
+    graph = lafa.neighbour_graph(run.cls(), run.predictions(), params)
+    near = graph.neighbours[rows]
+    need = np.union1d(rows, near[near >= 0])
+    need_targets = _run_target(run, run.predictions())[need].copy()
+    if targets is not None:
+        need_targets[np.searchsorted(need, rows)] = np.asarray(targets)
+    base = compute_scores(loaded, token_lists(run, need), params.base, need_targets, batch_size)
+    full = np.zeros(len(run.token_ids), dtype=np.float32)
+    ptr = run.row_ptr
+    for r, values in zip(need, base):
+        full[ptr[r]:ptr[r + 1]] = values
+    kernel = lafa.token_kernel(input_embedding_matrix(loaded), run.token_ids, params.kernel_threshold)
+    out = lafa.aggregate(run.token_ids, ptr, full, graph.neighbours, kernel, params.lam, rows=rows)
+    return np.split(out, np.cumsum(np.diff(ptr)[rows])[:-1]) if len(rows) else []
+
+
+def scores_under(run: Run, loaded: LoadedModel, lists: Sequence[np.ndarray], rows: Sequence[int], method: str,
+                 targets: np.ndarray | None = None, batch_size: int = 32,
+                 options: dict[str, Any] | None = None) -> list[np.ndarray]:
+    """Return `method`'s maps of the run's `rows` (token lists `lists`) computed by `loaded` (derived methods too)."""
+    if get_method(method).derived:
+        return derived_scores(run, loaded, rows, method, targets, batch_size)
+    return compute_scores(loaded, lists, method, targets, batch_size, options)
 
 
 def random_scores(lists: Sequence[np.ndarray], seed: int = 0) -> list[np.ndarray]:
@@ -392,7 +433,7 @@ def _reference_maps(run: Run, loaded: LoadedModel, lists, rows, methods, targets
     options = method_options(run, settings, loaded, [m for m in methods if m not in run.methods])
     maps = {}
     for m in methods:
-        if m in run.methods:
+        if m in run.methods or run.can_derive(m):
             maps[m] = stored_scores(run, m, rows)
             continue
         key = {"rows": hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest(), "method": m,
@@ -403,7 +444,7 @@ def _reference_maps(run: Run, loaded: LoadedModel, lists, rows, methods, targets
             stored = load_npz(path)
             maps[m] = np.split(stored["scores"], np.cumsum(stored["lengths"])[:-1])
             continue
-        maps[m] = compute_scores(loaded, lists, m, targets, settings.batch_size, options.get(m))
+        maps[m] = scores_under(run, loaded, lists, rows, m, targets, settings.batch_size, options.get(m))
         atomic_save_npz(path, scores=np.concatenate(maps[m]) if maps[m] else np.zeros(0, np.float32),
                         lengths=np.asarray([len(x) for x in maps[m]], dtype=np.int64))
     return maps
@@ -482,7 +523,8 @@ def run_randomization(run: Run, settings: CheckSettings = CheckSettings(), other
     targets = _run_target(run, preds)
     reference = _reference_maps(run, loaded, lists, rows, methods, targets, settings)
     options = method_options(run, settings, loaded, methods)
-    changed = {m: compute_scores(other, lists, m, targets, settings.batch_size, options.get(m)) for m in methods}
+    changed = {m: scores_under(run, other, lists, rows, m, targets, settings.batch_size, options.get(m))
+               for m in methods}
     chance = random_scores(lists, settings.seed)
     specials = special_masks(loaded, lists)
 
@@ -528,3 +570,72 @@ def run_randomization(run: Run, settings: CheckSettings = CheckSettings(), other
     per_example = per_example.drop(columns=["example"])
     return _save(run, name, summary, per_example), per_example
 
+
+
+# ============================================================================ stability across similar inputs
+
+
+def top_token_set(ids: np.ndarray, scores: np.ndarray, candidates: np.ndarray, fraction: float,
+                  rank_by: str = "abs") -> set[int]:
+    """Return the token ids at the top-`fraction` candidate positions of one map."""
+    return set(np.asarray(ids)[top_positions(scores, candidates, fraction, rank_by)].tolist())
+
+
+def iou(a: set, b: set) -> float:
+    """Return |a & b| / |a | b| (nan when both are empty)."""
+    union = a | b
+    return len(a & b) / len(union) if union else float("nan")
+
+
+def similar_examples(matrix: np.ndarray, preds: np.ndarray, rows: Sequence[int], k: int = 3) -> np.ndarray:
+    """Return (len(rows) x k) the nearest other examples of each of `rows` by cosine on `matrix`'s rows, among the
+    examples with the same predicted class (-1 where there are fewer). Exact search with faiss."""
+    import faiss
+
+    x = np.ascontiguousarray(matrix, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for c in np.unique(preds[rows]):
+        members = np.flatnonzero(preds == c)
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x[members])
+        which = np.flatnonzero(preds[rows] == c)
+        _, local = index.search(x[rows[which]], min(k + 1, len(members)))
+        found = np.where(local >= 0, members[np.maximum(local, 0)], -1)
+        valid = (found >= 0) & (found != rows[which][:, None])
+        order = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+        kept = np.where(np.take_along_axis(valid, order, axis=1), np.take_along_axis(found, order, axis=1), -1)
+        out[which, :kept.shape[1]] = kept
+    return out
+
+
+def stability(run: Run, methods: Sequence[str], sample_size: int | None = 500, seed: int = 0, k: int = 3,
+              fraction: float = 0.3, neighbours_on: str = "b2", rank_by: str = "abs") -> pd.DataFrame:
+    """Return the stability of each method's maps across similar inputs, one row per method (random last).
+
+    For each example of a seeded sample, its `k` nearest other examples with the same predicted class (cosine on the
+    representation `neighbours_on`: "b2" average input embedding, independent of the model's decision and of the
+    attribution methods; "b3" [CLS] encoding) are found in the whole run; stability is the IoU of the sets of token
+    ids at the top-`fraction` positions of the example's map and of each neighbour's map (special tokens and
+    punctuation are not ranked), averaged over the neighbours and then the sample. Random: seeded uniform maps.
+    """
+    from core.representations import RepresentationKey
+
+    rows = sample_rows(run, sample_size, seed)
+    preds = run.predictions()
+    near = similar_examples(np.asarray(run.representation(RepresentationKey(neighbours_on))), preds, rows, k)
+    need = np.union1d(rows, near[near >= 0])
+    lists = dict(zip(need.tolist(), token_lists(run, need)))
+    candidates = {r: ~run.ignore_mask[ids] for r, ids in lists.items()}
+    maps = {m: dict(zip(need.tolist(), stored_scores(run, m, need))) for m in methods}
+    maps[RANDOM] = dict(zip(need.tolist(), random_scores([lists[r] for r in need], seed)))
+    records = []
+    for m, scores in maps.items():
+        tops = {r: top_token_set(lists[r], scores[r], candidates[r], fraction, rank_by) for r in need.tolist()}
+        per_example = [np.nanmean([iou(tops[int(r)], tops[int(j)]) for j in nb[nb >= 0]])
+                       for r, nb in zip(rows, near) if (nb >= 0).any() and tops[int(r)]]
+        values = np.asarray([v for v in per_example if not np.isnan(v)])
+        records.append({"method": m, "examples": int(len(values)), "iou_mean": float(values.mean()),
+                        "iou_median": float(np.median(values))})
+    return pd.DataFrame(records)

@@ -3,9 +3,11 @@
     python -m core.precompute --model DIR --data FILE [--text-col text --label-col label --split-col split
         --max-length 128 --batch-size 32 --method grad_l2 --k 5 --limit N --sample N]
 
-With no --model/--data it builds (or reuses) the embedded demo. The work is split into chunks written
-atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last finished
-chunk. The finished run is assembled in a temporary folder and moved into place in one step.
+With no --model/--data it builds (or reuses) the embedded demo. A derived method (`--method grad_l2,lafa`, see
+core.lafa) costs no backward pass: it is computed from the stored scores of its base method after the run is built
+or reused, and kept in the run's `derived/` folder; it does not change the run's fingerprint. The work is split
+into chunks written atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last
+finished chunk. The finished run is assembled in a temporary folder and moved into place in one step.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import shutil
 import sys
 import time
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,12 +107,27 @@ class PrecomputeSettings:
         if not self.methods:
             raise ValueError(f"methods is empty: name at least one of {', '.join(ATTRIBUTION_METHODS)}")
 
+    @property
+    def stored_methods(self) -> tuple[str, ...]:
+        """Return the methods computed by backward passes and stored in `saliency/`: the named methods that are not
+        derived, then the base method of each derived one (`lafa` needs `grad_l2`)."""
+        out = [m for m in self.methods if not _is_derived(m)]
+        for m in self.derived_methods:
+            if ATTRIBUTION_METHODS[m].base not in out:
+                out.append(ATTRIBUTION_METHODS[m].base)
+        return tuple(out)
+
+    @property
+    def derived_methods(self) -> tuple[str, ...]:
+        """Return the named methods derived from stored scores after the run is built (no backward pass)."""
+        return tuple(m for m in self.methods if _is_derived(m))
+
     def fingerprinted(self) -> dict[str, Any]:
-        """Return the settings that determine the results, as a plain dict."""
+        """Return the settings that determine the results, as a plain dict (derived methods are not part of it)."""
         out = asdict(self)
         for name in ("batch_size", "chunk_size", "device", "k", "include_special"):
             out.pop(name)
-        out["methods"] = list(self.methods)
+        out["methods"] = list(self.stored_methods)
         if "input_marginalization" not in self.methods:
             # keeps the fingerprints of runs without the method unchanged
             for name in ("im_mlm", "im_top_n", "im_cum_prob"):
@@ -126,13 +143,18 @@ class PrecomputeSettings:
                                           "cum_prob": self.im_cum_prob, "candidate_probs": candidate_probs}}
 
 
+def _is_derived(method: str) -> bool:
+    return method in ATTRIBUTION_METHODS and ATTRIBUTION_METHODS[method].derived
+
+
 @dataclass
 class PrecomputeResult:
-    """Where the run lives and how it went."""
+    """Where the run lives and how it went (`derived`: the derived methods computed or found in the run)."""
 
     run_path: Path
     reused: bool
     manifest: dict[str, Any]
+    derived: tuple[str, ...] = ()
 
 
 def _chunk_path(partial: Path, index: int) -> Path:
@@ -154,7 +176,7 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     n = len(texts)
     logits = np.zeros((n, loaded.num_labels), dtype=np.float32)
     cls = None
-    scores = {m: [None] * n for m in settings.methods}
+    scores = {m: [None] * n for m in settings.stored_methods}
     if "input_marginalization" in settings.methods and not settings.im_mlm and candidate_probs is None:
         candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
     options = settings.method_options(candidate_probs)
@@ -163,7 +185,8 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
         batch = {**pad_batch(enc, idx, pad_id),
                  "special_tokens_mask": pad_sequences([enc["special_tokens_mask"][i] for i in idx], 1)}
         batch = {k: v.to(loaded.device, non_blocking=True) for k, v in batch.items()}
-        result = forward_and_attribute(loaded, batch, list(settings.methods), settings.target_class, options)
+        result = forward_and_attribute(loaded, batch, list(settings.stored_methods), settings.target_class,
+                                       options)
         logits[idx] = result.logits.cpu().numpy()
         batch_cls = result.cls.cpu().numpy()
         if cls is None:
@@ -184,7 +207,7 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
         "logits": logits,
         "cls": cls,
     }
-    for method in settings.methods:
+    for method in settings.stored_methods:
         arrays[f"scores__{method}"] = np.concatenate(scores[method]).astype(np.float32)
     return arrays
 
@@ -253,8 +276,14 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     A second identical precompute waits for the first (a lock per run) and then reuses its run; work folders
     left by killed precomputes are removed first (see core.store.clean_stale_work).
     `stop_after_chunks` simulates an interruption (raises KeyboardInterrupt) after that many new chunks.
+    The derived methods of `settings` are then computed from the stored scores (or read back) into `derived/`.
     """
     result = _precompute(model_dir, data_path, settings, force, progress, stop_after_chunks)
+    if settings.derived_methods:
+        run = open_run(result.run_path)
+        for method in settings.derived_methods:
+            run.derive(method)
+        result = replace(result, derived=settings.derived_methods)
     if projection:
         build_default_projection(result.run_path, progress)
     return result
@@ -366,7 +395,7 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
     with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
         for c in range(n_chunks):
             lo, hi = c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)
-            if _load_chunk(_chunk_path(partial, c), settings.methods) is None:
+            if _load_chunk(_chunk_path(partial, c), settings.stored_methods) is None:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
                 t0 = time.perf_counter()
@@ -416,7 +445,8 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
         "char_starts": (staging / "tokens" / "char_starts.npy", np.int32, (n_tokens,)),
         "char_ends": (staging / "tokens" / "char_ends.npy", np.int32, (n_tokens,)),
         "cls": (staging / "cls.npy", np.float32, (n, hidden)),
-        **{f"scores__{m}": (staging / "saliency" / f"{m}.npy", np.float32, (n_tokens,)) for m in settings.methods},
+        **{f"scores__{m}": (staging / "saliency" / f"{m}.npy", np.float32, (n_tokens,))
+           for m in settings.stored_methods},
     }
     targets = {name: np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
                for name, (path, dtype, shape) in outputs.items()}
@@ -451,9 +481,9 @@ def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], se
     examples.to_parquet(staging / "examples.parquet", index=False)
 
     # the default representations are built into the staging folder, so the first open is fast
-    staged = Run(staging, {"settings": {"methods": list(settings.methods)},
+    staged = Run(staging, {"settings": {"methods": list(settings.stored_methods)},
                            "model": {"id2label": manifest["model"]["id2label"]}})
-    for method in settings.methods:
+    for method in settings.stored_methods:
         for name in ("s1", "s2"):
             staged.representation(RepresentationKey(name, method, settings.k, settings.include_special,
                                                     DEFAULT_UNIT, DEFAULT_WEIGHTING))
@@ -516,7 +546,8 @@ def summary(result: PrecomputeResult) -> str:
         f" {m['counts']['truncated']} truncated at {m['settings']['max_length']} tokens",
         f"  accuracy   {acc}",
         f"  methods    {', '.join(m['settings']['methods'])} (target: "
-        f"{'predicted class' if m['settings']['target_class'] is None else m['settings']['target_class']})",
+        f"{'predicted class' if m['settings']['target_class'] is None else m['settings']['target_class']})"
+        + (f"; derived from them, no backward pass: {', '.join(result.derived)}" if result.derived else ""),
         f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
         f" ({speed}; {t['chunks_resumed']} chunks resumed)",
         f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
@@ -629,7 +660,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="examples per resumable chunk")
     parser.add_argument("--method", "--methods", dest="methods", type=_methods_option, default=("grad_l2",),
                         help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)} "
-                             "(default: grad_l2)")
+                             "(default: grad_l2). lafa is derived from the stored grad_l2 without a backward pass "
+                             "(grad_l2 is added when missing); adding it to an existing run's methods reuses the run")
     parser.add_argument("--target-class", type=_int_option("target_class", "a class id of the model"), default=None,
                         help="attribute this class id instead of each example's predicted class")
     parser.add_argument("--k", type=_k_option, default="all",

@@ -1,7 +1,9 @@
 """Token attribution methods behind one registry, and the batched forward + attribution step.
 
 Every method maps a padded batch to one weight per token: `attribute(loaded, batch, target) -> (B, T)`.
-Add a method by subclassing `AttributionMethod` and decorating it with `@register`.
+Add a method by subclassing `AttributionMethod` and decorating it with `@register`. A *derived* method
+(`derived = True`, e.g. LAFA) needs the whole dataset rather than a batch: it is computed from a run's stored
+scores of its `base` method (see core.lafa and `Run.scores`), never by a backward pass.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from core import lafa
 from core.models import LoadedModel
 
 ATTRIBUTION_METHODS: dict[str, "AttributionMethod"] = {}
@@ -48,6 +51,8 @@ class AttributionMethod:
     name: str = ""
     description: str = ""
     signed: bool = False
+    derived: bool = False  # computed from a run's stored scores of `base`, not from a batch
+    base: str | None = None
 
     def attribute(self, loaded: LoadedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
                   **options) -> torch.Tensor:
@@ -329,3 +334,30 @@ class InputMarginalization(AttributionMethod):
         probs[[s for s in specials if s < len(probs)]] = 0.0
         ids_c, w_c = _truncate_candidates(probs[None] / probs.sum(), top_n, cum_prob)
         return ids_c.expand(len(rows), -1), w_c.expand(len(rows), -1)
+
+
+# ============================================================================ derived methods
+
+
+class DerivedMethod(AttributionMethod):
+    """A method computed from a run's stored scores of `base` (and its other arrays) instead of a batch."""
+
+    derived = True
+
+    def attribute(self, loaded, batch, target, **options):
+        raise ValueError(f"'{self.name}' is derived from a run's stored '{self.base}' scores over the whole dataset, "
+                         f"not computed on a batch: precompute with --method {self.base},{self.name}, or read it "
+                         f"with Run.scores('{self.name}').")
+
+
+@register
+class LAFA(DerivedMethod):
+    name = lafa.NAME
+    base = lafa.DERIVED_METHODS[lafa.NAME].base
+    description = ("LAFA (Zhang et al.): Grad-L2 plus the kernel-weighted Grad-L2 of similar tokens in the 10 "
+                   "nearest same-class examples ([CLS] encoding); derived from the stored Grad-L2, no backward pass.")
+
+
+def is_derived(name: str) -> bool:
+    """Return whether the registered method `name` is derived from stored scores (no backward pass)."""
+    return get_method(name).derived

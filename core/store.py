@@ -9,6 +9,8 @@ Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
     embedding_matrix.npy   the model's input embeddings E (vocab x dim)
     vocab.json             token string per id; ignore_mask.npy: special tokens and punctuation
     representations/<slug>.npz|.npy   built on first use, keyed by their parameters
+    derived/<method>.npy|.json        derived methods (LAFA, core.lafa): per-token scores computed from the stored
+                           arrays on first use, with their parameters and a fingerprint of their inputs
 A run is built in a temporary folder and moved into place with one os.replace. No pickle anywhere.
 """
 from __future__ import annotations
@@ -29,6 +31,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from core.lafa import DERIVED_METHODS, LafaParams, lafa_for_run
+from core.lafa import input_files as lafa_input_files
+from core.lafa import inputs_fingerprint as lafa_inputs_fingerprint
 from core.manifest import SCHEMA_VERSION, ManifestError, validate_manifest
 from core.representations import (REPRESENTATIONS, RepresentationKey, build_representation, idf_weights,
                                   presence_matrix)
@@ -163,8 +168,8 @@ def _save_matrix(path: Path, matrix) -> None:
 
 
 # Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check
-# (analysis/: stored 2-D projections, core.projection).
-DERIVED_FOLDERS = ("words", "analysis")
+# (analysis/: stored 2-D projections, core.projection; derived/: derived attribution methods such as LAFA).
+DERIVED_FOLDERS = ("words", "analysis", "derived")
 
 
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -267,6 +272,7 @@ class Run:
         self.path = path
         self.manifest = manifest
         self._words_lock = threading.Lock()
+        self._derived_lock = threading.Lock()
         self._term_spaces: dict[str, TermSpace] = {}
 
     @property
@@ -283,8 +289,21 @@ class Run:
         return len(self.label_names)
 
     @property
-    def methods(self) -> list[str]:
+    def stored_methods(self) -> list[str]:
+        """Return the methods whose scores the precompute stored (one backward pass each)."""
         return list(self.manifest["settings"]["methods"])
+
+    @property
+    def methods(self) -> list[str]:
+        """Return the stored methods, then the derived ones (core.lafa) already computed into `derived/`."""
+        stored = self.stored_methods
+        return stored + [m for m in DERIVED_METHODS if m not in stored and self.can_derive(m)
+                         and (m in self.__dict__.get("_derived", {}) or (self.path / "derived" / f"{m}.json").exists()
+                              or (self.path / "derived" / f"{m}.npy").exists())]
+
+    def can_derive(self, method: str) -> bool:
+        """Return whether `method` is a derived method whose base method this run stores."""
+        return method in DERIVED_METHODS and DERIVED_METHODS[method].base in self.stored_methods
 
     @property
     def title(self) -> str:
@@ -330,12 +349,78 @@ class Run:
         return np.load(self.path / "ignore_mask.npy", allow_pickle=False)
 
     def scores(self, method: str) -> np.ndarray:
-        """Return the per-token scores of `method`, aligned with `token_ids`."""
+        """Return the per-token scores of `method`, aligned with `token_ids`.
+
+        A derived method (core.lafa) is computed from the stored arrays on first use and kept in `derived/`.
+        """
         path = self.path / "saliency" / f"{method}.npy"
-        if not path.exists():
-            raise CacheError(f"Run {self.run_id} has no saliency for method '{method}' (it has: "
-                             f"{', '.join(self.methods)}). Re-run precompute with --method {method}.")
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        if method in self.stored_methods or not self.can_derive(method):
+            if not path.exists():
+                raise CacheError(f"Run {self.run_id} has no saliency for method '{method}' (it has: "
+                                 f"{', '.join(self.methods)}). Re-run precompute with --method {method}.")
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return self.derive(method)
+
+    def derive(self, method: str) -> np.ndarray:
+        """Return the scores of the derived method `method`, reading `derived/<method>.npy` when it matches its
+        parameters and inputs, else computing it from the stored arrays and writing it (a read-only run keeps it in
+        memory). A missing, damaged or stale file is rebuilt, never an error."""
+        if not self.can_derive(method):
+            raise CacheError(f"Run {self.run_id} cannot derive '{method}': it needs the stored saliency of "
+                             f"'{DERIVED_METHODS[method].base if method in DERIVED_METHODS else '?'}' (it has: "
+                             f"{', '.join(self.stored_methods)}).")
+        with self._derived_lock:
+            cache = self.__dict__.setdefault("_derived", {})
+            if method not in cache:
+                cache[method] = self._load_or_build_derived(method)
+            return cache[method]
+
+    def derived_info(self, method: str) -> dict[str, Any] | None:
+        """Return the parameters and statistics recorded with a derived method's file, or None when absent."""
+        try:
+            return json.loads((self.path / "derived" / f"{method}.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def _derived_fingerprint(self, params: LafaParams) -> str:
+        files = self.manifest.get("files", {})
+        return lafa_inputs_fingerprint(params, {rel: files.get(rel, {}).get("sha256", "")
+                                                for rel in lafa_input_files(params)})
+
+    def _load_or_build_derived(self, method: str) -> np.ndarray:
+        import time
+
+        params = DERIVED_METHODS[method]
+        folder = self.path / "derived"
+        npy, meta_path = folder / f"{method}.npy", folder / f"{method}.json"
+        fingerprint = self._derived_fingerprint(params)
+        n_tokens = len(self.token_ids)
+        meta = self.derived_info(method)
+        if meta is not None and meta.get("fingerprint") == fingerprint:
+            try:
+                values = np.load(npy, mmap_mode="r", allow_pickle=False)
+                if values.shape == (n_tokens,) and values.dtype == np.float32:
+                    return values
+            except (OSError, ValueError, EOFError):
+                pass  # damaged: rebuilt below
+        t0 = time.perf_counter()
+        result = lafa_for_run(self, params)
+        values = np.ascontiguousarray(result.scores, dtype=np.float32)
+        stale = meta is not None and meta.get("fingerprint") != fingerprint
+        try:
+            folder.mkdir(exist_ok=True)
+            if stale:  # other parameters or inputs: what was built on the old scores is stale too
+                for old in [*self.path.glob(f"representations/*-{method}-*"),
+                            *self.path.glob(f"analysis/**/*{method}*")]:
+                    old.unlink(missing_ok=True)
+            meta_path.unlink(missing_ok=True)  # the metadata is written last: it marks the file complete
+            _save_matrix(npy, values)
+            atomic_write_json(meta_path, {"method": method, "params": params.as_dict(), "fingerprint": fingerprint,
+                                          "tokens": n_tokens, "examples": self.n_examples,
+                                          "seconds": round(time.perf_counter() - t0, 3), **result.stats})
+        except OSError:
+            pass  # a read-only cache still works, with the scores kept in memory
+        return values
 
     def embedding_matrix(self) -> np.ndarray:
         """Return the model's input embedding matrix (memory-mapped)."""
@@ -440,7 +525,7 @@ class Run:
     def representation(self, key: RepresentationKey):
         """Return the representation named by `key`, building and caching it in the run folder on first use."""
         key = key.normalised()
-        if key.method and key.method not in self.methods:
+        if key.method and key.method not in self.methods and not self.can_derive(key.method):
             raise CacheError(f"Run {self.run_id} has no saliency for method '{key.method}' (it has: "
                              f"{', '.join(self.methods)}).")
         folder = self.path / "representations"
