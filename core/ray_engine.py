@@ -33,9 +33,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 class ChunkAttributor:
     """A Ray Data actor: loads the classifier once, then attributes one chunk per call."""
 
-    def __init__(self, model_dir: str, settings, candidate_probs: np.ndarray | None) -> None:
+    def __init__(self, model_dir: str, settings, candidate_probs: np.ndarray | None, threads: int | None) -> None:
+        import torch
+
         from core.models import load_classifier
 
+        if threads:
+            # one intra-op thread per CPU the actor holds: the results then equal the local engine's when it runs
+            # with as many threads (float sums are reduced in a thread-count-dependent order)
+            torch.set_num_threads(threads)
         self.settings, self.candidate_probs = settings, candidate_probs
         self.loaded = load_classifier(model_dir, device=settings.device)
 
@@ -100,7 +106,7 @@ def compute_chunks(model_dir: Path, texts: list[str], bounds: list[tuple[int, in
         # one block per chunk, so the actors share the chunks out (a list: pandas 3 frames do not np.array_split)
         blocks = [rows.iloc[i:i + 1].reset_index(drop=True) for i in range(len(rows))]
         dataset = ray.data.from_pandas(blocks).map_batches(
-            ChunkAttributor, fn_constructor_args=(str(model_dir), settings, candidate_probs), batch_size=1,
+            ChunkAttributor, fn_constructor_args=(str(model_dir), settings, candidate_probs, None if use_gpu else 1), batch_size=1,
             batch_format="numpy", concurrency=workers, num_gpus=1 if use_gpu else 0, num_cpus=1)
         written = 0
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):

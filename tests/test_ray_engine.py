@@ -23,8 +23,8 @@ SETTINGS = PrecomputeSettings(split_col="split", max_length=16, batch_size=3, ch
                               methods=("grad_l2", "grad_x_input"))
 
 
-def run_cli(args, cache):
-    env = {**os.environ, "SALIENCY_ATLAS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+def run_cli(args, cache, **env_vars):
+    env = {**os.environ, "SALIENCY_ATLAS_CACHE": str(cache), "HF_HUB_OFFLINE": "1", **env_vars}
     return subprocess.run([sys.executable, "-m", "core.precompute", *args], capture_output=True, text=True,
                           cwd=REPO_ROOT, env=env, timeout=300)
 
@@ -43,7 +43,9 @@ def without_timings(manifest: dict) -> dict:
 
 def test_ray_engine_run_is_byte_identical_to_the_local_run(tiny_model_dir, tiny_data_csv, tmp_path):
     common = ["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), *ARGS]
-    local = run_cli(common, tmp_path / "local")
+    # each Ray actor computes on one CPU thread; so does the local engine here, so that both sum the floats in the
+    # same order (with 2 threads the last bits of a few gradients differ, ~1e-12)
+    local = run_cli(common, tmp_path / "local", OMP_NUM_THREADS="1")
     assert local.returncode == 0, local.stderr
     ray = run_cli([*common, "--engine", "ray", "--ray-workers", "2"], tmp_path / "ray")
     assert ray.returncode == 0, ray.stderr
