@@ -366,10 +366,11 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
         if engine.name == "ray":
             from core.ray_engine import compute_chunks
 
-            computed, engine_label = compute_chunks(loaded.model_dir, texts, bounds, missing, partial, settings,
-                                                    candidate_probs, engine, bar, stop_after_chunks)
+            computed, engine_label, engine_timings = compute_chunks(
+                loaded.model_dir, texts, bounds, missing, partial, settings, candidate_probs, engine, bar,
+                stop_after_chunks)
         else:
-            computed, engine_label = 0, "local"
+            computed, engine_label, engine_timings = 0, "local", {}
             for c in missing:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
@@ -381,7 +382,7 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
     examples_computed = sum(bounds[c][1] - bounds[c][0] for c in missing)
 
     chunk_paths = [_chunk_path(partial, c) for c in range(n_chunks)]
-    manifest["timings"].update({"engine": engine_label,
+    manifest["timings"].update({"engine": engine_label, **engine_timings,
                                 "compute_seconds": round(compute_seconds, 3), "chunks_computed": computed,
                                 "chunks_resumed": n_chunks - computed, "examples_computed": examples_computed})
     run_path = _assemble(loaded, data, chunk_paths, settings, final, manifest, t_start)

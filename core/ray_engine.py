@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,17 @@ class ChunkAttributor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.precompute import attribute_chunk
 
-        chunks, payloads = [], []
+        chunks, payloads, seconds = [], [], []
         for index, texts in zip(batch["chunk"], batch["texts"]):
+            t0 = time.perf_counter()
             arrays = attribute_chunk(self.loaded, [str(t) for t in texts], self.settings, self.candidate_probs)
             buffer = io.BytesIO()
             np.savez(buffer, **arrays)
             chunks.append(int(index))
             payloads.append(buffer.getvalue())
-        return {"chunk": np.asarray(chunks, dtype=np.int64), "npz": np.asarray(payloads, dtype=object)}
+            seconds.append(time.perf_counter() - t0)
+        return {"chunk": np.asarray(chunks, dtype=np.int64), "npz": np.asarray(payloads, dtype=object),
+                "seconds": np.asarray(seconds, dtype=np.float64)}
 
 
 def start(address: str | None, workers: int | None) -> bool:
@@ -82,9 +86,11 @@ def start(address: str | None, workers: int | None) -> bool:
 
 def compute_chunks(model_dir: Path, texts: list[str], bounds: list[tuple[int, int]], missing: list[int],
                    partial: Path, settings, candidate_probs: np.ndarray | None, engine, bar: Any,
-                   stop_after_chunks: int | None) -> tuple[int, str]:
+                   stop_after_chunks: int | None) -> tuple[int, str, dict[str, float]]:
     """Attribute the chunks `missing` (indices into `bounds`) on Ray actors and write each one into `partial` as it
-    arrives; return (chunks written, a label naming the engine for the manifest's timings).
+    arrives; return (chunks written, a label naming the engine, extra timings for the manifest: the seconds the
+    actors spent attributing, summed over chunks, and the seconds until the first chunk arrived, which is mostly
+    starting the actors and loading the model in each).
 
     `stop_after_chunks` raises KeyboardInterrupt after that many chunks are written (the test hook of the local
     engine): the chunks written so far stay, as when a job is killed.
@@ -94,7 +100,7 @@ def compute_chunks(model_dir: Path, texts: list[str], bounds: list[tuple[int, in
     from core.precompute import write_chunk
 
     if not missing:
-        return 0, "ray (no chunk left to compute)"
+        return 0, "ray (no chunk left to compute)", {}
     started = start(engine.ray_address, engine.ray_workers)
     try:
         resources = ray.cluster_resources()
@@ -102,14 +108,19 @@ def compute_chunks(model_dir: Path, texts: list[str], bounds: list[tuple[int, in
         use_gpu = gpus > 0 and (settings.device is None or str(settings.device).startswith("cuda"))
         default = gpus if use_gpu else max(1, int(resources.get("CPU", 1)))
         workers = min(engine.ray_workers or default, len(missing))
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the precompute's own bar counts chunks
         rows = pd.DataFrame({"chunk": missing, "texts": [texts[bounds[c][0]:bounds[c][1]] for c in missing]})
         # one block per chunk, so the actors share the chunks out (a list: pandas 3 frames do not np.array_split)
         blocks = [rows.iloc[i:i + 1].reset_index(drop=True) for i in range(len(rows))]
         dataset = ray.data.from_pandas(blocks).map_batches(
-            ChunkAttributor, fn_constructor_args=(str(model_dir), settings, candidate_probs, None if use_gpu else 1), batch_size=1,
-            batch_format="numpy", concurrency=workers, num_gpus=1 if use_gpu else 0, num_cpus=1)
-        written = 0
+            ChunkAttributor, fn_constructor_args=(str(model_dir), settings, candidate_probs, None if use_gpu else 1),
+            batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=1 if use_gpu else 0, num_cpus=1)
+        written, worker_seconds, first = 0, 0.0, None
+        t0 = time.perf_counter()
         for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+            first = time.perf_counter() - t0 if first is None else first
+            worker_seconds += float(batch["seconds"].sum())
             for index, payload in zip(batch["chunk"], batch["npz"]):
                 with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
                     write_chunk(partial, int(index), {name: arrays[name] for name in arrays.files})
@@ -118,7 +129,8 @@ def compute_chunks(model_dir: Path, texts: list[str], bounds: list[tuple[int, in
                 written += 1
                 if stop_after_chunks is not None and written >= stop_after_chunks and written < len(missing):
                     raise KeyboardInterrupt(f"stopped after {written} chunks (test hook)")
-        return written, f"ray ({workers} {'GPU' if use_gpu else 'CPU'} workers)"
+        return written, f"ray ({workers} {'GPU' if use_gpu else 'CPU'} workers)", {
+            "worker_seconds": round(worker_seconds, 3), "first_chunk_seconds": round(first or 0.0, 3)}
     finally:
         if started:
             ray.shutdown()
