@@ -147,6 +147,29 @@ def _is_derived(method: str) -> bool:
     return method in ATTRIBUTION_METHODS and ATTRIBUTION_METHODS[method].derived
 
 
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where the chunks are attributed; never part of the fingerprint (every engine writes the same chunks).
+
+    local: in this process, one chunk after another. ray: on a pool of Ray actors (core.ray_engine), each loading
+    the model once; `ray_address` joins an existing cluster (None starts a local Ray instance with this machine's
+    cores), `ray_workers` is the number of actors (None: one per GPU of the cluster, else one per CPU).
+    """
+
+    name: str = "local"
+    ray_address: str | None = None
+    ray_workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.name!r}")
+        if self.ray_workers is not None and (isinstance(self.ray_workers, bool) or self.ray_workers < 1):
+            raise ValueError(f"ray_workers must be an integer >= 1, got {self.ray_workers!r}")
+
+
 @dataclass
 class PrecomputeResult:
     """Where the run lives and how it went (`derived`: the derived methods computed or found in the run)."""
@@ -212,6 +235,11 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     return arrays
 
 
+def write_chunk(partial: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
+    """Write chunk `index` of the run being built in `partial`, atomically (every engine writes through here)."""
+    atomic_save_npz(_chunk_path(partial, index), **arrays)
+
+
 def _load_chunk(path: Path, methods: tuple[str, ...]) -> dict[str, np.ndarray] | None:
     """Return a finished chunk's arrays, or None when it is missing or unreadable (it is then recomputed)."""
     if not path.exists():
@@ -266,7 +294,7 @@ def check_inputs(model_dir: Path, data_path: Path, settings: PrecomputeSettings)
 
 def precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings = PrecomputeSettings(),
                force: bool = False, progress: bool = True, stop_after_chunks: int | None = None,
-               projection: bool = False) -> PrecomputeResult:
+               projection: bool = False, engine: Engine = Engine()) -> PrecomputeResult:
     """Compute (or reuse) the run for this model, data and settings and return where it is stored.
 
     `projection=True` (the CLI's default) then stores the Map page's default map (UMAP of the default
@@ -277,8 +305,9 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     left by killed precomputes are removed first (see core.store.clean_stale_work).
     `stop_after_chunks` simulates an interruption (raises KeyboardInterrupt) after that many new chunks.
     The derived methods of `settings` are then computed from the stored scores (or read back) into `derived/`.
+    `engine` picks where the chunks are computed (see Engine); the run is the same whichever computes it.
     """
-    result = _precompute(model_dir, data_path, settings, force, progress, stop_after_chunks)
+    result = _precompute(model_dir, data_path, settings, force, progress, stop_after_chunks, engine)
     if settings.derived_methods:
         run = open_run(result.run_path)
         for method in settings.derived_methods:
@@ -314,7 +343,7 @@ def build_default_projection(run_path: Path, progress: bool = True) -> Path:
 
 
 def _precompute(model_dir: str | Path, data_path: str | Path, settings: PrecomputeSettings, force: bool,
-                progress: bool, stop_after_chunks: int | None) -> PrecomputeResult:
+                progress: bool, stop_after_chunks: int | None, engine: Engine) -> PrecomputeResult:
     t_start = time.perf_counter()
     model_dir, data_path = Path(model_dir).expanduser().resolve(), Path(data_path).expanduser().resolve()
     check_inputs(model_dir, data_path, settings)
@@ -345,7 +374,7 @@ def _precompute(model_dir: str | Path, data_path: str | Path, settings: Precompu
     try:
         if not force and (reused := _reuse(final)) is not None:
             return reused
-        return _compute(loaded, data, settings, final, fingerprint, force, progress, stop_after_chunks, {
+        return _compute(loaded, data, settings, final, fingerprint, force, progress, stop_after_chunks, engine, {
             "fingerprint": fingerprint,
             "model": {"path": str(model_dir), "digest": model_digest, "stat": model_stat, "name": model_dir.name,
                       "id2label": {str(i): n for i, n in loaded.id2label.items()},
@@ -372,7 +401,7 @@ def _reuse(final: Path) -> PrecomputeResult | None:
 
 
 def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings, final: Path, fingerprint: str,
-             force: bool, progress: bool, stop_after_chunks: int | None, manifest: dict[str, Any],
+             force: bool, progress: bool, stop_after_chunks: int | None, engine: Engine, manifest: dict[str, Any],
              t_start: float) -> PrecomputeResult:
     """Attribute every chunk not finished yet (the run's lock is held), assemble and publish the run."""
     from tqdm.auto import tqdm
@@ -390,26 +419,36 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
         candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
     n = len(texts)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
-    computed = examples_computed = 0
-    compute_seconds = 0.0  # time spent on the chunks computed now: resumed chunks cost (almost) nothing
+    bounds = [(c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)) for c in range(n_chunks)]
+    # finished chunks (written by any engine) are skipped: this is how an interrupted precompute resumes
+    missing = [c for c in range(n_chunks) if _load_chunk(_chunk_path(partial, c), settings.stored_methods) is None]
     with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
-        for c in range(n_chunks):
-            lo, hi = c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)
-            if _load_chunk(_chunk_path(partial, c), settings.stored_methods) is None:
+        resumed = n - sum(bounds[c][1] - bounds[c][0] for c in missing)
+        if resumed:
+            bar.set_postfix_str("resumed")
+            bar.update(resumed)
+        t0 = time.perf_counter()
+        if engine.name == "ray":
+            from core.ray_engine import compute_chunks
+
+            computed, engine_label, engine_timings = compute_chunks(
+                loaded.model_dir, texts, bounds, missing, partial, settings, candidate_probs, engine, bar,
+                stop_after_chunks)
+        else:
+            computed, engine_label, engine_timings = 0, "local", {}
+            for c in missing:
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
-                t0 = time.perf_counter()
-                atomic_save_npz(_chunk_path(partial, c),
-                                **attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs))
-                compute_seconds += time.perf_counter() - t0
+                lo, hi = bounds[c]
+                write_chunk(partial, c, attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs))
                 computed += 1
-                examples_computed += hi - lo
-            else:
-                bar.set_postfix_str("resumed")
-            bar.update(hi - lo)
+                bar.update(hi - lo)
+        compute_seconds = time.perf_counter() - t0  # resumed chunks cost (almost) nothing
+    examples_computed = sum(bounds[c][1] - bounds[c][0] for c in missing)
 
     chunk_paths = [_chunk_path(partial, c) for c in range(n_chunks)]
-    manifest["timings"].update({"compute_seconds": round(compute_seconds, 3), "chunks_computed": computed,
+    manifest["timings"].update({"engine": engine_label, **engine_timings,
+                                "compute_seconds": round(compute_seconds, 3), "chunks_computed": computed,
                                 "chunks_resumed": n_chunks - computed, "examples_computed": examples_computed})
     run_path = _assemble(loaded, data, chunk_paths, settings, final, manifest, t_start)
     shutil.rmtree(partial, ignore_errors=True)
@@ -549,6 +588,7 @@ def summary(result: PrecomputeResult) -> str:
         f"{'predicted class' if m['settings']['target_class'] is None else m['settings']['target_class']})"
         + (f"; derived from them, no backward pass: {', '.join(result.derived)}" if result.derived else ""),
         f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
+        + (f" via {t['engine']}" if t.get("engine", "local") != "local" else "") +
         f" ({speed}; {t['chunks_resumed']} chunks resumed)",
         f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
         f"  open it    {open_command(result.run_path)}",
@@ -688,6 +728,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", metavar="DIR", default=None,
                         help="cache root: runs go to DIR/runs, the demo to DIR/demo; the same as setting "
                              "$SALIENCY_ATLAS_CACHE (default: $SALIENCY_ATLAS_CACHE, else cache/ in the repository)")
+    parser.add_argument("--engine", default="local", choices=ENGINES,
+                        help="where the chunks are attributed: in this process (local), or on a pool of Ray actors "
+                             "(ray; needs pip install \"ray[data]==2.60.0\"); the run is the same")
+    parser.add_argument("--ray-address", metavar="ADDR", default=None,
+                        help="--engine ray: join the Ray cluster at ADDR (e.g. auto, or ray://host:10001) instead of "
+                             "starting a local Ray instance with this machine's cores")
+    parser.add_argument("--ray-workers", metavar="N", type=_int_option("batch_size", "Ray actors"), default=None,
+                        help="--engine ray: number of actors, each loading the model once (default: one per GPU of "
+                             "the cluster, else one per CPU)")
     parser.add_argument("--force", action="store_true", help="recompute even if the run is cached")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-projection", action="store_true",
@@ -717,9 +766,20 @@ def main(argv: list[str] | None = None) -> int:
         limit=args.limit, sample=args.sample, seed=args.seed,
         ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
         truncation=args.truncation, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
+    if args.engine != "ray" and (args.ray_address or args.ray_workers):
+        print("error: --ray-address and --ray-workers need --engine ray.", file=sys.stderr)
+        return 2
+    if args.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            print('error: --engine ray needs Ray: pip install "ray[data]==2.60.0" (or leave --engine out to compute '
+                  "locally).", file=sys.stderr)
+            return 2
+    engine = Engine(args.engine, args.ray_address, args.ray_workers)
     try:
         result = precompute(args.model, args.data, settings, force=args.force, progress=not args.quiet,
-                            projection=not args.no_projection)
+                            projection=not args.no_projection, engine=engine)
     except (ModelLoadError, DataLoadError, CacheError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,3 +83,15 @@ def test_help_states_each_default_once(capsys):
     assert "(default: 128)" in text and "(default: the demo)" in text
     # A default of 0 is still a default worth stating.
     assert re.search(r"--seed SEED seed for --sample \(default: 0\)", text)
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(tiny_model_dir, tiny_data_csv, monkeypatch,
+                                                                  capsys):
+    import importlib.util
+
+    from core.precompute import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert main(["--model", str(tiny_model_dir), "--data", str(tiny_data_csv), "--engine", "ray"]) == 2
+    assert 'pip install "ray[data]==2.60.0"' in capsys.readouterr().err

@@ -70,7 +70,7 @@ def neighbour_headers(at: AppTest) -> list[str]:
 # ---------------------------------------------------------------- structure
 
 
-FORBIDDEN = {"torch", "sklearn", "faiss", "umap", "transformers", "captum"}
+FORBIDDEN = {"torch", "sklearn", "faiss", "umap", "transformers", "captum", "ray"}
 
 
 def _imported_modules(path: Path) -> set[str]:
