@@ -78,7 +78,9 @@ def start(address: str | None, workers: int | None) -> bool:
                  logging_level="WARNING", log_to_driver=False)
     else:
         path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
+        # address="local": always a new local instance, even when a cluster someone started (`ray start --head`)
+        # left its address in /tmp/ray for the default address lookup to find.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers or 1), include_dashboard=False,
                  runtime_env={"env_vars": {**env, "PYTHONPATH": path}}, logging_level="WARNING",
                  log_to_driver=False)
     return True
