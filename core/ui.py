@@ -35,8 +35,7 @@ from core.representations import (DEFAULT_K, DEFAULT_REPRESENTATION, DEFAULT_TER
                                   DEFAULT_WEIGHTING,
                                   REPRESENTATIONS, UNIT_TITLES, UNITS, WEIGHTING_TITLES, WEIGHTINGS,
                                   RepresentationKey)
-from core.store import (MANIFEST, REPO_ROOT, CacheError, Run, list_runs, open_run, read_manifest,
-                        run_problem, runs_dir)
+from core.store import MANIFEST, REPO_ROOT, CacheError, Run, list_runs, open_run, runs_dir
 
 T = TypeVar("T")
 
@@ -265,13 +264,13 @@ def _run_entries(paths_and_stamps: tuple[tuple[str, int], ...]) -> list[RunEntry
     entries = []
     for path, _ in paths_and_stamps:
         run_id = Path(path).name
-        problem = run_problem(path)
-        if problem is None:
-            run = Run(Path(path), read_manifest(path))
-            when = str(run.manifest.get("created", ""))[:16].replace("T", " ")
-            entries.append(RunEntry(run_id, run.title + (f" · {when}" if when else ""), None))
-        else:
-            entries.append(RunEntry(run_id, f"⚠️ damaged · {run_id}", problem))
+        try:
+            run = open_run(path)  # the cheap check (schema, sizes, table columns): no file is hashed
+        except CacheError as exc:
+            entries.append(RunEntry(run_id, f"⚠️ damaged · {run_id}", str(exc)))
+            continue
+        when = str(run.manifest.get("created", ""))[:16].replace("T", " ")
+        entries.append(RunEntry(run_id, run.title + (f" · {when}" if when else ""), None))
     return entries
 
 
