@@ -503,7 +503,7 @@ def other_configurations(res: dict) -> list[str]:
             other = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if other.get("run_path") != res["run_path"]:
+        if "args" in other and other.get("run_path") != res["run_path"]:  # discovery runs only, not the diagnosis
             others.append((path.stem, other))
     if not others:
         return []
@@ -574,6 +574,11 @@ def conclusion(res: dict) -> str:
         text += (": every best cluster stays near the base rate, which is what a model that ignores the ratings "
                  "should produce (its saliency does not fall on them), in agreement with the sensitivity figures."
                  if not uses and best["rated_seen"]["precision"] < 2.5 * base else ".")
+        if uses:
+            text += (" Other settings tried on the same run: [discovery_variants.md](discovery_variants.md)."
+                     " Why the saliency clusters stop short: `python -m bench.discovery_diagnosis` → "
+                     "[discovery_diagnosis.md](discovery_diagnosis.md) (the model tells ratings from other numbers; "
+                     "its gradient maps do not).")
     return text
 
 

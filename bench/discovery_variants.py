@@ -3,6 +3,8 @@ the IMDB rating reviews at precision >= .9?
 
     python -m bench.discovery_variants [--run cache/bench/discovery/runs/<id>]
 
+Its tables and the notes written from them are in bench/results/discovery_variants.md.
+
 Prints, for each representation and 5/10 clusters, the best cluster's precision and recall per k-means seed
 (the dashboard's `cluster_rows`, and scikit-learn KMeans with n_init=10), against the strict rating regex seen by
 the model (bench.discovery's truth), then the false positives of the default's best cluster with their six most
