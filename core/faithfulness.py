@@ -138,13 +138,20 @@ def target_probabilities(loaded: LoadedModel, lists: Sequence[np.ndarray], targe
 
 def method_options(run: Run | None, settings: CheckSettings, loaded: LoadedModel,
                    methods: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Return per-method options; input marginalization without an MLM uses the run's token frequencies."""
+    """Return per-method options; input marginalization without an MLM uses the run's token frequencies, l2e the
+    run's stored student."""
     options: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": settings.ig_steps}}
     im = {"mlm_dir": settings.im_mlm, "top_n": settings.im_top_n, "cum_prob": settings.im_cum_prob}
     if not settings.im_mlm and run is not None and "input_marginalization" in methods:
         im["candidate_probs"] = token_distribution(np.asarray(run.token_ids), len(loaded.tokenizer),
                                                    loaded.tokenizer.all_special_ids)
     options["input_marginalization"] = im
+    if "l2e" in methods and run is not None and "l2e" in run.stored_methods:
+        from core.l2e import load_run_student
+
+        # the run's student, whichever model is checked: a learned explainer is a fixed function of the text and
+        # the class, so under another model (randomization checks) it gives the same maps unless retrained
+        options["l2e"] = {"student": load_run_student(run, loaded.device)}
     return options
 
 
