@@ -618,7 +618,8 @@ def similar_examples(matrix: np.ndarray, preds: np.ndarray, rows: Sequence[int],
 
 
 def stability(run: Run, methods: Sequence[str], sample_size: int | None = 500, seed: int = 0, k: int = 3,
-              fraction: float = 0.3, neighbours_on: str = "b2", rank_by: str = "abs") -> pd.DataFrame:
+              fraction: float = 0.3, neighbours_on: str = "b2", rank_by: str = "abs",
+              rows: Sequence[int] | None = None) -> pd.DataFrame:
     """Return the stability of each method's maps across similar inputs, one row per method (random last).
 
     For each example of a seeded sample, its `k` nearest other examples with the same predicted class (cosine on the
@@ -626,10 +627,11 @@ def stability(run: Run, methods: Sequence[str], sample_size: int | None = 500, s
     attribution methods; "b3" [CLS] encoding) are found in the whole run; stability is the IoU of the sets of token
     ids at the top-`fraction` positions of the example's map and of each neighbour's map (special tokens and
     punctuation are not ranked), averaged over the neighbours and then the sample. Random: seeded uniform maps.
+    `rows` gives the examples to measure instead of the seeded sample (e.g. those an explainer was not trained on).
     """
     from core.representations import RepresentationKey
 
-    rows = sample_rows(run, sample_size, seed)
+    rows = sample_rows(run, sample_size, seed) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
     preds = run.predictions()
     near = similar_examples(np.asarray(run.representation(RepresentationKey(neighbours_on))), preds, rows, k)
     need = np.union1d(rows, near[near >= 0])

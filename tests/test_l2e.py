@@ -99,6 +99,29 @@ def test_checks_read_the_stored_l2e_maps(l2e_run):
     assert {r["method"] for r in summary["methods"]} == {"l2e", fa.RANDOM}
 
 
+def test_l2e_alone_needs_no_backward_pass_and_keeps_logits_and_cls(tiny_model_dir, monkeypatch):
+    from core.models import load_classifier
+    from core.saliency import forward_and_attribute
+    from tests.conftest import SENTENCES
+
+    loaded = load_classifier(tiny_model_dir, device="cpu")
+    student = l2e.build_student(loaded.model, loaded.num_labels, l2e.L2EParams(layers=1))
+    batch = dict(loaded.tokenizer([t for t, _ in SENTENCES[:6] if t], padding=True, return_tensors="pt"))
+    calls = []
+    grad = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or grad(*a, **k))
+    with_grad = forward_and_attribute(loaded, batch, ["grad_l2"])
+    assert len(calls) == 1
+    alone = forward_and_attribute(loaded, batch, ["l2e"], method_options={"l2e": {"student": student}})
+    assert len(calls) == 1  # no backward pass for l2e alone
+    torch.testing.assert_close(alone.logits, with_grad.logits)
+    torch.testing.assert_close(alone.cls, with_grad.cls)
+    target = with_grad.logits.argmax(dim=-1)
+    torch.testing.assert_close(alone.attributions["l2e"], student.explain_batch(batch, target))
+    fixed = forward_and_attribute(loaded, batch, ["l2e"], target_class=1, method_options={"l2e": {"student": student}})
+    torch.testing.assert_close(fixed.attributions["l2e"], student.explain_batch(batch, torch.ones_like(target)))
+
+
 def test_l2e_settings_enter_the_fingerprint_only_with_l2e():
     plain = PrecomputeSettings(methods=("grad_l2",)).fingerprinted()
     assert not any(k.startswith("l2e") for k in plain)
