@@ -15,12 +15,15 @@ importance, so for a signed teacher the student predicts |score| (the representa
 
 Training: cross-entropy over the buckets of every real token ([CLS] and [SEP] included, so an l2e map is as complete
 as its teacher's), AdamW (lr 3e-4) with a linear warm-up and decay, length-bucketed batches, seeded; the word
-embeddings stay frozen. On the demo (1,306 training sentences, 20% of its train split), lr 3e-4 and 5 epochs gave a
-held-out Spearman of .81 with Grad-L2 where lr 1e-4 and 3 epochs gave .75 (bench/results/l2e.md). In the precompute
-(`--method l2e`, core.precompute) the student is trained before the run's chunks are computed and stored in the run
-folder as `l2e/student.safetensors` + `l2e/student.json` (weights and a JSON config, never pickle) with the rows it
-was trained on (`l2e/sample_rows.npy`) and its training log (`l2e/training.json`); `load_run_student` reads it back
-and `explain_texts` explains new texts with it, without retraining.
+embeddings stay frozen. On the demo (1,306 training sentences, 20% of its train split) these defaults (2 layers, lr
+3e-4, 5 epochs) reach a held-out Spearman of .81 with Grad-L2 (bench/results/l2e.md); in trials on a few hundred
+held-out sentences, lr 1e-4 with 3 epochs and trained word embeddings gave .75, and 1 layer instead of 2 gave .76.
+
+In the precompute (`--method l2e`, core.precompute) the student is trained before the run's chunks are computed and
+stored in the run folder as `l2e/student.safetensors` + `l2e/student.json` (weights and a JSON config, never pickle;
+the frozen word embeddings are not repeated there, they are the run's `embedding_matrix.npy`) with the rows it was
+trained on (`l2e/sample_rows.npy`) and its training log (`l2e/training.json`); `load_run_student` reads it back and
+`explain_texts` explains new texts with it, without retraining.
 """
 from __future__ import annotations
 
@@ -285,21 +288,35 @@ def train_student(student: Student, token_lists: Sequence[np.ndarray], teacher_m
 # ============================================================================ storing and loading
 
 
+def _word_embeddings_key(student: Student) -> str:
+    weight = student.encoder.get_input_embeddings().weight
+    return next(name for name, p in student.named_parameters() if p is weight)
+
+
 def save_student(student: Student, folder: Path, params: L2EParams, extra: dict[str, Any] | None = None) -> None:
     """Write the student into `folder`: weights as safetensors and its config as JSON, each atomically (the JSON
-    last: it marks the student complete)."""
+    last: it marks the student complete).
+
+    The frozen word embeddings are left out (on the demo 47 of its 62 MB): they are the classifier's input
+    embeddings, which a run stores already as `embedding_matrix.npy`; `load_student` takes them back.
+    """
     from safetensors.torch import save
 
     from core.store import atomic_write_bytes, atomic_write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+    key = _word_embeddings_key(student)
+    state = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items() if k != key}
     atomic_write_bytes(folder / WEIGHTS_FILE, save(state, metadata={"format": "pt", "method": NAME}))
     encoder = student.encoder.config.to_dict()
+    shape = list(student.encoder.get_input_embeddings().weight.shape)
     atomic_write_json(folder / CONFIG_FILE, {"method": NAME, "version": L2E_VERSION, "params": params.as_dict(),
                                              "num_labels": student.num_labels, "buckets": student.buckets,
-                                             "encoder_config": encoder, **(extra or {})})
+                                             "encoder_config": encoder,
+                                             "word_embeddings": {"key": key, "shape": shape,
+                                                                 "stored_as": "the run's embedding_matrix.npy"},
+                                             **(extra or {})})
 
 
 class StudentLoadError(ValueError):
@@ -320,8 +337,9 @@ def read_student_config(folder: Path) -> dict[str, Any]:
     return config
 
 
-def load_student(folder: Path, device: str | torch.device = "cpu") -> Student:
-    """Return the student stored in `folder` (see `save_student`), in eval mode on `device`.
+def load_student(folder: Path, word_embeddings: np.ndarray, device: str | torch.device = "cpu") -> Student:
+    """Return the student stored in `folder` (see `save_student`), in eval mode on `device`, with the classifier's
+    input embeddings `word_embeddings` (vocab x dim; a run's `embedding_matrix.npy`) as its frozen word embeddings.
 
     Only a built-in transformers architecture is accepted (no remote code) and the weights load from safetensors.
     """
@@ -337,12 +355,21 @@ def load_student(folder: Path, device: str | torch.device = "cpu") -> Student:
     for key in ("auto_map", "transformers_version"):
         encoder.pop(key, None)
     student = Student(AutoConfig.for_model(model_type, **encoder), int(config["num_labels"]), int(config["buckets"]))
+    words = config.get("word_embeddings") or {}
+    if "key" not in words or "shape" not in words:
+        raise StudentLoadError(f"The l2e student config in {folder} does not say where its word embeddings are. "
+                               "Re-run precompute with --method l2e --force.")
+    if list(np.shape(word_embeddings)) != list(words["shape"]):
+        raise StudentLoadError(f"The l2e student in {folder} needs word embeddings of shape {tuple(words['shape'])}, "
+                               f"got {tuple(np.shape(word_embeddings))}: pass the embedding matrix of its run.")
     try:
         state = load_file(str(Path(folder) / WEIGHTS_FILE))
+        state[words["key"]] = torch.from_numpy(np.array(word_embeddings, dtype=np.float32))
         student.load_state_dict(state)
-    except (OSError, SafetensorError, RuntimeError) as exc:
+    except (OSError, SafetensorError, RuntimeError, KeyError) as exc:
         raise StudentLoadError(f"The l2e student weights in {folder} cannot be read ({exc}). Re-run precompute "
                                "with --method l2e --force.") from None
+    student.encoder.get_input_embeddings().weight.requires_grad_(False)
     return student.to(device).eval()
 
 
@@ -351,7 +378,7 @@ def load_run_student(run, device: str | torch.device | None = None) -> Student:
     if NAME not in run.stored_methods:
         raise StudentLoadError(f"Run {run.run_id} has no l2e student (its methods: {', '.join(run.methods)}). "
                                "Precompute with --method l2e to train one.")
-    return load_student(run.path / FOLDER, device or "cpu")
+    return load_student(run.path / FOLDER, run.embedding_matrix(), device or "cpu")
 
 
 def run_sample_rows(run) -> np.ndarray:

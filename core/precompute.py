@@ -329,6 +329,10 @@ def check_inputs(model_dir: Path, data_path: Path, settings: PrecomputeSettings)
     if settings.target_class is not None and settings.target_class >= n_labels:
         raise ValueError(f"--target-class {settings.target_class} is outside the model's classes: it must be an "
                          f"integer from 0 to {n_labels - 1}")
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
+    if l2e.NAME in settings.methods and isinstance(layers, int) and settings.l2e_layers > layers:
+        raise ValueError(f"--l2e-layers {settings.l2e_layers} exceeds the classifier's {layers} layers: the l2e "
+                         "student copies the classifier's first layers, so it can have at most as many")
     if "input_marginalization" in settings.methods and settings.im_mlm:
         mlm = Path(settings.im_mlm).expanduser()
         if not mlm.is_dir() or not (mlm / "config.json").is_file():
@@ -530,7 +534,7 @@ def train_l2e(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSetting
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
             if info.get("params") == params.as_dict():
-                return l2e.load_student(folder, loaded.device), info
+                return l2e.load_student(folder, input_embedding_matrix(loaded), loaded.device), info
         except (ValueError, OSError):
             pass  # damaged: trained again below
     shutil.rmtree(folder, ignore_errors=True)

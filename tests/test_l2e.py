@@ -15,7 +15,7 @@ from core.precompute import PrecomputeSettings, _parse_args, check_teacher, prec
 from core.representations import RepresentationKey
 from core.saliency import ATTRIBUTION_METHODS, AttributionMethod, get_method
 from core.store import open_run
-from tests.conftest import SPECIAL, WORDS
+from tests.conftest import WORDS
 
 FAST = {"split_col": "split", "max_length": 16, "batch_size": 4, "chunk_size": 8}
 
@@ -80,6 +80,12 @@ def test_stored_student_reloads_and_reproduces_the_stored_maps(l2e_run):
     json.loads((folder / l2e.CONFIG_FILE).read_text())  # plain JSON
     rows = l2e.run_sample_rows(run)
     assert np.all(run.examples["split"].to_numpy()[rows] == "train")
+    from safetensors import safe_open
+
+    with safe_open(str(folder / l2e.WEIGHTS_FILE), "pt") as weights:  # the frozen word embeddings are the run's
+        assert "encoder.embeddings.word_embeddings.weight" not in set(weights.keys())
+    with pytest.raises(l2e.StudentLoadError, match="shape"):
+        l2e.load_student(folder, np.zeros((3, 4), np.float32))
     student = l2e.load_run_student(run)
     texts = run.examples["text"].tolist()
     explained = l2e.explain_texts(run, texts, student=student)
@@ -91,6 +97,24 @@ def test_stored_student_reloads_and_reproduces_the_stored_maps(l2e_run):
     # a fixed class changes the map: the student is conditioned on the class it explains
     other = l2e.explain_texts(run, texts[:4], targets=[1 - e.target for e in explained[:4]], student=student)
     assert any(not np.allclose(a.scores, b.scores) for a, b in zip(other, explained[:4]))
+
+
+def test_interrupted_precompute_resumes_with_the_stored_student(tiny_model_dir, tiny_data_csv, monkeypatch,
+                                                                 one_thread):
+    settings = PrecomputeSettings(**{**FAST, "chunk_size": 4}, methods=("l2e",), l2e_sample=1.0, l2e_epochs=1,
+                                  l2e_layers=1)
+    with pytest.raises(KeyboardInterrupt):
+        precompute(tiny_model_dir, tiny_data_csv, settings, progress=False, stop_after_chunks=1)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the stored student should have been reused")
+
+    monkeypatch.setattr(l2e, "train_student", no_training)
+    run = open_run(precompute(tiny_model_dir, tiny_data_csv, settings, progress=False).run_path)
+    student = l2e.load_run_student(run)
+    explained = l2e.explain_texts(run, run.examples["text"].tolist(), student=student)
+    np.testing.assert_allclose(np.concatenate([e.scores for e in explained]), np.asarray(run.scores("l2e")),
+                               atol=1e-5)
 
 
 def test_checks_read_the_stored_l2e_maps(l2e_run):
@@ -156,6 +180,11 @@ def test_cli_trains_the_student_and_says_so(tiny_model_dir, tiny_data_csv, capsy
     assert "methods    l2e" in out and "student trained on 3 grad_l2 maps (train split)" in out
     run = open_run(out.split("cache      ")[1].split(" (")[0])
     assert len(l2e.run_sample_rows(run)) == 3 and run.manifest["l2e"]["params"]["sample"] == 3
+
+
+def test_a_student_deeper_than_the_classifier_is_refused_before_any_work(tiny_model_dir, tiny_data_csv):
+    with pytest.raises(ValueError, match="exceeds the classifier's 2 layers"):
+        precompute(tiny_model_dir, tiny_data_csv, PrecomputeSettings(methods=("l2e",), l2e_layers=3), progress=False)
 
 
 def test_ray_engine_refuses_l2e(tiny_model_dir, tiny_data_csv):
