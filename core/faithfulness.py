@@ -138,13 +138,20 @@ def target_probabilities(loaded: LoadedModel, lists: Sequence[np.ndarray], targe
 
 def method_options(run: Run | None, settings: CheckSettings, loaded: LoadedModel,
                    methods: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Return per-method options; input marginalization without an MLM uses the run's token frequencies."""
+    """Return per-method options; input marginalization without an MLM uses the run's token frequencies, l2e the
+    run's stored student."""
     options: dict[str, dict[str, Any]] = {"integrated_gradients": {"n_steps": settings.ig_steps}}
     im = {"mlm_dir": settings.im_mlm, "top_n": settings.im_top_n, "cum_prob": settings.im_cum_prob}
     if not settings.im_mlm and run is not None and "input_marginalization" in methods:
         im["candidate_probs"] = token_distribution(np.asarray(run.token_ids), len(loaded.tokenizer),
                                                    loaded.tokenizer.all_special_ids)
     options["input_marginalization"] = im
+    if "l2e" in methods and run is not None and "l2e" in run.stored_methods:
+        from core.l2e import load_run_student
+
+        # the run's student, whichever model is checked: a learned explainer is a fixed function of the text and
+        # the class, so under another model (randomization checks) it gives the same maps unless retrained
+        options["l2e"] = {"student": load_run_student(run, loaded.device)}
     return options
 
 
@@ -611,7 +618,8 @@ def similar_examples(matrix: np.ndarray, preds: np.ndarray, rows: Sequence[int],
 
 
 def stability(run: Run, methods: Sequence[str], sample_size: int | None = 500, seed: int = 0, k: int = 3,
-              fraction: float = 0.3, neighbours_on: str = "b2", rank_by: str = "abs") -> pd.DataFrame:
+              fraction: float = 0.3, neighbours_on: str = "b2", rank_by: str = "abs",
+              rows: Sequence[int] | None = None) -> pd.DataFrame:
     """Return the stability of each method's maps across similar inputs, one row per method (random last).
 
     For each example of a seeded sample, its `k` nearest other examples with the same predicted class (cosine on the
@@ -619,10 +627,11 @@ def stability(run: Run, methods: Sequence[str], sample_size: int | None = 500, s
     attribution methods; "b3" [CLS] encoding) are found in the whole run; stability is the IoU of the sets of token
     ids at the top-`fraction` positions of the example's map and of each neighbour's map (special tokens and
     punctuation are not ranked), averaged over the neighbours and then the sample. Random: seeded uniform maps.
+    `rows` gives the examples to measure instead of the seeded sample (e.g. those an explainer was not trained on).
     """
     from core.representations import RepresentationKey
 
-    rows = sample_rows(run, sample_size, seed)
+    rows = sample_rows(run, sample_size, seed) if rows is None else np.sort(np.asarray(rows, dtype=np.int64))
     preds = run.predictions()
     near = similar_examples(np.asarray(run.representation(RepresentationKey(neighbours_on))), preds, rows, k)
     need = np.union1d(rows, near[near >= 0])

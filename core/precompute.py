@@ -5,7 +5,9 @@
 
 With no --model/--data it builds (or reuses) the embedded demo. A derived method (`--method grad_l2,lafa`, see
 core.lafa) costs no backward pass: it is computed from the stored scores of its base method after the run is built
-or reused, and kept in the run's `derived/` folder; it does not change the run's fingerprint. The work is split
+or reused, and kept in the run's `derived/` folder; it does not change the run's fingerprint. The learned explainer
+(`--method l2e`, see core.l2e) first computes its teacher on a sample of the training split and trains its student
+(stored in the run's `l2e/` folder), then the chunks get its maps from the student's forward pass. The work is split
 into chunks written atomically to `<cache>/runs/.partial-<id>/`; an interrupted precompute resumes from its last
 finished chunk. The finished run is assembled in a temporary folder and moved into place in one step.
 """
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core import l2e
 from core.data import DataLoadError, LoadedData, check_data_file, load_dataset
 from core.models import (TRUNCATION_SIDES, LoadedModel, ModelLoadError, check_classifier_folder, check_device,
                          check_model_folder, check_truncation, config_num_labels, encode, ignored_token_mask,
@@ -51,6 +54,9 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
     "im_top_n": (1, None),
     "target_class": (0, None),
     "k": (1, None),
+    "l2e_layers": (1, None),
+    "l2e_epochs": (1, None),
+    "l2e_buckets": (2, None),
 }
 
 
@@ -90,6 +96,14 @@ class PrecomputeSettings:
     im_top_n: int = 10
     im_cum_prob: float = 0.95
     truncation: str = "head"  # which part of a long text is kept: head, tail or head+tail (core.models.encode)
+    # the learned explainer (core.l2e), used with the method l2e only
+    l2e_teacher: str = l2e.DEFAULT_PARAMS.teacher
+    l2e_sample: float | int = l2e.DEFAULT_PARAMS.sample
+    l2e_seed: int = l2e.DEFAULT_PARAMS.seed
+    l2e_layers: int = l2e.DEFAULT_PARAMS.layers
+    l2e_epochs: int = l2e.DEFAULT_PARAMS.epochs
+    l2e_buckets: int = l2e.DEFAULT_PARAMS.buckets
+    l2e_lr: float = l2e.DEFAULT_PARAMS.lr
     k: int | None = field(default=None, compare=False)
     include_special: bool = field(default=False, compare=False)
     batch_size: int = field(default=32, compare=False)
@@ -106,6 +120,15 @@ class PrecomputeSettings:
             raise ValueError(f"im_cum_prob must be a probability in (0, 1], got {self.im_cum_prob!r}")
         if not self.methods:
             raise ValueError(f"methods is empty: name at least one of {', '.join(ATTRIBUTION_METHODS)}")
+        if l2e.NAME in self.methods:
+            check_teacher(self.l2e_teacher)
+            self.l2e_params()  # range checks
+
+    def l2e_params(self) -> l2e.L2EParams:
+        """Return the learned explainer's settings (core.l2e) for the method l2e."""
+        return l2e.L2EParams(teacher=self.l2e_teacher, sample=self.l2e_sample, seed=self.l2e_seed,
+                             layers=self.l2e_layers, epochs=self.l2e_epochs, buckets=self.l2e_buckets,
+                             lr=self.l2e_lr)
 
     @property
     def stored_methods(self) -> tuple[str, ...]:
@@ -128,19 +151,41 @@ class PrecomputeSettings:
         for name in ("batch_size", "chunk_size", "device", "k", "include_special"):
             out.pop(name)
         out["methods"] = list(self.stored_methods)
-        if "input_marginalization" not in self.methods:
+        if "input_marginalization" not in self.methods and self.l2e_teacher_if_used != "input_marginalization":
             # keeps the fingerprints of runs without the method unchanged
             for name in ("im_mlm", "im_top_n", "im_cum_prob"):
                 out.pop(name)
+        for name in [k for k in out if k.startswith("l2e_")]:
+            out.pop(name)  # as one entry below, and only with l2e: other runs' fingerprints stay unchanged
+        if l2e.NAME in self.methods:
+            out["l2e"] = self.l2e_params().as_dict()
         if self.truncation == "head":
             out.pop("truncation")  # keeps the fingerprints of runs from before the setting unchanged
         return out
 
-    def method_options(self, candidate_probs: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
-        """Return the per-method keyword options for `forward_and_attribute`."""
+    @property
+    def l2e_teacher_if_used(self) -> str | None:
+        """Return the l2e teacher when the method l2e is asked for, else None."""
+        return self.l2e_teacher if l2e.NAME in self.methods else None
+
+    def method_options(self, candidate_probs: np.ndarray | None = None,
+                       student: "l2e.Student | None" = None) -> dict[str, dict[str, Any]]:
+        """Return the per-method keyword options for `forward_and_attribute` (`student`: l2e's trained student)."""
         return {"integrated_gradients": {"n_steps": self.ig_steps},
                 "input_marginalization": {"mlm_dir": self.im_mlm, "top_n": self.im_top_n,
-                                          "cum_prob": self.im_cum_prob, "candidate_probs": candidate_probs}}
+                                          "cum_prob": self.im_cum_prob, "candidate_probs": candidate_probs},
+                l2e.NAME: {"student": student}}
+
+
+def check_teacher(name: str) -> None:
+    """Raise ValueError unless `name` is a registered method that can teach l2e (computed per batch: not derived,
+    not learned); the message names the methods that can."""
+    teachers = [m for m, method in ATTRIBUTION_METHODS.items() if not method.derived and not method.learned]
+    if name not in ATTRIBUTION_METHODS:
+        raise ValueError(f"Unknown l2e teacher '{name}'. Known methods that can teach l2e: {', '.join(teachers)}.")
+    if name not in teachers:
+        raise ValueError(f"'{name}' cannot teach l2e: a teacher must be computed per batch of examples. Use one of "
+                         f"{', '.join(teachers)}.")
 
 
 def _is_derived(method: str) -> bool:
@@ -185,12 +230,14 @@ def _chunk_path(partial: Path, index: int) -> Path:
 
 
 def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeSettings,
-                    candidate_probs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    candidate_probs: np.ndarray | None = None,
+                    student: "l2e.Student | None" = None) -> dict[str, np.ndarray]:
     """Return the chunk's arrays: ragged tokens + offsets + per-method scores, logits and [CLS] per example.
 
     Examples are batched in length order so batches carry little padding; results come back in input order.
     `candidate_probs` is input marginalization's candidate distribution when no MLM is set; when it is
     needed and missing, the token frequencies of this chunk's texts are used (precompute passes the dataset's).
+    `student` is l2e's trained student (core.l2e), needed when l2e is one of the methods.
     """
     enc = encode(loaded.tokenizer, texts, settings.max_length, settings.truncation, offsets=True)
     lengths = np.array([len(ids) for ids in enc["input_ids"]])
@@ -202,7 +249,7 @@ def attribute_chunk(loaded: LoadedModel, texts: list[str], settings: PrecomputeS
     scores = {m: [None] * n for m in settings.stored_methods}
     if "input_marginalization" in settings.methods and not settings.im_mlm and candidate_probs is None:
         candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
-    options = settings.method_options(candidate_probs)
+    options = settings.method_options(candidate_probs, student)
     for start in range(0, n, settings.batch_size):
         idx = order[start:start + settings.batch_size]
         batch = {**pad_batch(enc, idx, pad_id),
@@ -282,6 +329,10 @@ def check_inputs(model_dir: Path, data_path: Path, settings: PrecomputeSettings)
     if settings.target_class is not None and settings.target_class >= n_labels:
         raise ValueError(f"--target-class {settings.target_class} is outside the model's classes: it must be an "
                          f"integer from 0 to {n_labels - 1}")
+    layers = config.get("num_hidden_layers", config.get("n_layers"))
+    if l2e.NAME in settings.methods and isinstance(layers, int) and settings.l2e_layers > layers:
+        raise ValueError(f"--l2e-layers {settings.l2e_layers} exceeds the classifier's {layers} layers: the l2e "
+                         "student copies the classifier's first layers, so it can have at most as many")
     if "input_marginalization" in settings.methods and settings.im_mlm:
         mlm = Path(settings.im_mlm).expanduser()
         if not mlm.is_dir() or not (mlm / "config.json").is_file():
@@ -307,6 +358,9 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     The derived methods of `settings` are then computed from the stored scores (or read back) into `derived/`.
     `engine` picks where the chunks are computed (see Engine); the run is the same whichever computes it.
     """
+    if engine.name == "ray" and l2e.NAME in settings.methods:
+        raise ValueError("--method l2e runs on the local engine only (the student is trained in this process before "
+                         "the chunks are computed): leave --engine out.")
     result = _precompute(model_dir, data_path, settings, force, progress, stop_after_chunks, engine)
     if settings.derived_methods:
         run = open_run(result.run_path)
@@ -415,14 +469,20 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
 
     texts = data.frame["text"].tolist()
     candidate_probs = None
-    if "input_marginalization" in settings.methods and not settings.im_mlm:
+    if "input_marginalization" in (*settings.methods, settings.l2e_teacher_if_used) and not settings.im_mlm:
         candidate_probs = dataset_token_distribution(loaded.tokenizer, texts, settings.max_length)
+    student = None
+    if l2e.NAME in settings.methods:
+        student, manifest["l2e"] = train_l2e(loaded, data, settings, partial / l2e.FOLDER, candidate_probs, progress)
+        manifest["timings"].update({"l2e_teacher_seconds": manifest["l2e"]["teacher_seconds"],
+                                    "l2e_train_seconds": manifest["l2e"]["train_seconds"]})
     n = len(texts)
     n_chunks = (n + settings.chunk_size - 1) // settings.chunk_size
     bounds = [(c * settings.chunk_size, min(n, (c + 1) * settings.chunk_size)) for c in range(n_chunks)]
     # finished chunks (written by any engine) are skipped: this is how an interrupted precompute resumes
     missing = [c for c in range(n_chunks) if _load_chunk(_chunk_path(partial, c), settings.stored_methods) is None]
-    with tqdm(total=n, desc="Saliency", unit="ex", disable=not progress, dynamic_ncols=True) as bar:
+    desc = "L2E student" if settings.stored_methods == (l2e.NAME,) else "Saliency"
+    with tqdm(total=n, desc=desc, unit="ex", disable=not progress, dynamic_ncols=True) as bar:
         resumed = n - sum(bounds[c][1] - bounds[c][0] for c in missing)
         if resumed:
             bar.set_postfix_str("resumed")
@@ -440,7 +500,7 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
                 if stop_after_chunks is not None and computed >= stop_after_chunks:
                     raise KeyboardInterrupt(f"stopped after {computed} chunks (test hook)")
                 lo, hi = bounds[c]
-                write_chunk(partial, c, attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs))
+                write_chunk(partial, c, attribute_chunk(loaded, texts[lo:hi], settings, candidate_probs, student))
                 computed += 1
                 bar.update(hi - lo)
         compute_seconds = time.perf_counter() - t0  # resumed chunks cost (almost) nothing
@@ -450,23 +510,84 @@ def _compute(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings
     manifest["timings"].update({"engine": engine_label, **engine_timings,
                                 "compute_seconds": round(compute_seconds, 3), "chunks_computed": computed,
                                 "chunks_resumed": n_chunks - computed, "examples_computed": examples_computed})
-    run_path = _assemble(loaded, data, chunk_paths, settings, final, manifest, t_start)
+    run_path = _assemble(loaded, data, chunk_paths, settings, final, manifest, t_start,
+                         partial / l2e.FOLDER if student is not None else None)
     shutil.rmtree(partial, ignore_errors=True)
     run = open_run(run_path)
     return PrecomputeResult(run_path, reused=False, manifest=run.manifest)
 
 
+def train_l2e(loaded: LoadedModel, data: LoadedData, settings: PrecomputeSettings, folder: Path,
+              candidate_probs: np.ndarray | None = None, progress: bool = True) -> tuple[l2e.Student, dict[str, Any]]:
+    """Train l2e's student and store it in `folder` (or read it back when a resumed precompute stored it already);
+    return (student, what the manifest records about it).
+
+    The teacher method is computed, like any method of the run, on the seeded sample of the training split
+    (core.l2e.training_rows); the student learns its maps for the run's targets (the predicted class, or
+    `target_class`). Three progress bars: teacher, training, then (in the caller) the student over every example.
+    """
+    from tqdm.auto import tqdm
+
+    params = settings.l2e_params()
+    info_path = folder / l2e.TRAINING_FILE
+    if info_path.is_file():
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            if info.get("params") == params.as_dict():
+                return l2e.load_student(folder, input_embedding_matrix(loaded), loaded.device), info
+        except (ValueError, OSError):
+            pass  # damaged: trained again below
+    shutil.rmtree(folder, ignore_errors=True)
+    rows, source = l2e.training_rows(data.frame["split"].tolist(), params)
+    texts = data.frame["text"].iloc[rows].tolist()
+    teacher_settings = replace(settings, methods=(params.teacher,))
+    lists, maps, logits = [], [], []
+    t0 = time.perf_counter()
+    with tqdm(total=len(texts), desc=f"L2E teacher ({params.teacher})", unit="ex", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for lo in range(0, len(texts), settings.chunk_size):
+            arrays = attribute_chunk(loaded, texts[lo:lo + settings.chunk_size], teacher_settings, candidate_probs)
+            bounds = np.concatenate([[0], np.cumsum(arrays["lengths"])])
+            lists += np.split(arrays["token_ids"].astype(np.int64), bounds[1:-1])
+            maps += np.split(arrays[f"scores__{params.teacher}"], bounds[1:-1])
+            logits.append(arrays["logits"])
+            bar.update(len(arrays["lengths"]))
+    teacher_seconds = time.perf_counter() - t0
+    targets = (np.full(len(rows), settings.target_class) if settings.target_class is not None
+               else np.concatenate(logits).argmax(axis=1))
+    student = l2e.build_student(loaded.model, loaded.num_labels, params)
+    with tqdm(total=1, desc="L2E training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        def report(step: int, total: int, loss: float) -> None:
+            bar.total = total
+            bar.update(step - bar.n)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        log = l2e.train_student(student, lists, maps, targets, params, loaded.tokenizer.pad_token_id or 0, report)
+    info = {"params": params.as_dict(), "sample_rows": int(len(rows)), "sampled_from": source,
+            "teacher_seconds": round(teacher_seconds, 3), "train_seconds": log.seconds, "training": log.as_dict(),
+            "student_parameters": int(sum(p.numel() for p in student.parameters()))}
+    l2e.save_student(student, folder, params, {"classifier": str(loaded.model_dir),
+                                               "max_length": settings.max_length, "truncation": settings.truncation})
+    np.save(folder / l2e.SAMPLE_FILE, rows, allow_pickle=False)
+    atomic_write_json(info_path, info)  # written last: marks the stored student complete for a resume
+    return student, info
+
+
 def _assemble(loaded: LoadedModel, data: LoadedData, chunk_paths: list[Path], settings: PrecomputeSettings,
-              final: Path, manifest: dict[str, Any], t_start: float) -> Path:
+              final: Path, manifest: dict[str, Any], t_start: float, student_folder: Path | None = None) -> Path:
     """Write the run folder from its chunk files in a staging folder and publish it atomically; return its path.
 
     Chunks are streamed into memory-mapped arrays one at a time, so memory stays bounded by one chunk
-    (plus the per-example arrays) however large the dataset.
+    (plus the per-example arrays) however large the dataset. `student_folder` (l2e's stored student) is copied
+    into the run as `l2e/`.
     """
     staging = final.parent / f".staging-{final.name}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     for folder in ("saliency", "tokens"):
         (staging / folder).mkdir(parents=True)
+    if student_folder is not None:
+        shutil.copytree(student_folder, staging / l2e.FOLDER,
+                        ignore=lambda _, names: [n for n in names if n.startswith(".")])
     t0 = time.perf_counter()
     per_example: dict[str, list[np.ndarray]] = {"lengths": [], "truncated": [], "logits": []}
     for path in chunk_paths:
@@ -590,6 +711,10 @@ def summary(result: PrecomputeResult) -> str:
         f"  time       {t['total_seconds']:.1f} s total, {t['compute_seconds']:.1f} s saliency on {m['device']}"
         + (f" via {t['engine']}" if t.get("engine", "local") != "local" else "") +
         f" ({speed}; {t['chunks_resumed']} chunks resumed)",
+        *([f"  l2e        student trained on {m['l2e']['sample_rows']:,} "
+           f"{m['l2e']['params']['teacher']} maps ({m['l2e']['sampled_from']}): teacher "
+           f"{m['l2e']['teacher_seconds']:.1f} s, training {m['l2e']['train_seconds']:.1f} s "
+           f"({m['l2e']['params']['epochs']} epochs, {m['l2e']['params']['layers']} layers)"] if m.get("l2e") else []),
         f"  cache      {result.run_path} ({folder_size(result.run_path) / 1e6:.1f} MB)",
         f"  open it    {open_command(result.run_path)}",
         f"             then http://localhost:8501/?run={result.run_path.name}",
@@ -648,6 +773,31 @@ def _methods_option(text: str) -> tuple[str, ...]:
     return methods
 
 
+def _teacher_option(text: str) -> str:
+    try:
+        check_teacher(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip()
+
+
+def _l2e_sample_option(text: str) -> float | int:
+    try:
+        return l2e.parse_sample(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float_option(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
 def _probability_option(text: str) -> float:
     try:
         value = float(text)
@@ -701,7 +851,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--method", "--methods", dest="methods", type=_methods_option, default=("grad_l2",),
                         help=f"comma-separated attribution methods: {', '.join(ATTRIBUTION_METHODS)} "
                              "(default: grad_l2). lafa is derived from the stored grad_l2 without a backward pass "
-                             "(grad_l2 is added when missing); adding it to an existing run's methods reuses the run")
+                             "(grad_l2 is added when missing); adding it to an existing run's methods reuses the run. "
+                             "l2e trains a student on the --l2e-teacher's maps of a sample of the train split, then "
+                             "predicts every example's map with one forward pass (see the --l2e-* options)")
     parser.add_argument("--target-class", type=_int_option("target_class", "a class id of the model"), default=None,
                         help="attribute this class id instead of each example's predicted class")
     parser.add_argument("--k", type=_k_option, default="all",
@@ -718,6 +870,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="input_marginalization: candidates per token")
     parser.add_argument("--im-cum-prob", type=_probability_option, default=0.95,
                         help="input_marginalization: keep candidates up to this cumulative probability")
+    parser.add_argument("--l2e-teacher", type=_teacher_option, default=l2e.DEFAULT_PARAMS.teacher,
+                        help="l2e: the method whose maps the student learns (computed on the training sample only)")
+    parser.add_argument("--l2e-sample", type=_l2e_sample_option, default=l2e.DEFAULT_PARAMS.sample,
+                        help=f"l2e: training examples for the student, a fraction of the train split (0.2 or 20%%, at "
+                             f"most {l2e.DEFAULT_PARAMS.max_sample:,} rows; all rows when there is no train split) or "
+                             "a number of rows (default: 0.2)")
+    parser.add_argument("--l2e-seed", type=_int_option("seed", "the l2e sample and training seed"),
+                        default=l2e.DEFAULT_PARAMS.seed, help="l2e: seed of the training sample and of training")
+    parser.add_argument("--l2e-layers", type=_int_option("l2e_layers", "student layers"),
+                        default=l2e.DEFAULT_PARAMS.layers,
+                        help="l2e: transformer layers of the student, copied from the classifier's first layers")
+    parser.add_argument("--l2e-epochs", type=_int_option("l2e_epochs", "student training epochs"),
+                        default=l2e.DEFAULT_PARAMS.epochs, help="l2e: training epochs of the student")
+    parser.add_argument("--l2e-buckets", type=_int_option("l2e_buckets", "saliency buckets"),
+                        default=l2e.DEFAULT_PARAMS.buckets,
+                        help="l2e: per-example quantile buckets the student labels each token with")
+    parser.add_argument("--l2e-lr", type=_positive_float_option, default=l2e.DEFAULT_PARAMS.lr,
+                        help="l2e: peak learning rate of the student (AdamW, linear warm-up and decay)")
     parser.add_argument("--limit", type=_int_option("limit", "rows to use"), default=None,
                         help="use only the first N rows")
     parser.add_argument("--sample", type=_int_option("sample", "rows to sample"), default=None,
@@ -765,6 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         methods=args.methods, target_class=args.target_class, k=args.k, include_special=args.include_special,
         limit=args.limit, sample=args.sample, seed=args.seed,
         ig_steps=args.ig_steps, im_mlm=args.im_mlm, im_top_n=args.im_top_n, im_cum_prob=args.im_cum_prob,
+        l2e_teacher=args.l2e_teacher, l2e_sample=args.l2e_sample, l2e_seed=args.l2e_seed,
+        l2e_layers=args.l2e_layers, l2e_epochs=args.l2e_epochs, l2e_buckets=args.l2e_buckets, l2e_lr=args.l2e_lr,
         truncation=args.truncation, batch_size=args.batch_size, chunk_size=args.chunk_size, device=args.device)
     if args.engine != "ray" and (args.ray_address or args.ray_workers):
         print("error: --ray-address and --ray-workers need --engine ray.", file=sys.stderr)

@@ -52,6 +52,7 @@ class AttributionMethod:
     description: str = ""
     signed: bool = False
     derived: bool = False  # computed from a run's stored scores of `base`, not from a batch
+    learned: bool = False  # needs a student trained by the precompute (l2e): cannot be a teacher
     base: str | None = None
 
     def attribute(self, loaded: LoadedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
@@ -158,13 +159,24 @@ def forward_and_attribute(loaded: LoadedModel, batch: dict[str, torch.Tensor], m
 
     The target is the predicted class unless `target_class` is given. Grad-L2 and Gradient x Input reuse the
     forward pass that yields the logits and its one backward pass, so together they cost one forward + one
-    backward per batch.
+    backward per batch; without either of them there is no backward pass here. `l2e` reads its student from
+    `method_options["l2e"]["student"]`.
     """
     method_options = method_options or {}
     target = None
     if target_class is not None:
         target = torch.full((batch["input_ids"].shape[0],), int(target_class), device=loaded.device)
-    target, grad, outputs = _target_score_grad(loaded, batch, target)
+    if any(name in (GradL2.name, GradXInput.name) for name in methods):
+        target, grad, outputs = _target_score_grad(loaded, batch, target)
+    else:
+        # no method reads the embedding gradient (e.g. l2e alone): a forward pass without a backward one
+        grad = None
+        with torch.no_grad(), loaded.autocast():
+            plain = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
+            outputs = _forward_from_embeddings(loaded, {**plain, "inputs_embeds": _embed(loaded, batch["input_ids"])},
+                                               hidden_states=True)
+        if target is None:
+            target = outputs.logits.float().argmax(dim=-1)
     logits = outputs.logits.detach().float()
     cls = outputs.hidden_states[-1][:, 0].detach().float()
     attributions = {}
@@ -334,6 +346,32 @@ class InputMarginalization(AttributionMethod):
         probs[[s for s in specials if s < len(probs)]] = 0.0
         ids_c, w_c = _truncate_candidates(probs[None] / probs.sum(), top_n, cum_prob)
         return ids_c.expand(len(rows), -1), w_c.expand(len(rows), -1)
+
+
+# ============================================================================ learned explainer
+
+
+@register
+class L2E(AttributionMethod):
+    """Situ et al. (2021), "Learning to Explain" (core.l2e): a small student network trained on a sample of a
+    teacher method's maps predicts every token's saliency from the text and the explained class, in one forward
+    pass. The student is trained by the precompute (`--method l2e`) and stored in the run; `attribute` needs it as
+    the `student` option (core.l2e.load_run_student). Scores are unsigned, in [0, 1]."""
+
+    name = "l2e"
+    description = ("L2E (Situ et al.): a student network (the classifier's embeddings and first layers plus a class "
+                   "embedding) trained on a sample of a teacher's maps (grad_l2 by default) predicts each token's "
+                   "saliency bucket in one forward pass, no backward pass.")
+    learned = True
+
+    def attribute(self, loaded, batch, target, student=None, **options):
+        if student is None:
+            raise ValueError("l2e maps come from a student network trained on a teacher method's maps of the run: "
+                             "precompute with --method l2e (it trains the student and stores it in the run), or pass "
+                             "student=core.l2e.load_run_student(run).")
+        if target is None:
+            raise ValueError("l2e explains a given class: pass the target classes (the predicted ones by default).")
+        return student.explain_batch(batch, target).float()
 
 
 # ============================================================================ derived methods

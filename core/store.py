@@ -11,6 +11,8 @@ Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
     representations/<slug>.npz|.npy   built on first use, keyed by their parameters
     derived/<method>.npy|.json        derived methods (LAFA, core.lafa): per-token scores computed from the stored
                            arrays on first use, with their parameters and a fingerprint of their inputs
+    l2e/                   the learned explainer's student (core.l2e), with --method l2e: student.safetensors,
+                           student.json (config), sample_rows.npy (rows it was trained on), training.json
 A run is built in a temporary folder and moved into place with one os.replace. No pickle anywhere.
 """
 from __future__ import annotations
