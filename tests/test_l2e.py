@@ -274,3 +274,21 @@ def test_student_learns_to_rank_a_planted_trigger_first_on_held_out_texts(tiny_m
         first.append(content["token_id"].iloc[int(np.argmax(content["score"].to_numpy()))] == trigger)
     # chance is 1 in 5-9 content tokens
     assert np.mean(first) >= 0.9, f"trigger ranked first in {np.mean(first):.0%} of held-out texts"
+
+
+@pytest.mark.parametrize("page", ["clusters", "examples", "neighbours", "checks"])
+def test_pages_work_on_l2e_maps(l2e_run, isolated_cache, page):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from core import ui
+    from core.store import REPO_ROOT
+
+    shutil.copytree(l2e_run, isolated_cache / "runs" / l2e_run.name)
+    at = AppTest.from_file(str(REPO_ROOT / "app.py"), default_timeout=90)
+    at.query_params.update(run=l2e_run.name, method="l2e")
+    at.switch_page(ui.PAGE_FILES[page])
+    at.run()
+    assert not at.exception, "\n".join(e.message for e in at.exception)
+    assert at.sidebar.selectbox(key="method").value == "l2e"
