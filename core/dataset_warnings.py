@@ -68,6 +68,7 @@ class WarningSettings:
     shift_terms: int = 5                      # terms per direction and split
     shift_min_z: float = 4.5                  # |Welch z| a difference needs to count (about Bonferroni over 20k terms)
     approximate_above: int = 20_000           # pool rows above which faiss searches an IVF index
+    max_query_rows: int = 50_000              # neighbour checks look up a seeded sample of at most this many rows
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -155,9 +156,14 @@ def class_imbalance(labels: Sequence[int], splits: Sequence[str], label_names: S
                                                        "imbalanced"])
 
 
+# search(unit query rows, k) -> (cosines, positions into the pool rows), each (len(queries), k); -1 / -inf if fewer
+PoolSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
 def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Sequence[int],
                     pool_rows: Sequence[int], min_cosine: float = 0.95, min_text_similarity: float = 0.9,
-                    n_neighbours: int = 5, approximate_above: int = 20_000) -> pd.DataFrame:
+                    n_neighbours: int = 5, approximate_above: int = 20_000,
+                    search: PoolSearch | None = None) -> pd.DataFrame:
     """Return the confirmed near-duplicate pairs between `query_rows` (e.g. the test split) and `pool_rows` (the
     training split), one row per query row that has one: ``row``, ``duplicate_of`` (its most similar pool row),
     ``cosine``, ``text_similarity`` and ``same_text`` (equal after `normalise_text`), most similar first.
@@ -166,7 +172,8 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
     product on L2-normalised `vectors`, one row per example of the run); a candidate counts when its normalised
     text equals the query's or their character similarity is >= `min_text_similarity`. Pool rows with the same
     normalised text as a query row are paired whatever the search returned (so a run of identical vectors cannot
-    crowd a real duplicate out of the k nearest).
+    crowd a real duplicate out of the k nearest). `search`, when given, replaces the in-memory index over the
+    pool (a large run's stored approximate index, `pool_search`), so the pool's vectors are never copied.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
     pool_rows = np.asarray(pool_rows, dtype=np.int64)
@@ -174,10 +181,19 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
     if len(query_rows) == 0 or len(pool_rows) == 0:
         return pd.DataFrame(columns=columns)
     normalised = {int(r): normalise_text(texts[r]) for r in np.concatenate([query_rows, pool_rows])}
-    unit = _unit_rows(vectors[np.concatenate([query_rows, pool_rows])])
-    q_unit, p_unit = unit[:len(query_rows)], unit[len(query_rows):]
+    q_unit = _unit_rows(vectors[query_rows])
     k = min(n_neighbours, len(pool_rows))
-    cosines, positions = nearest(p_unit, q_unit, k, approximate_above)
+    if search is None:
+        p_unit = _unit_rows(vectors[pool_rows])
+        cosines, positions = nearest(p_unit, q_unit, k, approximate_above)
+
+        def pool_vector(j: int) -> np.ndarray:
+            return p_unit[j]
+    else:
+        cosines, positions = search(q_unit, k)
+
+        def pool_vector(j: int) -> np.ndarray:
+            return _unit_rows(vectors[pool_rows[j]:pool_rows[j] + 1])[0]
     first_with_text: dict[str, int] = {}
     for j, r in enumerate(pool_rows):
         first_with_text.setdefault(normalised[int(r)], j)
@@ -188,7 +204,7 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
         candidates = [(int(p), float(c)) for p, c in zip(positions[i], cosines[i]) if p >= 0 and c >= min_cosine]
         if text and text in first_with_text:
             j = first_with_text[text]
-            candidates.append((j, float(q_unit[i] @ p_unit[j])))
+            candidates.append((j, float(q_unit[i] @ pool_vector(j))))
         for j, cosine in candidates:
             other = int(pool_rows[j])
             same = text == normalised[other] and bool(text)
@@ -206,14 +222,16 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
 
 
 def label_noise(vectors: np.ndarray, labels: Sequence[int], query_rows: Sequence[int], pool_rows: Sequence[int],
-                k: int = 10, min_share: float = 0.7, approximate_above: int = 20_000) -> pd.DataFrame:
+                k: int = 10, min_share: float = 0.7, approximate_above: int = 20_000,
+                search: PoolSearch | None = None) -> pd.DataFrame:
     """Return the label-noise candidates among `query_rows`: examples whose `k` nearest rows of `pool_rows`
     (the training split; the example itself left out) mostly carry another label.
 
     One row per candidate: ``row``, ``label``, ``neighbour_label`` (the most frequent other label among the
     neighbours; ties to the smaller id), ``share`` (fraction of the neighbours whose label differs from the
     example's, >= `min_share`), ``neighbour_share`` (fraction carrying ``neighbour_label``) and ``cosine`` (mean
-    cosine to the neighbours); highest share first. `vectors` has one row per example of the run.
+    cosine to the neighbours); highest share first. `vectors` has one row per example of the run; `search` as
+    for `near_duplicates`.
     """
     labels = np.asarray(labels, dtype=np.int64)
     query_rows = np.asarray(query_rows, dtype=np.int64)
@@ -222,8 +240,10 @@ def label_noise(vectors: np.ndarray, labels: Sequence[int], query_rows: Sequence
     k = min(k, len(pool_rows) - 1)
     if len(query_rows) == 0 or k < 1:
         return pd.DataFrame(columns=columns)
-    pool_unit = _unit_rows(vectors[pool_rows])
-    cosines, positions = nearest(pool_unit, vectors[query_rows], k + 1, approximate_above)
+    if search is None:
+        cosines, positions = nearest(_unit_rows(vectors[pool_rows]), vectors[query_rows], k + 1, approximate_above)
+    else:
+        cosines, positions = search(_unit_rows(vectors[query_rows]), k + 1)
     pool_position = {int(r): j for j, r in enumerate(pool_rows)}
     n_classes = int(labels.max(initial=0)) + 1
     records = []
@@ -337,6 +357,34 @@ def _fmt_ratio(ratio: float) -> str:
     return "∞" if math.isinf(ratio) else f"{ratio:.1f}"
 
 
+def _sample(rows: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Return a seeded random sample of `size` of `rows`, in row order."""
+    return np.sort(np.random.default_rng(seed).choice(np.asarray(rows, dtype=np.int64), size, replace=False))
+
+
+def pool_search(run: Any, key: Any, vectors: np.ndarray, pool_rows: np.ndarray) -> PoolSearch | None:
+    """Return a search of the pool rows through the run's stored approximate index of the dense representation
+    `key` (core.neighbours) when the run has more than neighbours.APPROXIMATE_ABOVE rows, else None (the checks
+    then index the pool in memory). The index is the one the Neighbours page uses: built once, memory-mapped."""
+    from core import neighbours
+
+    n = len(run.examples)
+    if n <= neighbours.APPROXIMATE_ABOVE or sp.issparse(vectors):
+        return None
+    index, _ = neighbours.load_or_build_index(run.path, key.normalised().slug, run.representation_file(key), vectors)
+    pool_rows = np.asarray(pool_rows, dtype=np.int64)
+    mask = np.zeros(n, dtype=bool)
+    mask[pool_rows] = True
+    position = np.full(n, -1, dtype=np.int64)
+    position[pool_rows] = np.arange(len(pool_rows))
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        cosines, ids = index.search_many(queries, k, mask)
+        return cosines, np.where(ids >= 0, position[np.maximum(ids, 0)], -1)
+
+    return search
+
+
 def _imbalance_check(examples: pd.DataFrame, names: list[str], settings: WarningSettings) -> dict[str, Any]:
     table = class_imbalance(examples["label"], examples["split"].astype(str), names, settings.imbalance_ratio)
     labels, splits = examples["label"].to_numpy(), examples["split"].astype(str).to_numpy()
@@ -379,13 +427,19 @@ def _leakage_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     if len(train) == 0 or not others:
         return _check("leakage", "skipped", "Needs a split named `train` and at least one other split "
                       "(precompute with --split-col).")
-    vectors = np.asarray(run.representation(RepresentationKey(settings.duplicate_representation)))
+    key = RepresentationKey(settings.duplicate_representation)
+    vectors = run.representation(key)
+    search = pool_search(run, key, vectors, train)
     texts = examples["text"].astype(str).tolist()
     findings, total = [], 0
+    sampled = []
     for i, (split, rows) in enumerate(others):
+        if len(rows) > settings.max_query_rows:
+            sampled.append(f"a seeded sample of {settings.max_query_rows:,} of the {len(rows):,} {split} examples")
+            rows = _sample(rows, settings.max_query_rows)
         pairs = near_duplicates(vectors, texts, rows, train, settings.duplicate_min_cosine,
                                 settings.duplicate_min_text_similarity, settings.duplicate_neighbours,
-                                settings.approximate_above)
+                                settings.approximate_above, search)
         if pairs.empty:
             continue
         total += len(pairs)
@@ -406,6 +460,8 @@ def _leakage_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     summary = (f"{total:,} examples outside the training split duplicate a training example ({criterion}): a model "
                "scored on them is partly scored on its training data." if findings else
                f"No duplicates of the {len(train):,} training examples among {compared} ({criterion}).")
+    if sampled:
+        summary += f" Looked up: {'; '.join(sampled)}."
     return _check("leakage", "warn" if findings else "ok", summary, findings)
 
 
@@ -419,14 +475,19 @@ def _noise_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     where = "training" if len(train) else "other"
     if k < 3:
         return _check("noise", "skipped", f"Too few {where} examples ({len(pool)}) for a neighbour vote.")
-    vectors = np.asarray(run.representation(RepresentationKey(settings.noise_representation)))
+    key = RepresentationKey(settings.noise_representation)
+    vectors = run.representation(key)
     labels = examples["label"].to_numpy()
-    found = label_noise(vectors, labels, np.arange(len(examples)), pool, k, settings.noise_min_share,
-                        settings.approximate_above)
+    queries = np.arange(len(examples))
+    if len(queries) > settings.max_query_rows:
+        queries = _sample(queries, settings.max_query_rows)
+    found = label_noise(vectors, labels, queries, pool, k, settings.noise_min_share, settings.approximate_above,
+                        pool_search(run, key, vectors, pool))
     names = run.label_names
     rep = REPRESENTATIONS[settings.noise_representation].title
     criterion = (f"at least {settings.noise_min_share:.0%} of its {k} nearest {where} examples ({rep}) carry "
-                 "another label")
+                 "another label" + (f", among a seeded sample of {len(queries):,} of the {len(examples):,} examples"
+                                    if len(queries) < len(examples) else ""))
     if found.empty:
         return _check("noise", "ok", f"No example where {criterion}.")
     notes = [f"labelled {names[r.label]}; {r.share:.0%} of its {k} nearest {where} neighbours carry another label, "

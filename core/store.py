@@ -11,6 +11,8 @@ Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
     representations/<slug>.npz|.npy   built on first use, keyed by their parameters
     derived/<method>.npy|.json        derived methods (LAFA, core.lafa): per-token scores computed from the stored
                            arrays on first use, with their parameters and a fingerprint of their inputs
+    index/<slug>.faiss|.json          approximate neighbour index of a large dense representation (core.neighbours)
+Dense matrices (cls, embedding matrix, dense representations) and the token arrays are memory-mapped when read.
 A run is built in a temporary folder and moved into place with one os.replace. No pickle anywhere.
 """
 from __future__ import annotations
@@ -167,9 +169,36 @@ def _save_matrix(path: Path, matrix) -> None:
         raise
 
 
+def _build_dense_file(path: Path, build) -> np.ndarray:
+    """Write the dense float32 matrix that `build(allocate)` returns to `path` (.npy) atomically and return it
+    memory-mapped. A blockwise build writes straight into a memory-mapped temporary file that `allocate(shape)`
+    opens, so neither the matrix nor a copy of it is held in memory (1,000,000 x 384 floats is 1.5 GB)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    os.close(fd)
+    opened: list[np.ndarray] = []
+
+    def allocate(shape: tuple[int, int]) -> np.ndarray:
+        opened.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape))
+        return opened[-1]
+
+    try:
+        matrix = build(allocate)
+        if opened and matrix is opened[0]:
+            matrix.flush()
+        else:  # built in one piece, in memory
+            np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+        del matrix, opened[:]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 # Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check
-# (analysis/: stored 2-D projections, core.projection; derived/: derived attribution methods such as LAFA).
-DERIVED_FOLDERS = ("words", "analysis", "derived")
+# (analysis/: stored 2-D projections, core.projection; derived/: derived attribution methods such as LAFA;
+# index/: approximate nearest-neighbour indexes, core.neighbours).
+DERIVED_FOLDERS = ("words", "analysis", "derived", "index")
 
 
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -477,7 +506,7 @@ class Run:
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
             if meta.get("version") == WORDS_VERSION and meta.get("examples") == self.n_examples:
-                arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
+                arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
                           for name in ("word_ids", "row_ptr", "token_index", "occ_ptr")}
                 vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
                 pieces = sp.load_npz(folder / "piece_matrix.npz").tocsr()
@@ -530,27 +559,37 @@ class Run:
                              f"{', '.join(self.methods)}).")
         folder = self.path / "representations"
         sparse = REPRESENTATIONS[key.name].sparse
-        # A word-level matrix depends on the word index too: its file names the index version, so a new version
-        # builds new files and never rewrites one the manifest has recorded (a size mismatch would drop it again
-        # on every open).
-        stem = key.slug if key.unit == "piece" else f"{key.slug}-w{WORDS_VERSION}"
-        path = folder / f"{stem}.{'npz' if sparse else 'npy'}"
+        path = self.representation_file(key)
         columns = None
         if key.unit != "piece":
             columns = len(self.word_index.vocab)
         if path.exists():
             try:
-                matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
+                # dense matrices are memory-mapped: 1,000,000 rows x 384 floats is 1.5 GB a matrix
+                matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, mmap_mode="r", allow_pickle=False)
                 if matrix.shape[0] == self.n_examples and (not sparse or columns is None
                                                            or matrix.shape[1] == columns):
                     return matrix
                 path.unlink(missing_ok=True)  # built on another word index: stale
             except (ValueError, OSError, KeyError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
-        matrix = build_representation(self if key.unit == "piece" else self.word_inputs(key.unit), key)
         folder.mkdir(exist_ok=True)
-        _save_matrix(path, matrix)
-        return matrix
+        inputs = self if key.unit == "piece" else self.word_inputs(key.unit)
+        if sparse:
+            matrix = build_representation(inputs, key)
+            _save_matrix(path, matrix)
+            return matrix
+        return _build_dense_file(path, lambda allocate: build_representation(inputs, key, allocate=allocate))
+
+    def representation_file(self, key: RepresentationKey) -> Path:
+        """Return the file the representation `key` is stored in (`representations/<slug>.npz|.npy`), whether
+        or not it is built yet."""
+        key = key.normalised()
+        # A word-level matrix depends on the word index too: its file names the index version, so a new version
+        # builds new files and never rewrites one the manifest has recorded (a size mismatch would drop it again
+        # on every open).
+        stem = key.slug if key.unit == "piece" else f"{key.slug}-w{WORDS_VERSION}"
+        return self.path / "representations" / f"{stem}.{'npz' if REPRESENTATIONS[key.name].sparse else 'npy'}"
 
     def analysis_dir(self) -> Path:
         """Return a folder inside the run for cached analysis results (projections, ...)."""

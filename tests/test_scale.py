@@ -36,3 +36,195 @@ def test_scaled_run_in_chunks_copies_rows_and_their_word_index(tiny_run_path, is
     # the default representations are stored in the run, listed in its manifest like the precompute's
     for key in (default_key(method), RepresentationKey("s1", method, unit="word_sum")):
         assert any(rel.startswith(f"representations/{key.normalised().slug}") for rel in run.manifest["files"])
+
+
+# ---------------------------------------------------------------- approximate neighbours (core.neighbours)
+
+
+def planted(n: int = 4000, dim: int = 24, centres: int = 40, seed: int = 0) -> np.ndarray:
+    """Return `n` rows scattered around `centres` random directions (planted neighbourhoods)."""
+    rng = np.random.default_rng(seed)
+    centre = rng.standard_normal((centres, dim)).astype(np.float32)
+    rows = centre[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return rows.astype(np.float32)
+
+
+def stored_matrix(tmp_path, matrix: np.ndarray):
+    """Return (run folder, representation file, memory-mapped matrix) of `matrix` saved like a representation."""
+    run_path = tmp_path / "run"
+    (run_path / "representations").mkdir(parents=True)
+    source = run_path / "representations" / "b3.npy"
+    np.save(source, matrix)
+    return run_path, source, np.load(source, mmap_mode="r")
+
+
+def test_approximate_neighbours_recall_against_exact(tmp_path, monkeypatch):
+    from core import neighbours
+    from core.analysis import NeighbourIndex
+
+    X = planted()
+    run_path, source, mapped = stored_matrix(tmp_path, X)
+    index = neighbours.neighbour_index(mapped, run_path, "b3", source, approximate_above=100)  # forced
+    assert isinstance(index, neighbours.ApproximateIndex) and index.approximate
+    assert index.params.n_probe < index.params.n_lists  # it does not simply scan every cell
+    exact = NeighbourIndex(X)
+    assert not exact.approximate
+    queries = np.random.default_rng(1).choice(len(X), 60, replace=False)
+    recalls = [neighbours.recall_at(index.search(int(q), 10), exact.search(int(q), 10)) for q in queries]
+    assert np.mean(recalls) >= 0.95
+    found, _ = index.search(int(queries[0]), 10)
+    assert int(queries[0]) not in found.tolist() and len(found) == 10
+
+    # a large candidate set goes through the IVF search with a bitmap selector, a small one is searched exactly
+    mask = np.random.default_rng(2).random(len(X)) < 0.5
+    monkeypatch.setattr(neighbours, "EXACT_CANDIDATES_MAX", 10)
+    assert not index.searches_exactly(int(mask.sum()))
+    recalls = []
+    for q in queries[:30]:
+        ids, scores = index.search(int(q), 10, candidates=mask)
+        assert mask[ids].all() and np.all(np.diff(scores) <= 1e-6)
+        recalls.append(neighbours.recall_at((ids, scores), exact.search(int(q), 10, candidates=mask)))
+    assert np.mean(recalls) >= 0.95
+    few = np.flatnonzero(mask)[:5]
+    monkeypatch.setattr(neighbours, "EXACT_CANDIDATES_MAX", 2)  # 5 candidates, all found even through the IVF path
+    ids, _ = index.search(int(queries[0]), 10, candidates=few)
+    assert sorted(ids.tolist()) == sorted(set(few.tolist()) - {int(queries[0])})
+
+
+def test_small_or_sparse_matrices_stay_exact(tmp_path):
+    import scipy.sparse as sp
+
+    from core import neighbours
+
+    X = planted(300)
+    run_path, source, mapped = stored_matrix(tmp_path, X)
+    assert not neighbours.neighbour_index(mapped, run_path, "b3", source).approximate  # under the threshold
+    sparse = sp.csr_matrix(np.where(X > 1.0, X, 0.0))
+    assert not neighbours.neighbour_index(sparse, run_path, "s1", source, approximate_above=10).approximate
+    assert not (run_path / "index").exists()
+
+
+def test_stored_index_is_reused_and_a_stale_or_corrupt_one_rebuilt(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from core import neighbours
+
+    X = planted(2000)
+    run_path, source, mapped = stored_matrix(tmp_path, X)
+    first, meta = neighbours.load_or_build_index(run_path, "b3", source, mapped)
+    file, meta_file = neighbours.index_paths(run_path, "b3")
+    assert file.is_file() and json.loads(meta_file.read_text())["fingerprint"] == meta["fingerprint"]
+    assert meta["rows"] == 2000 and meta["params"]["n_lists"] == first.params.n_lists
+    assert not list(file.parent.glob(".*.tmp"))  # written atomically, no temporary file left
+    expected = first.search(7, 10)
+
+    builds = []
+    real_build = neighbours.build_ivf
+    monkeypatch.setattr(neighbours, "build_ivf", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    again, _ = neighbours.load_or_build_index(run_path, "b3", source, mapped)
+    assert builds == [] and np.array_equal(again.search(7, 10)[0], expected[0])  # read back, not rebuilt
+
+    def replace_with(path, data: bytes) -> None:
+        # a new file moved over the old one, as a copy or an editor would: the open indexes map the old file, and
+        # truncating a memory-mapped file in place would kill this process with SIGBUS on the next read of it
+        (path.parent / "damaged").write_bytes(data)
+        os.replace(path.parent / "damaged", path)
+
+    intact = file.read_bytes()
+    for damage in (lambda: replace_with(file, b"not a faiss index"),             # corrupt
+                   lambda: replace_with(file, intact[:len(intact) // 2]),       # truncated
+                   lambda: meta_file.write_text("{"),                            # unreadable metadata
+                   lambda: file.unlink()):                                       # missing
+        damage()
+        rebuilt, _ = neighbours.load_or_build_index(run_path, "b3", source, mapped)
+        assert np.array_equal(rebuilt.search(7, 10)[0], expected[0])
+    assert len(builds) == 4
+
+    # the representation is rebuilt with other rows: the stored index is stale and built again on the new rows
+    changed = X[::-1].copy()
+    np.save(source, changed)
+    stale_meta = json.loads(meta_file.read_text())
+    new, meta = neighbours.load_or_build_index(run_path, "b3", source, np.load(source, mmap_mode="r"))
+    assert len(builds) == 5 and meta["fingerprint"] != stale_meta["fingerprint"]
+    assert new.search(len(X) - 1 - 7, 1)[0][0] == len(X) - 1 - expected[0][0]
+
+
+# ---------------------------------------------------------------- density maps
+
+
+def test_density_grid_counts_every_point_of_every_group():
+    from core import analysis
+
+    rng = np.random.default_rng(0)
+    coords = rng.standard_normal((5000, 2))
+    groups = np.where(coords[:, 0] > 0, "right", "left")
+    grid = analysis.density_grid(coords, groups, bins=20, sample_size=300)
+    assert grid.groups == ["left", "right"] and grid.counts.shape == (2, 20, 20)
+    assert grid.counts[0].sum() == (groups == "left").sum() and grid.counts[1].sum() == (groups == "right").sum()
+    # columns are x cells: left points lie in the columns up to x = 0, right points from there on
+    zero = int((0 - coords[:, 0].min()) / np.ptp(coords[:, 0]) * 20)
+    assert grid.counts[0][:, zero + 1:].sum() == 0 and grid.counts[1][:, :zero].sum() == 0
+    assert grid.counts[0][:, :zero].sum() > 0 and grid.counts[1][:, zero + 1:].sum() > 0
+    assert len(grid.sample) == 300 and len(np.unique(grid.sample)) == 300
+    assert grid.x_centres[0] > coords[:, 0].min() and grid.x_centres[-1] < coords[:, 0].max()
+
+
+def test_rows_in_region_box_and_lasso():
+    from core import analysis, ui
+
+    coords = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [0.5, 1.5], [3.0, 0.0]])
+    assert analysis.rows_in_region(coords, box=(1.5, -0.1, -0.1, 1.2)).tolist() == [0, 1]
+    triangle = ([-0.5, 2.0, -0.5], [-0.5, 1.6, 3.0])  # holds rows 0, 1 and 3; not (2, 2) nor (3, 0)
+    assert analysis.rows_in_region(coords, lasso=triangle).tolist() == [0, 1, 3]
+    assert analysis.rows_in_region(coords, box=(2.5, 3.5, -1, 1), lasso=triangle).tolist() == [0, 1, 3, 4]
+    assert analysis.rows_in_region(coords).tolist() == []
+    event = {"selection": {"points": [], "box": [{"x": [1.5, -0.1], "y": [-0.1, 1.2]}],
+                           "lasso": [{"x": triangle[0], "y": triangle[1]}]}}
+    box, lasso = ui.selection_region(event)
+    assert box == (1.5, -0.1, -0.1, 1.2) and lasso == triangle
+    assert ui.selection_region({"selection": {"points": [], "box": [], "lasso": []}}) == (None, None)
+    assert ui.selection_region(None) == (None, None)
+
+
+def plotly_array(value) -> np.ndarray:
+    """Return an array of a figure's JSON: a list, or plotly's typed array {"dtype", "bdata", "shape"}."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value:
+        array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return array.reshape([int(v) for v in str(shape).split(",")]) if shape else array
+    return np.asarray(value)
+
+
+def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cache, monkeypatch):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from core import analysis
+    from tests.test_pages import no_exception, open_page, texts
+
+    shutil.copytree(tiny_run_path, isolated_cache / "runs" / Path(tiny_run_path).name)
+    at = open_page("map")
+    no_exception(at)
+    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    assert {t["type"] for t in traces} == {"scattergl"}  # 16 points: a plain scatter
+
+    monkeypatch.setattr(analysis, "DENSITY_ABOVE", 10)
+    monkeypatch.setattr(analysis, "DENSITY_SAMPLE", 5)
+    at = open_page("map")
+    no_exception(at)
+    assert "drawn as the density of each colour group" in texts(at.caption)
+    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    heatmaps = [t for t in traces if t["type"] == "heatmap"]
+    points = [t for t in traces if t["type"] == "scattergl"]
+    assert len(heatmaps) == len(points) == 2  # one density and one sample per true label
+    assert sum(len(plotly_array(t["x"])) for t in points) == 5
+    counted = sum(np.nansum(plotly_array(t["customdata"]).astype(float)) for t in heatmaps)
+    assert counted == 16
+    at.selectbox(key="colour").set_value("correctness").run()
+    no_exception(at)
+    legend = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    assert legend <= {"correct", "misclassified"}
