@@ -795,13 +795,13 @@ def scale_report(results: dict, rows: int) -> str:
                   f"| exact query over all {nn['rows']:,} rows, median | {a['exact_ms']:.0f} ms |", ""]
     proj = results.get("projection")
     if proj:
-        stages = sorted({m for _, _, m in proj["marks"]}, key=lambda m: next(t for t, _, x in proj["marks"] if x == m))
+        stages = list(dict.fromkeys(m.split(" (")[0] for _, _, m in proj["marks"]))
         lines += ["### Map of every row (computed once, stored)", "",
                   f"UMAP of {proj['rows']:,} rows (`analysis.project_2d`: truncated SVD and UMAP fitted on a "
                   f"seeded sample of {analysis.UMAP_FIT_ROWS:,} rows, the others placed with UMAP's `transform` "
                   f"in batches of {analysis.UMAP_TRANSFORM_BATCH:,}): **{proj['seconds'] / 60:.1f} min**, "
                   f"{len(proj['marks'])} progress updates, RSS after {proj['mem']['VmRSS']:.2f} GB "
-                  f"(peak {proj['mem']['VmHWM']:.2f} GB). Stages: " + "; ".join(stages[:4]) + ".", ""]
+                  f"(peak {proj['mem']['VmHWM']:.2f} GB). Stages: " + "; ".join(stages) + ".", ""]
     memory = results.get("memory")
     if memory:
         lines += ["### Server memory, one session visiting every page", "",

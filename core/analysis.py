@@ -675,18 +675,19 @@ def _reduced_by_sample(X: Matrix, fit_rows: np.ndarray, seed: int, progress: Pro
     return Z
 
 
-def _umap_by_sample(X: Matrix, seed: int, progress: ProgressFn, fit_size: int = UMAP_FIT_ROWS,
-                    batch: int = UMAP_TRANSFORM_BATCH) -> np.ndarray:
-    """Return UMAP coordinates of every row: UMAP fitted on a seeded sample of ``fit_size`` rows, the other rows
-    placed into that map with ``transform``, ``batch`` rows at a time (progress reported per batch)."""
-    import umap
-
+def _umap_by_sample(X: Matrix, seed: int, progress: ProgressFn, fit_size: int | None = None,
+                    batch: int | None = None) -> np.ndarray:
+    """Return UMAP coordinates of every row: UMAP fitted on a seeded sample of ``fit_size`` rows (default
+    UMAP_FIT_ROWS), the other rows placed into that map with ``transform``, ``batch`` rows at a time (default
+    UMAP_TRANSFORM_BATCH; progress reported per batch)."""
+    fit_size, batch = fit_size or UMAP_FIT_ROWS, batch or UMAP_TRANSFORM_BATCH
     n = _n_rows(X)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, size=min(n, fit_size), replace=False))
     Z = _reduced_by_sample(X, fit_rows, seed, progress)
-    progress(0.08, f"UMAP: laying out a seeded sample of {len(fit_rows):,} of the {n:,} points")
-    model = umap.UMAP(n_components=2, metric="euclidean", n_neighbors=15, init="pca", random_state=seed)
+    progress(0.08, f"UMAP: finding the nearest neighbours of a seeded sample of {len(fit_rows):,} of the {n:,} "
+                   "points")
+    model = _umap_model(len(fit_rows), True, seed, progress, start=0.15, span=0.15)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
         coords = np.empty((n, 2), dtype=np.float32)
@@ -738,14 +739,10 @@ def _tsne(Z: np.ndarray, seed: int, progress: ProgressFn, start: float, span: fl
     return embedding
 
 
-def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
+def _umap_model(n: int, large: bool, seed: int, progress: ProgressFn, start: float = 0.5, span: float = 0.5):
+    """Return an unfitted UMAP for `n` rows (euclidean on reduced unit rows when `large`, else cosine) whose
+    optimisation epochs report progress from `start` over `span`."""
     import umap  # slow import (numba); only paid when a UMAP map is requested
-
-    n = _n_rows(X)
-    large = n > UMAP_REDUCE_ABOVE
-    if large:
-        progress(0.02, f"UMAP: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
-        X = _reduced(X, seed)
 
     class _EpochReader:
         """A file for UMAP's tqdm bar (bar_format "{n}/{total}"): turns each redraw into a progress call."""
@@ -753,12 +750,12 @@ def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
         def write(self, text: str) -> None:
             done, _, total = text.strip().partition("/")
             if done.isdigit() and total.isdigit() and int(total):
-                progress(0.5 + 0.5 * int(done) / int(total), f"UMAP: optimising the layout of {n:,} points")
+                progress(start + span * int(done) / int(total), f"UMAP: optimising the layout of {n:,} points")
 
         def flush(self) -> None:
             return None
 
-    model = umap.UMAP(
+    return umap.UMAP(
         n_components=2,
         metric="euclidean" if large else "cosine",
         n_neighbors=max(2, min(15, n - 1)),
@@ -767,6 +764,15 @@ def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
         random_state=seed,
         tqdm_kwds={"disable": False, "file": _EpochReader(), "bar_format": "{n}/{total}", "mininterval": 0.5},
     )
+
+
+def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
+    n = _n_rows(X)
+    large = n > UMAP_REDUCE_ABOVE
+    if large:
+        progress(0.02, f"UMAP: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
+        X = _reduced(X, seed)
+    model = _umap_model(n, large, seed, progress)
     progress(0.1, f"UMAP: finding the nearest neighbours of {n:,} points")
     with warnings.catch_warnings():
         # Setting random_state forces n_jobs=1; UMAP warns about that every call.

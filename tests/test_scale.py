@@ -228,3 +228,34 @@ def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cach
     no_exception(at)
     legend = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
     assert legend <= {"correct", "misclassified"}
+
+
+# ---------------------------------------------------------------- projection of many rows
+
+
+def test_umap_of_many_rows_fits_a_sample_and_places_the_rest(monkeypatch):
+    import scipy.sparse as sp
+
+    from core import analysis
+
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 4, 400)
+    X = np.abs(rng.standard_normal((400, 80))).astype(np.float32) * 0.1
+    for c in range(4):  # four planted groups, each salient on its own 20 columns
+        X[centres == c, c * 20:(c + 1) * 20] += 1.0
+    monkeypatch.setattr(analysis, "UMAP_SAMPLE_ABOVE", 100)
+    monkeypatch.setattr(analysis, "UMAP_FIT_ROWS", 150)
+    monkeypatch.setattr(analysis, "UMAP_TRANSFORM_BATCH", 100)
+    messages = []
+    coords = analysis.project_2d(sp.csr_matrix(X), "umap", seed=0,
+                                 progress=lambda f, m: messages.append((f, m)))
+    assert coords.shape == (400, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+    placing = [f for f, m in messages if "placing the other 250 points" in m]
+    assert len(placing) == 3 and placing == sorted(placing)  # 250 rows in batches of 100
+    assert messages[-1] == (1.0, "UMAP: done")
+    # a placed point lands among the fitted points of its own group
+    fitted = np.sort(np.random.default_rng(0).choice(400, 150, replace=False))
+    placed = np.setdiff1d(np.arange(400), fitted)
+    distances = ((coords[placed, None, :] - coords[None, fitted, :]) ** 2).sum(axis=2)
+    nearest = fitted[distances.argmin(axis=1)]
+    assert (centres[nearest] == centres[placed]).mean() >= 0.9
