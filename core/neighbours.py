@@ -1,8 +1,8 @@
 """Nearest neighbours at any size: exact search up to APPROXIMATE_ABOVE rows, a stored IVF-Flat index above.
 
-Exact cosine search over n dense rows reads all n vectors per query: on 2 cores it passes 100 ms near 500,000
-rows of 384 floats (bench/results/dashboard.md, 1M section), and the exact index holds a copy of the matrix in
-memory. Above APPROXIMATE_ABOVE rows a dense representation is searched with a faiss IVF-Flat index (inner product
+Exact cosine search over n dense rows reads all n vectors per query: on 2 shared cores it passes 100 ms near
+200,000 rows of 384 floats (44 ms at 100,000, 424 ms at 1,000,000; bench/results/dashboard.md, 1M section), and
+the exact index holds a copy of the matrix in memory. Above APPROXIMATE_ABOVE rows a dense representation is searched with a faiss IVF-Flat index (inner product
 on L2-normalised rows: cosine), trained on a seeded sample and filled in chunks from the memory-mapped matrix, built
 once and stored in the run's `index/` folder:
 
@@ -16,7 +16,7 @@ or dimension does not match, or that faiss cannot read, is rebuilt, never an err
 (core.store.DERIVED_FOLDERS): not in the manifest.
 
 Sparse representations (S1, B1) stay exact at every size: a sparse matrix-vector product touches only the
-non-zeros (about 21 per row), about 60 ms for 1,000,000 rows.
+non-zeros (about 21 per row): 7 ms a query over 1,000,000 rows.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from core.analysis import Matrix, NeighbourIndex, _candidate_ids, _top_n
 
 # Dense rows above which the Neighbours page searches a stored approximate index (measured, see module doc).
-APPROXIMATE_ABOVE = 500_000
+APPROXIMATE_ABOVE = 200_000
 # A candidate set (filters) of at most this many rows is searched exactly: cheap, and an IVF search restricted to
 # a few rows would find them only in the lists it probes.
 EXACT_CANDIDATES_MAX = 50_000

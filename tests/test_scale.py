@@ -259,3 +259,29 @@ def test_umap_of_many_rows_fits_a_sample_and_places_the_rest(monkeypatch):
     distances = ((coords[placed, None, :] - coords[None, fitted, :]) ** 2).sum(axis=2)
     nearest = fitted[distances.argmin(axis=1)]
     assert (centres[nearest] == centres[placed]).mean() >= 0.9
+
+
+# ---------------------------------------------------------------- the Examples page's order without a full table
+
+
+def test_search_and_order_matches_sorting_the_display_table(tiny_run_path):
+    import pandas as pd
+
+    from core import analysis
+
+    ex = open_run(tiny_run_path).examples
+    rows = np.arange(len(ex))[::-1]  # any given order: ties keep it
+    confidence = ex[["prob_0", "prob_1"]].to_numpy()[np.arange(len(ex)), ex["pred"].to_numpy()]
+    table = pd.DataFrame({"confidence": confidence, "correct": ex["correct"], "tokens": ex["n_tokens"]}).iloc[rows]
+    expected = {
+        "row": rows,
+        "least_confident": table.sort_values("confidence", kind="stable").index.to_numpy(),
+        "longest": table.sort_values("tokens", ascending=False, kind="stable").index.to_numpy(),
+        "confident_wrong": table.assign(k=np.where(table["correct"], 2.0, 1.0 - table["confidence"]))
+                                .sort_values("k", kind="stable").index.to_numpy(),
+    }
+    for order, want in expected.items():
+        assert analysis.search_and_order(ex, rows, "", order).tolist() == want.tolist(), order
+    hits = analysis.search_and_order(ex, rows, "FILM", "longest")
+    assert len(hits) and all("film" in ex["text"].iloc[r].lower() for r in hits)
+    assert set(hits) == {r for r in rows if "film" in str(ex["text"].iloc[r]).lower()}
