@@ -285,3 +285,31 @@ def test_search_and_order_matches_sorting_the_display_table(tiny_run_path):
     hits = analysis.search_and_order(ex, rows, "FILM", "longest")
     assert len(hits) and all("film" in ex["text"].iloc[r].lower() for r in hits)
     assert set(hits) == {r for r in rows if "film" in str(ex["text"].iloc[r]).lower()}
+
+
+def test_regex_over_many_texts_through_arrow_matches_re2_per_text(monkeypatch):
+    import pandas as pd
+
+    from core import analysis
+
+    texts = ["The movie was BAD.", "class_3 film", "naïve Élan", "first line\nsecond line", "", "bad\nthe end",
+             "CLASS_x", "a+b=c", "ünïcode ÜNÏCODE", "the the", "3/10 would not", "ends with the"] * 100
+    series = pd.Series(texts + [None], dtype="str")
+    patterns = [r"class_\d", r"\bbad\b", r"^the", r"the$", r"(?m)^second", r"(?s)line.second", r"élan",
+                r"ÜNÏ", r"\d+/10", r"a\+b", r"\pL{5,}", r"x|y"]
+    monkeypatch.setattr(analysis, "ARROW_REGEX_MIN", 10**9)
+    expected = {p: analysis.regex_hits(series, p) for p in patterns}  # RE2 text by text
+    monkeypatch.setattr(analysis, "ARROW_REGEX_MIN", 1)
+    import pyarrow.compute as pc
+
+    calls = []
+    real = pc.match_substring_regex
+    monkeypatch.setattr(pc, "match_substring_regex", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for pattern in patterns:
+        got = analysis.regex_hits(series, pattern)
+        assert got.dtype == bool and got.tolist() == expected[pattern].tolist(), pattern
+        assert not got[-1]  # a missing text never matches
+    assert len(calls) == len(patterns)  # every one went through Arrow
+    assert 0 < expected[r"\bbad\b"].sum() < len(series)
+    objects = pd.Series(["bad movie", 3, None], dtype=object)  # not all strings: the per-text loop
+    assert analysis.regex_hits(objects, "bad").tolist() == [True, False, False]
