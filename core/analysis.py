@@ -38,6 +38,10 @@ PROJECTION_METHODS: tuple[str, ...] = ("umap", "tsne")
 MINIBATCH_THRESHOLD = 20_000
 MINIBATCH_SIZE = 2048
 MINIBATCH_PATIENCE = 5  # mini-batches without improvement before stopping (scikit-learn's default is 10)
+# Above this many rows k-means is fitted on a seeded sample of this many rows and every row is then assigned to its
+# nearest centre (exact assignment): fitting MiniBatchKMeans on all 1,000,000 S1 rows took 40 s, the sample and
+# the assignment about 1 s (bench/results/dashboard.md, 1M section).
+CLUSTER_FIT_ROWS = 100_000
 SPECTRAL_INIT_MIN_ROWS = 16
 # t-SNE embeds at most this many rows (a seeded sample); openTSNE places the others with `transform`.
 TSNE_MAX_POINTS = 20_000
@@ -327,8 +331,11 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     """Return k-means cluster labels (int64, one per row of ``X``).
 
     Uses ``KMeans(n_init="auto")``; inputs above ``MINIBATCH_THRESHOLD`` rows
-    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``). Works on dense
-    arrays and sparse CSR matrices. Deterministic for a given ``seed``.
+    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``); above
+    ``CLUSTER_FIT_ROWS`` rows the centres are fitted on a seeded sample of that
+    many rows and every row is assigned to its nearest centre. Works on dense
+    arrays (memory-mapped too) and sparse CSR matrices. Deterministic for a
+    given ``seed``.
     """
     n = _n_rows(X)
     if n_clusters < 1:
@@ -342,6 +349,11 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     X = _as_float32(X)
+    if n > CLUSTER_FIT_ROWS:
+        fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=CLUSTER_FIT_ROWS, replace=False))
+        fitted = cluster_rows(X[fit_rows], n_clusters, seed)
+        present = np.unique(fitted)  # k-means may leave a cluster empty: it attracts no row either
+        return present[assign_to_centres(X, _centres(X[fit_rows], fitted, n_clusters)[present])]
     if sp.issparse(X):
         # Vocabulary columns no row uses hold zero in every centre too; dropping them changes no distance and
         # makes each centre update 2-3x cheaper (a slice of short texts uses a fraction of a 30k vocabulary).
@@ -355,6 +367,31 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     else:
         model = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
     return model.fit_predict(X).astype(np.int64)
+
+
+def _centres(X: Matrix, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Return the (n_clusters x n_features) float32 means of the rows of ``X`` per label (zero for an empty
+    label)."""
+    onehot = sp.csr_matrix((np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))),
+                           shape=(n_clusters, len(labels)))
+    sums = onehot @ X
+    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float32)
+    counts = np.maximum(np.bincount(labels, minlength=n_clusters), 1).astype(np.float32)
+    return sums / counts[:, None]
+
+
+def assign_to_centres(X: Matrix, centres: np.ndarray, batch: int = 100_000) -> np.ndarray:
+    """Return the index (int64) of the nearest centre (euclidean) of every row of ``X``, ``batch`` rows at a time:
+    argmax of 2 x.c - |c|^2, the k-means assignment (|x|^2 is the same for every centre). Ties go to the lower
+    index."""
+    centres = np.asarray(centres, dtype=np.float32)
+    half_norms = 0.5 * (centres * centres).sum(axis=1)
+    out = np.empty(_n_rows(X), dtype=np.int64)
+    for lo in range(0, len(out), batch):
+        part = X[lo:lo + batch]
+        scores = np.asarray(part @ centres.T, dtype=np.float32) - half_norms[None, :]
+        out[lo:lo + batch] = scores.argmax(axis=1)
+    return out
 
 
 def _as_float32(X: Matrix) -> Matrix:
@@ -549,6 +586,30 @@ def _confidence(rows_examples: pd.DataFrame, n_classes: int) -> np.ndarray | Non
     return rows_examples[columns].to_numpy(dtype=np.float64).max(axis=1)
 
 
+def _cluster_column_sums(member_of: np.ndarray, n_clusters: int, R: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Return (sums float64, supports int64), each (n_clusters x n_columns): per cluster (``member_of`` gives each
+    row's cluster position) the column sums of ``R`` and the number of rows where the column is > 0.
+
+    Sparse rows are counted in one pass over the non-zeros (two bincounts; 1,000,000 S1 rows in about 0.3 s,
+    a third of the sparse matrix products it replaces)."""
+    n_columns = R.shape[1]
+    if sp.issparse(R):
+        R = sp.csr_matrix(R)
+        cluster_of_entry = np.repeat(member_of.astype(np.int64), np.diff(R.indptr))
+        key = cluster_of_entry * n_columns + R.indices
+        del cluster_of_entry
+        size = n_clusters * n_columns
+        sums = np.bincount(key, weights=R.data, minlength=size).reshape(n_clusters, n_columns)
+        supports = np.bincount(key, weights=R.data > 0, minlength=size).reshape(n_clusters, n_columns)
+        return sums, supports.round().astype(np.int64)
+    R = np.asarray(R)
+    indicator = sp.csr_matrix((np.ones(len(member_of)), (member_of, np.arange(len(member_of)))),
+                              shape=(n_clusters, len(member_of)))
+    sums = np.asarray(indicator @ R, dtype=np.float64)
+    supports = np.asarray(indicator @ (R > 0).astype(np.float64), dtype=np.float64).round().astype(np.int64)
+    return sums, supports
+
+
 def cluster_summary(
     cluster_labels: np.ndarray,
     rows_examples: pd.DataFrame,
@@ -601,14 +662,8 @@ def cluster_summary(
     ignore = np.asarray(ignore_mask, dtype=bool)
 
     clusters = np.unique(cluster_labels)
-    # Column sums and support (rows where the term is salient) of every cluster in one sparse product each.
     member_of = np.searchsorted(clusters, cluster_labels)
-    indicator = sp.csr_matrix((np.ones(total), (member_of, np.arange(total))), shape=(len(clusters), total))
-    R = R_vocab_rows if sp.issparse(R_vocab_rows) else np.asarray(R_vocab_rows)
-    sums = np.asarray((indicator @ R).todense() if sp.issparse(R) else indicator @ R, dtype=np.float64)
-    salient = (R > 0).astype(np.float64)
-    supports = np.asarray((indicator @ salient).todense() if sp.issparse(R) else indicator @ salient,
-                          dtype=np.float64).round().astype(np.int64)
+    sums, supports = _cluster_column_sums(member_of, len(clusters), R_vocab_rows)
     all_sums = sums.sum(axis=0)
     slice_top_share = _top_share(np.where(ignore, 0.0, all_sums))[1]
 

@@ -2,9 +2,9 @@
 
 Exact cosine search over n dense rows reads all n vectors per query: on 2 shared cores it passes 100 ms near
 200,000 rows of 384 floats (44 ms at 100,000, 424 ms at 1,000,000; bench/results/dashboard.md, 1M section), and
-the exact index holds a copy of the matrix in memory. Above APPROXIMATE_ABOVE rows a dense representation is searched with a faiss IVF-Flat index (inner product
-on L2-normalised rows: cosine), trained on a seeded sample and filled in chunks from the memory-mapped matrix, built
-once and stored in the run's `index/` folder:
+the exact index holds a copy of the matrix in memory. Above APPROXIMATE_ABOVE rows a dense representation is
+searched with a faiss IVF-Flat index (inner product on L2-normalised rows: cosine), trained on a seeded sample and
+filled in chunks from the memory-mapped matrix, built once and stored in the run's `index/` folder:
 
     index/<representation slug>.faiss   faiss.write_index output (no pickle), read back memory-mapped
     index/<representation slug>.json    kind, representation, parameters, rows, dimensions, file size, version,

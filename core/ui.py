@@ -186,6 +186,15 @@ def selection_region(event: object) -> tuple[tuple[float, float, float, float] |
     return box, lasso
 
 
+def take_rows(data: Any, rows: np.ndarray) -> Any:
+    """Return the rows `rows` (sorted, unique run row ids) of a matrix or of the examples table: the object itself,
+    not a copy, when they are all of its rows (a whole-run slice of 1,000,000 rows would copy hundreds of MB on
+    every new clustering or summary). Callers must not modify the result."""
+    if len(rows) == data.shape[0]:
+        return data
+    return data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]
+
+
 def terms_html(terms: Sequence[tuple[str, float]], highlight: set[str] = frozenset()) -> str:
     """Return HTML chips for (term, weight) pairs; terms in `highlight` are drawn in orange and bold."""
     chips = []
@@ -331,7 +340,7 @@ def leave_a_core_for_the_browser() -> contextlib.AbstractContextManager:
 @st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=64)
 def _cluster_labels(path: str, stamp: int, key: tuple, spec_json: str, n_clusters: int, seed: int) -> np.ndarray:
     rows = _slice_rows(path, stamp, spec_json)
-    matrix = _matrix(path, stamp, *key)[rows]
+    matrix = take_rows(_matrix(path, stamp, *key), rows)
     with leave_a_core_for_the_browser():
         return analysis.cluster_rows(matrix, n_clusters, seed)
 
@@ -343,7 +352,8 @@ def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_j
     rows = _slice_rows(path, stamp, spec_json)
     labels = _cluster_labels(path, stamp, key, spec_json, n_clusters, seed)
     space = run.term_space(vocab_key[4])
-    return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
+    return analysis.cluster_summary(labels, take_rows(run.examples, rows),
+                                    take_rows(_matrix(path, stamp, *vocab_key), rows),
                                     space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms,
                                     ranking=ranking, term_weights=_term_idf(path, stamp, vocab_key[4]))
 
@@ -386,7 +396,7 @@ def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, 
     with _PROJECTION_LOCK:
         coords = stored()  # another session (or the precompute) may have stored it while this one waited
         if coords is None:
-            matrix = _matrix(path, stamp, *key)[rows]
+            matrix = take_rows(_matrix(path, stamp, *key), rows)
 
             def report(fraction: float, message: str) -> None:
                 bar.progress(min(max(fraction, 0.0), 1.0), text=message)
@@ -415,7 +425,8 @@ def _slice_example_terms(path: str, stamp: int, vocab_key: tuple, spec_json: str
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
     space = run.term_space(vocab_key[4])
-    return analysis.example_terms(_matrix(path, stamp, *vocab_key)[rows], space.vocab, space.ignore_mask, n)
+    return analysis.example_terms(take_rows(_matrix(path, stamp, *vocab_key), rows), space.vocab, space.ignore_mask,
+                                  n)
 
 
 @st.cache_resource(show_spinner="Opening the nearest-neighbour index (a large dense representation builds an "
@@ -495,9 +506,7 @@ class View:
     def examples(self) -> pd.DataFrame:
         """Return the slice's rows of the examples table (index = row id in the run); the run's own table (not a
         copy: do not modify) when the slice holds every row."""
-        if len(self.rows) == len(self.run.examples):  # slice rows are unique: all of them, in order
-            return self.run.examples
-        return self.run.examples.iloc[self.rows]
+        return take_rows(self.run.examples, self.rows)
 
     def matrix(self):
         """Return the chosen representation for every example of the run (shared; do not modify)."""
@@ -970,7 +979,7 @@ def run_matrix(run: Run, key: RepresentationKey):
 @st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=32)
 def _rows_cluster_labels(path: str, stamp: int, key: tuple, rows: np.ndarray, n_clusters: int,
                          seed: int) -> np.ndarray:
-    matrix = _matrix(path, stamp, *key)[rows]
+    matrix = take_rows(_matrix(path, stamp, *key), rows)
     with leave_a_core_for_the_browser():
         return analysis.cluster_rows(matrix, n_clusters, seed)
 

@@ -313,3 +313,34 @@ def test_regex_over_many_texts_through_arrow_matches_re2_per_text(monkeypatch):
     assert 0 < expected[r"\bbad\b"].sum() < len(series)
     objects = pd.Series(["bad movie", 3, None], dtype=object)  # not all strings: the per-text loop
     assert analysis.regex_hits(objects, "bad").tolist() == [True, False, False]
+
+
+# ---------------------------------------------------------------- k-means of many rows
+
+
+def test_kmeans_of_many_rows_fits_a_sample_and_assigns_every_row(monkeypatch):
+    import scipy.sparse as sp
+
+    from core import analysis
+
+    X = planted(3000, dim=24, centres=6, seed=4)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    monkeypatch.setattr(analysis, "CLUSTER_FIT_ROWS", 500)
+    for matrix in (X, sp.csr_matrix(np.where(np.abs(X) > 0.15, X, 0.0))):
+        labels = analysis.cluster_rows(matrix, 6, seed=0)
+        assert labels.shape == (3000,) and labels.dtype == np.int64
+        assert np.array_equal(labels, analysis.cluster_rows(matrix, 6, seed=0))  # seeded
+        # every row sits at its nearest centre: the centres are the means of the sample's clusters
+        dense = matrix.toarray() if sp.issparse(matrix) else matrix
+        fit = np.sort(np.random.default_rng(0).choice(3000, 500, replace=False))
+        centres = np.stack([dense[fit][labels[fit] == c].mean(axis=0) if (labels[fit] == c).any()
+                            else np.full(dense.shape[1], np.inf) for c in range(6)])
+        nearest = ((dense[:, None, :] - centres[None]) ** 2).sum(axis=2).argmin(axis=1)
+        assert (nearest == labels).mean() > 0.99
+    # the planted groups come back (dense rows): each cluster is mostly one planted centre
+    rng = np.random.default_rng(4)  # planted()'s draws: the centres, then each row's centre
+    rng.standard_normal((6, 24))
+    planted_ids = rng.integers(0, 6, 3000)
+    labels = analysis.cluster_rows(X, 6, seed=0)
+    purity = sum(np.bincount(planted_ids[labels == c]).max() for c in np.unique(labels)) / 3000
+    assert purity > 0.9
