@@ -574,6 +574,16 @@ def scale_core(run_path: Path) -> dict[str, object]:
         out["clusters"][k] = {"product": seconds, "summary": summary}
         print(f"  clusters {k}: {seconds:.2f} + {summary:.2f} s", flush=True)
 
+    # the sample k-means is fitted on: time and inertia over all rows (lower is better) against its size
+    out["cluster_samples"] = {}
+    default_fit = analysis.CLUSTER_FIT_ROWS
+    for fit in (25_000, 50_000, 100_000):
+        analysis.CLUSTER_FIT_ROWS = fit
+        for k in (5, 20):
+            seconds, labels = timed(lambda k=k: analysis.cluster_rows(S1, k, seed=0), repeat=3)
+            out["cluster_samples"][f"{fit} {k}"] = (seconds, inertia(analysis._as_float32(S1), labels))
+    analysis.CLUSTER_FIT_ROWS = default_fit
+
     presence = space.presence
     labels_all = ex["label"].to_numpy()
     class_rows, other_rows = np.flatnonzero(labels_all == 0), np.flatnonzero(labels_all != 0)
@@ -770,6 +780,16 @@ def scale_report(results: dict, rows: int) -> str:
                   f"| map box selection over all rows ({core['map_region_rows']:,} rows inside) | "
                   f"{core['map_region_select']:.3f} | {verdict(core['map_region_select'], TARGET_INTERACTION_S)} |",
                   ""]
+        if core.get("cluster_samples"):
+            lines += [f"k-means above {analysis.CLUSTER_FIT_ROWS:,} rows is fitted on a seeded sample "
+                      f"(`analysis.CLUSTER_FIT_ROWS` = {analysis.CLUSTER_FIT_ROWS:,}) and every row is then assigned "
+                      "to its nearest centre; fitting MiniBatchKMeans on all rows took 40 s. Sample size against "
+                      "time and the inertia over all rows (lower is better):", "",
+                      "| sample | clusters | seconds | inertia |", "|---|---|---|---|"]
+            for name, (seconds, value) in core["cluster_samples"].items():
+                fit, k = name.split()
+                lines.append(f"| {int(fit):,} | {k} | {seconds:.2f} | {value:,.0f} |")
+            lines.append("")
     nn = results.get("neighbours")
     if nn:
         a = nn["approximate"]

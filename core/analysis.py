@@ -40,8 +40,9 @@ MINIBATCH_SIZE = 2048
 MINIBATCH_PATIENCE = 5  # mini-batches without improvement before stopping (scikit-learn's default is 10)
 # Above this many rows k-means is fitted on a seeded sample of this many rows and every row is then assigned to its
 # nearest centre (exact assignment): fitting MiniBatchKMeans on all 1,000,000 S1 rows took 40 s, the sample and
-# the assignment about 1 s (bench/results/dashboard.md, 1M section).
-CLUSTER_FIT_ROWS = 100_000
+# the assignment 0.6-1 s, at an inertia over all rows within the spread of samples of 25,000 to 100,000
+# (bench/results/dashboard.md, 1M section).
+CLUSTER_FIT_ROWS = 50_000
 SPECTRAL_INIT_MIN_ROWS = 16
 # t-SNE embeds at most this many rows (a seeded sample); openTSNE places the others with `transform`.
 TSNE_MAX_POINTS = 20_000
@@ -600,8 +601,12 @@ def _cluster_column_sums(member_of: np.ndarray, n_clusters: int, R: Matrix) -> t
         del cluster_of_entry
         size = n_clusters * n_columns
         sums = np.bincount(key, weights=R.data, minlength=size).reshape(n_clusters, n_columns)
-        supports = np.bincount(key, weights=R.data > 0, minlength=size).reshape(n_clusters, n_columns)
-        return sums, supports.round().astype(np.int64)
+        positive = R.data > 0
+        if positive.all():  # salience rows hold no explicit zeros or negatives: count the entries
+            supports = np.bincount(key, minlength=size)
+        else:
+            supports = np.bincount(key[positive], minlength=size)
+        return sums, supports.reshape(n_clusters, n_columns).astype(np.int64)
     R = np.asarray(R)
     indicator = sp.csr_matrix((np.ones(len(member_of)), (member_of, np.arange(len(member_of)))),
                               shape=(n_clusters, len(member_of)))
