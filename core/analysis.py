@@ -672,9 +672,12 @@ def cluster_summary(
     all_sums = sums.sum(axis=0)
     slice_top_share = _top_share(np.where(ignore, 0.0, all_sums))[1]
 
+    # each cluster's rows, from one stable sort (a comparison over every row per cluster costs 20x more at k = 20)
+    by_cluster = np.argsort(member_of, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(member_of, minlength=len(clusters)))])
     records = []
     for i, c in enumerate(clusters):
-        members = np.flatnonzero(member_of == i)
+        members = by_cluster[bounds[i]:bounds[i + 1]]
         size = len(members)
         mean_in = sums[i] / size
         if ranking == "mean":

@@ -596,21 +596,55 @@ def warnings_file(run: Any, settings: WarningSettings = WarningSettings()):
     return run.analysis_dir() / f"warnings-v{WARNINGS_VERSION}-{settings.digest()}.json"
 
 
+# Runs of more examples than this compute their warnings in a child process (`python -m core.dataset_warnings`):
+# the B2/B3 matrices, their neighbour indexes and the texts it reads (several GB at 1,000,000 examples) then never
+# enter the dashboard's process, which reads the stored JSON.
+CHILD_PROCESS_ABOVE = 200_000
+
+
+def _stored(run: Any, settings: WarningSettings) -> dict[str, Any] | None:
+    try:
+        stored = json.loads(warnings_file(run, settings).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # absent or damaged
+    if (stored.get("version") == WARNINGS_VERSION and stored.get("settings") == dataclasses.asdict(settings)
+            and stored.get("examples") == len(run.examples)
+            and stored.get("fingerprint") == run.manifest.get("fingerprint")):
+        return stored
+    return None
+
+
+def _compute_in_child(run: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "core.dataset_warnings", str(run.path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip()[-500:])
+
+
 def load_or_compute(run: Any, settings: WarningSettings = WarningSettings(),
                     progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Return the stored warnings of `run` when they match this version, settings and run; otherwise compute
-    them and store them atomically (a read-only run folder still gets them, unstored)."""
+    them and store them atomically (a read-only run folder still gets them, unstored). A run of more than
+    CHILD_PROCESS_ABOVE examples computes them in a child process when the settings are the defaults (in this
+    one if that fails)."""
     from core.store import atomic_write_json
 
     path = warnings_file(run, settings)
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if (stored.get("version") == WARNINGS_VERSION and stored.get("settings") == dataclasses.asdict(settings)
-                and stored.get("examples") == len(run.examples)
-                and stored.get("fingerprint") == run.manifest.get("fingerprint")):
-            return stored
-    except (OSError, ValueError):
-        pass  # absent or damaged: computed below
+    stored = _stored(run, settings)
+    if stored is not None:
+        return stored
+    if len(run.examples) > CHILD_PROCESS_ABOVE and settings == WarningSettings():
+        try:
+            _compute_in_child(run)
+            stored = _stored(run, settings)
+            if stored is not None:
+                return stored
+        except (OSError, RuntimeError):
+            pass  # computed below, in this process
     report = compute_warnings(run, settings, progress)
     try:
         atomic_write_json(path, report)
@@ -626,3 +660,19 @@ def find(report: dict[str, Any], finding_id: str) -> dict[str, Any] | None:
             if finding.get("id") == finding_id:
                 return finding
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.dataset_warnings RUN_DIR`: compute and store the run's warnings (default settings)."""
+    import sys
+
+    from core.store import open_run
+
+    global CHILD_PROCESS_ABOVE
+    CHILD_PROCESS_ABOVE = sys.maxsize  # this is the child: compute here
+    load_or_compute(open_run((sys.argv[1:] if argv is None else argv)[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -243,16 +243,41 @@ def _write_atomic(index: faiss.Index, file: Path) -> int:
     return file.stat().st_size
 
 
+# Indexes of more rows than this are built in a child process: the build holds every vector in memory (1.5 GB
+# for 1,000,000 x 384) and the allocator need not give it back, so the dashboard's process would keep that much.
+SUBPROCESS_BUILD_ABOVE = 200_000
+
+
+def _build_in_child(run_path: Path, slug: str, source: Path, seed: int) -> None:
+    """Build and store the index of `source` in a fresh Python process (`python -m core.neighbours`)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "core.neighbours", str(run_path), slug, str(source), str(seed)],
+                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the neighbour index failed: {done.stderr.strip()[-500:]}")
+
+
 def load_or_build_index(run_path: Path, slug: str, source: Path, matrix: np.ndarray, seed: int = 0,
                         progress: ProgressFn | None = None) -> tuple[ApproximateIndex, dict[str, Any]]:
     """Return the stored approximate index of the dense `matrix` (the representation `slug`, read from the file
     `source` of the run folder `run_path`) and its metadata, building and storing it first when it is absent,
-    stale or unreadable. A read-only run keeps a built index in memory only."""
+    stale or unreadable: in a child process above SUBPROCESS_BUILD_ABOVE rows (so this process never holds the
+    vectors), here otherwise or when the child fails. A read-only run keeps a built index in memory only."""
     n, dim = matrix.shape
     params = ivf_params(n, seed)
     fingerprint = inputs_fingerprint(source, n, dim, params)
     file, meta_file = index_paths(run_path, slug)
     index = _read_stored(file, meta_file, fingerprint, n, dim)
+    if index is None and n > SUBPROCESS_BUILD_ABOVE:
+        if progress:
+            progress(0.0, f"Building the neighbour index of {n:,} rows in a separate process")
+        try:
+            _build_in_child(run_path, slug, source, seed)
+            index = _read_stored(file, meta_file, fingerprint, n, dim)
+        except (OSError, RuntimeError):
+            index = None  # built below, in this process
     if index is not None:
         return ApproximateIndex(matrix, index, params), json.loads(meta_file.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
@@ -282,3 +307,26 @@ def neighbour_index(matrix: Matrix, run_path: Path | None = None, slug: str | No
     if sp.issparse(matrix) or matrix.shape[0] <= approximate_above or run_path is None or source is None:
         return NeighbourIndex(matrix)
     return load_or_build_index(run_path, slug or source.stem, source, matrix, progress=progress)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.neighbours RUN_DIR SLUG SOURCE [SEED]`: build and store the index of the representation
+    file SOURCE (what load_or_build_index runs in a child process)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    run_path, slug, source = Path(args[0]), args[1], Path(args[2])
+    seed = int(args[3]) if len(args) > 3 else 0
+    matrix = np.load(source, mmap_mode="r", allow_pickle=False)
+    n, dim = matrix.shape
+    params = ivf_params(n, seed)
+    file, meta_file = index_paths(run_path, slug)
+    if _read_stored(file, meta_file, inputs_fingerprint(source, n, dim, params), n, dim) is None:
+        global SUBPROCESS_BUILD_ABOVE
+        SUBPROCESS_BUILD_ABOVE = n  # this is the child: build here
+        load_or_build_index(run_path, slug, source, matrix, seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

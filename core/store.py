@@ -169,23 +169,41 @@ def _save_matrix(path: Path, matrix) -> None:
         raise
 
 
+class _RowFile:
+    """A float32 (n x dim) .npy file written block of rows by block of rows (`out[lo:hi] = block`), through file
+    writes rather than a memory map, so the written rows never count in this process's resident memory."""
+
+    def __init__(self, path: str, shape: tuple[int, int]):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()  # header + full size
+        with open(path, "rb") as fh:
+            np.lib.format.read_magic(fh)
+            np.lib.format.read_array_header_1_0(fh)
+            self._offset = fh.tell()
+        self.shape, self.path = shape, path
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        with open(self.path, "r+b") as fh:
+            fh.seek(self._offset + rows.start * self.shape[1] * 4)
+            fh.write(block.tobytes())
+
+
 def _build_dense_file(path: Path, build) -> np.ndarray:
     """Write the dense float32 matrix that `build(allocate)` returns to `path` (.npy) atomically and return it
-    memory-mapped. A blockwise build writes straight into a memory-mapped temporary file that `allocate(shape)`
-    opens, so neither the matrix nor a copy of it is held in memory (1,000,000 x 384 floats is 1.5 GB)."""
+    memory-mapped. A blockwise build writes each block straight into a temporary file that `allocate(shape)`
+    opens (`_RowFile`), so neither the matrix nor a copy of it is held in memory (1,000,000 x 384 floats is
+    1.5 GB)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
     os.close(fd)
-    opened: list[np.ndarray] = []
+    opened: list[_RowFile] = []
 
-    def allocate(shape: tuple[int, int]) -> np.ndarray:
-        opened.append(np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape))
+    def allocate(shape: tuple[int, int]) -> _RowFile:
+        opened.append(_RowFile(tmp, shape))
         return opened[-1]
 
     try:
         matrix = build(allocate)
-        if opened and matrix is opened[0]:
-            matrix.flush()
-        else:  # built in one piece, in memory
+        if not (opened and matrix is opened[0]):  # built in one piece, in memory
             np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
         del matrix, opened[:]
         os.replace(tmp, path)

@@ -344,3 +344,61 @@ def test_kmeans_of_many_rows_fits_a_sample_and_assigns_every_row(monkeypatch):
     labels = analysis.cluster_rows(X, 6, seed=0)
     purity = sum(np.bincount(planted_ids[labels == c]).max() for c in np.unique(labels)) / 3000
     assert purity > 0.9
+
+
+def test_dense_representation_built_in_blocks_equals_one_piece_and_is_memory_mapped(tiny_run_path, isolated_cache,
+                                                                                   monkeypatch):
+    import shutil
+
+    from core import representations
+    from core.representations import build_representation
+
+    target = isolated_cache / "runs" / "copy"
+    shutil.copytree(tiny_run_path, target)
+    run = open_run(target)
+    for name in ("s2", "b2", "b3"):
+        key = RepresentationKey(name, "grad_l2")
+        whole = build_representation(run, key)  # one piece: 17 rows in one block
+        run.representation_file(key).unlink(missing_ok=True)
+        monkeypatch.setattr(representations, "ROW_BLOCK", 5)  # 4 blocks written into the file one by one
+        stored = run.representation(key)
+        monkeypatch.setattr(representations, "ROW_BLOCK", 16_384)
+        assert isinstance(stored, np.memmap) and stored.dtype == np.float32
+        np.testing.assert_allclose(np.asarray(stored), whole, rtol=1e-6, atol=1e-7)
+        assert not list(run.representation_file(key).parent.glob(".*.npy"))  # no temporary file left
+
+
+def test_a_large_index_is_built_in_a_child_process(tmp_path, monkeypatch):
+    from core import neighbours
+
+    X = planted(1500)
+    run_path, source, mapped = stored_matrix(tmp_path, X)
+    monkeypatch.setattr(neighbours, "SUBPROCESS_BUILD_ABOVE", 1000)
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("built in the dashboard's process")
+
+    monkeypatch.setattr(neighbours, "build_ivf", not_here)
+    index, meta = neighbours.load_or_build_index(run_path, "b3", source, mapped)
+    assert meta["rows"] == 1500 and neighbours.index_paths(run_path, "b3")[0].is_file()
+    assert len(index.search(3, 10)[0]) == 10
+
+
+def test_warnings_of_a_large_run_are_computed_in_a_child_process(tiny_run_path, isolated_cache, monkeypatch):
+    import shutil
+
+    from core import dataset_warnings
+
+    target = isolated_cache / "runs" / "copy"
+    shutil.copytree(tiny_run_path, target)
+    run = open_run(target)
+    expected = dataset_warnings.compute_warnings(run)
+    monkeypatch.setattr(dataset_warnings, "CHILD_PROCESS_ABOVE", 10)  # the tiny run has 17 examples
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("computed in the dashboard's process")
+
+    monkeypatch.setattr(dataset_warnings, "compute_warnings", not_here)
+    report = dataset_warnings.load_or_compute(run)
+    assert dataset_warnings.warnings_file(run).is_file()
+    assert [c["summary"] for c in report["checks"]] == [c["summary"] for c in expected["checks"]]
