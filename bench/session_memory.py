@@ -6,7 +6,8 @@ Runs the dashboard with Streamlit's AppTest (the page scripts, their caches and 
 runs them, without a browser) in this process, opening the run from a link (`?run=<id>`), then switching to every
 page in navigation order in the same session. After each page it records the seconds the script took and the
 process's memory from /proc/self/status: VmRSS (resident now: anonymous + file pages mapped and touched),
-RssAnon (the private part: what memory-mapped files do not explain) and VmHWM (the peak resident size so far).
+RssAnon (the private part: what memory-mapped files do not explain) and VmHWM (the peak resident size so far),
+and the peak RSS of the child processes it ran (large index builds, a large run's dataset warnings).
 Prints one JSON object per page, then a summary line; `--json` writes them to a file. The cache root is the
 run's grandparent folder (RUN_DIR = <cache>/runs/<id>).
 """
@@ -23,12 +24,17 @@ PAGES = ("summary", "clusters", "map", "examples", "neighbours", "seed_terms", "
 
 
 def memory_gb() -> dict[str, float]:
-    """Return this process's VmRSS, RssAnon, RssFile and VmHWM (peak RSS) in GiB, from /proc/self/status."""
+    """Return this process's VmRSS, RssAnon, RssFile and VmHWM (peak RSS) in GiB, from /proc/self/status, and
+    `children_peak` (the largest peak RSS of a finished child process: the dashboard builds large neighbour
+    indexes and a large run's dataset warnings in child processes)."""
+    import resource
+
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
             out[key] = round(int(value.split()[0]) / 2**20, 3)
+    out["children_peak"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20, 3)
     return out
 
 

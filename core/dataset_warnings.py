@@ -339,9 +339,12 @@ def salience_shift(R_train: Any, R_other: Any, presence_train: Any, presence_oth
 
 def _finding(finding_id: str, title: str, rows: Sequence[int], notes: Sequence[str] | None = None,
              count: int | None = None, **extra: Any) -> dict[str, Any]:
-    rows = [int(r) for r in rows]
+    """Return a finding: its id, title, count (default: all `rows`) and its first MAX_STORED_ROWS rows with their
+    notes (`notes` may hold just those: callers need not write a note for every row of a large finding)."""
+    total = len(rows)
+    rows = [int(r) for r in rows[:MAX_STORED_ROWS]]
     notes = list(notes) if notes is not None else [""] * len(rows)
-    return {"id": finding_id, "title": title, "count": len(rows) if count is None else int(count),
+    return {"id": finding_id, "title": title, "count": total if count is None else int(count),
             "rows": rows[:MAX_STORED_ROWS], "notes": [str(n) for n in notes[:MAX_STORED_ROWS]], **extra}
 
 
@@ -516,20 +519,21 @@ def _length_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
         findings.append(_finding("length-truncated", f"{len(rows):,} example{'s' if len(rows) != 1 else ''} longer "
                                  f"than max_length = {max_length} tokens: the model saw, and the saliency covers, "
                                  "only part of the text", rows,
-                                 [f"cut at {n_tokens[r]} tokens" for r in rows]))
+                                 [f"cut at {n_tokens[r]} tokens" for r in rows[:MAX_STORED_ROWS]]))
     if len(found["long"]):
         rows = found["long"]
         findings.append(_finding("length-long", f"{len(rows):,} unusually long example{'s' if len(rows) != 1 else ''}"
                                  f" (more than {found['fence']:.0f} tokens, Q3 + {settings.long_iqr_factor:g} IQR; "
                                  f"median {found['quartiles'][1]:.0f})", rows,
-                                 [f"{n_tokens[r]} tokens" for r in rows]))
+                                 [f"{n_tokens[r]} tokens" for r in rows[:MAX_STORED_ROWS]]))
     if len(found["short"]):
         rows = found["short"]
         most = settings.short_max_content_tokens
         findings.append(_finding("length-short", f"{len(rows):,} example{'s' if len(rows) != 1 else ''} with at most "
                                  f"{most} word piece{'s' if most != 1 else ''} besides special tokens and punctuation:"
                                  " little for the model, or the saliency, to go on", rows,
-                                 [f"{content[r]} content token{'s' if content[r] != 1 else ''}" for r in rows]))
+                                 [f"{content[r]} content token{'s' if content[r] != 1 else ''}"
+                                  for r in rows[:MAX_STORED_ROWS]]))
     q1, median, q3 = found["quartiles"] or [math.nan] * 3
     summary = (f"Tokens per example: median {median:.0f}, quartiles {q1:.0f}-{q3:.0f}, max_length {max_length}."
                + ("" if findings else " No truncated, far-out long or near-empty example."))
@@ -548,6 +552,7 @@ def _shift_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     space = run.term_space(DEFAULT_TERMS_UNIT)
     R = sp.csr_matrix(R) if sp.issparse(R) else np.asarray(R)
     presence = sp.csr_matrix(space.presence)
+    split_of = examples["split"].astype(str).to_numpy()
     findings, tables = [], []
     for i, (split, rows) in enumerate(others):
         table = salience_shift(R[train], R[rows], presence[train], presence[rows], space.vocab, space.ignore_mask,
@@ -563,7 +568,7 @@ def _shift_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
             findings.append(_finding(
                 f"shift-{i}-{j}", f"“{t.term}” is more salient in {higher} (mean salience train {t.mean_train:.3f}, "
                 f"{split} {t.mean_other:.3f}, z {t.z:.1f}{'' if significant else ', within chance'})", has,
-                [f"contains “{t.term}” ({examples['split'].iloc[r]})" for r in has],
+                [f"contains “{t.term}” ({split_of[r]})" for r in has[:MAX_STORED_ROWS]],  # the rows kept
                 term=t.term, split=split, higher_in=higher, significant=bool(significant)))
         tables.append({"split": split, "terms": table.drop(columns="column").to_dict(orient="records")})
     significant = sum(f["significant"] for f in findings)
