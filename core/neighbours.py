@@ -170,11 +170,12 @@ class ApproximateIndex:
                                   exclude=query_row if exclude_self else None)
 
     def search_many(self, queries: np.ndarray, k: int, candidates: np.ndarray | None = None,
-                    batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                    batch: int = 4096, n_probe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return (cosines, row ids), each (len(queries), k), of the `k` rows nearest each normalised query row
-        among `candidates` (bool mask over the rows, None: all), approximately; id -1 and cosine -inf where a
-        query's probed cells hold fewer than `k` candidates. Queries go to faiss `batch` at a time."""
-        params = {"nprobe": self.params.n_probe}
+        among `candidates` (bool mask over the rows, None: all), approximately, probing `n_probe` cells (default
+        the index's); id -1 and cosine -inf where a query's probed cells hold fewer than `k` candidates. Queries
+        go to faiss `batch` at a time."""
+        params = {"nprobe": min(self.params.n_lists, n_probe or self.params.n_probe)}
         bits = None
         if candidates is not None:
             bits = np.packbits(np.asarray(candidates, dtype=bool), bitorder="little")
