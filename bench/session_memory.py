@@ -56,8 +56,14 @@ def visit_pages(run_dir: Path, pages: tuple[str, ...], timeout_s: float) -> list
         at.run()
         seconds = time.perf_counter() - t0
         errors = [e.message for e in at.exception]
+        view = {}
+        for key in ("rep", "unit"):  # what the sidebar ended up on (AppTest's page switch can reset a widget)
+            try:
+                view[key] = at.sidebar.selectbox(key=key).value
+            except (KeyError, IndexError):
+                pass
         records.append({"page": page, "seconds": round(seconds, 2), **memory_gb(), "exceptions": errors[:3],
-                        "elements": len(list(at.main))})
+                        "elements": len(list(at.main)), "view": view})
         print(json.dumps(records[-1]), flush=True)
     return records
 
