@@ -823,19 +823,25 @@ def scale_report(results: dict, rows: int) -> str:
                   f"in batches of {analysis.UMAP_TRANSFORM_BATCH:,}): **{proj['seconds'] / 60:.1f} min**, "
                   f"{len(proj['marks'])} progress updates, RSS after {proj['mem']['VmRSS']:.2f} GB "
                   f"(peak {proj['mem']['VmHWM']:.2f} GB). Stages: " + "; ".join(stages) + ".", ""]
-    memory = results.get("memory")
-    if memory:
-        lines += ["### Server memory, one session visiting every page", "",
+    for name, title in (("memory_cold", "first session on a fresh run (dataset warnings computed, in a child "
+                                        "process)"),
+                        ("memory", "a later session (dataset warnings and maps stored)")):
+        memory = results.get(name)
+        if not memory:
+            continue
+        lines += [f"### Server memory, one session visiting every page: {title}", "",
                   "`python -m bench.session_memory RUN` (AppTest in a fresh process: the page scripts, caches and "
                   "sidebar as the server runs them). VmRSS counts the pages of memory-mapped files it touched "
-                  "(reclaimable page cache); RssAnon is the process's own memory. Target: < 4 GB.", "",
+                  "(reclaimable page cache); RssAnon is the process's own memory; the child processes (large "
+                  "neighbour indexes, a large run's dataset warnings) have their own peak. Target: < 4 GB.", "",
                   "| page | seconds (first visit) | VmRSS, GB | RssAnon, GB | peak so far, GB | child processes' "
-                  "peak, GB | exceptions |", "|---|---|---|---|---|---|---|"]
+                  "peak, GB | sidebar representation | exceptions |", "|---|---|---|---|---|---|---|---|"]
         for r in memory["records"][1:]:
             child = r.get("children_peak")
+            view = r.get("view") or {}
             lines.append(f"| {r['page']} | {r['seconds']:.1f} | {r['VmRSS']:.2f} | {r['RssAnon']:.2f} | "
                          f"{r['VmHWM']:.2f} | {'' if child is None else f'{child:.2f}'} | "
-                         f"{len(r.get('exceptions', []))} |")
+                         f"{' '.join(str(v) for v in view.values())} | {len(r.get('exceptions', []))} |")
         peak = memory["summary"]["peak_rss_gb"]
         lines += ["", f"Peak RSS {peak:.2f} GB: target {'met' if peak < 4 else '**missed**'}.", ""]
     browser = results.get("browser")
