@@ -345,7 +345,8 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                  clusters_line(20, rows_with_bad))
             step("slice change back to all examples (clusters cached)", type_into("Contains word(s)", ""),
                  clusters_line(20, rows))
-            step(f"Map page from stored UMAP coordinates ({rows:,} points drawn)",
+            drawn = "drawn" if rows <= analysis.DENSITY_ABOVE else "as density + a 10,000-point sample"
+            step(f"Map page from stored UMAP coordinates ({rows:,} points {drawn})",
                  lambda: page.goto(f"{base}/Map?run={run_id}"),
                  "[data-testid=stPlotlyChart] .legendtitletext:has-text('true label')")
 
@@ -740,8 +741,8 @@ def scale_report(results: dict, rows: int) -> str:
     n = f"{rows:,}"
     lines = [f"## {n} rows (issue 15)", "",
              f"Regenerate: `.venv/bin/python -m bench.dashboard --rows {rows} --steps "
-             f"{','.join(SCALE_STEPS[:-1])}` (each step stores its numbers in `bench/results/dashboard-1m.json`, "
-             "so steps can be run one at a time). Machine: 2 CPU cores, **shared with two other agents' jobs "
+             f"{','.join(SCALE_STEPS[:-1])}` (`,browser` adds the chromium pass; each step stores its numbers in "
+             "`bench/results/dashboard-1m.json`, so steps can be run one at a time). Machine: 2 CPU cores, **shared with two other agents' jobs "
              "during these runs** (times are up to 2-3x what an idle machine gives; the 100,000-row figures "
              "above were taken idle). Run: "
              f"{n} examples copied from the demo run by `bench/scaled_run.py` (same noise as above).", ""]
@@ -781,6 +782,10 @@ def scale_report(results: dict, rows: int) -> str:
                   f"| map box selection over all rows ({core['map_region_rows']:,} rows inside) | "
                   f"{core['map_region_select']:.3f} | {verdict(core['map_region_select'], TARGET_INTERACTION_S)} |",
                   ""]
+        if core.get("loadavg"):
+            lines += [f"Load average (1, 5, 15 min) at the end of this step: "
+                      f"{', '.join(f'{v:.1f}' for v in core['loadavg'])} on 2 cores."
+                      + (f" {core['note']}" if core.get("note") else ""), ""]
         if core.get("cluster_samples"):
             lines += [f"k-means above {analysis.CLUSTER_FIT_ROWS:,} rows is fitted on a seeded sample "
                       f"(`analysis.CLUSTER_FIT_ROWS` = {analysis.CLUSTER_FIT_ROWS:,}) and every row is then assigned "
@@ -843,7 +848,8 @@ def scale_report(results: dict, rows: int) -> str:
                          f"{r['VmHWM']:.2f} | {'' if child is None else f'{child:.2f}'} | "
                          f"{' '.join(str(v) for v in view.values())} | {len(r.get('exceptions', []))} |")
         peak = memory["summary"]["peak_rss_gb"]
-        lines += ["", f"Peak RSS {peak:.2f} GB: target {'met' if peak < 4 else '**missed**'}.", ""]
+        lines += ["", f"Peak RSS {peak:.2f} GB: target {'met' if peak < 4 else '**missed**'}."
+                  + (f" {memory['note']}" if memory.get("note") else ""), ""]
     browser = results.get("browser")
     if browser:
         lines += ["### Through the browser (Debian chromium, headless, same 2 cores)", "",
