@@ -38,6 +38,11 @@ PROJECTION_METHODS: tuple[str, ...] = ("umap", "tsne")
 MINIBATCH_THRESHOLD = 20_000
 MINIBATCH_SIZE = 2048
 MINIBATCH_PATIENCE = 5  # mini-batches without improvement before stopping (scikit-learn's default is 10)
+# Above this many rows k-means is fitted on a seeded sample of this many rows and every row is then assigned to its
+# nearest centre (exact assignment): fitting MiniBatchKMeans on all 1,000,000 S1 rows took 40 s, the sample and
+# the assignment 0.6-1 s, at an inertia over all rows within the spread of samples of 25,000 to 100,000
+# (bench/results/dashboard.md, 1M section).
+CLUSTER_FIT_ROWS = 50_000
 SPECTRAL_INIT_MIN_ROWS = 16
 # t-SNE embeds at most this many rows (a seeded sample); openTSNE places the others with `transform`.
 TSNE_MAX_POINTS = 20_000
@@ -47,6 +52,12 @@ TSNE_MAX_POINTS = 20_000
 UMAP_REDUCE_ABOVE = 20_000
 REDUCED_DIMS = 50
 TRANSFORM_BATCH = 10_000
+# Above this many rows UMAP is fitted on a seeded sample of UMAP_FIT_ROWS rows (after a truncated SVD fitted on
+# that sample too) and every other row is placed with UMAP's `transform`, UMAP_TRANSFORM_BATCH rows at a time so
+# the bar moves: 1,000,000 rows in one UMAP would hold its neighbour graph in memory and take hours on 2 cores.
+UMAP_SAMPLE_ABOVE = 200_000
+UMAP_FIT_ROWS = 50_000
+UMAP_TRANSFORM_BATCH = 50_000
 
 ProgressFn = Callable[[float, str], None]
 
@@ -177,10 +188,26 @@ def validate_regex(pattern: str) -> str | None:
     return None
 
 
+# From this many texts a regex runs through Arrow's vectorised RE2 (pyarrow.compute.match_substring_regex, the same
+# engine and options as compile_regex but one C++ loop): 1,000,000 texts in 0.2-1.2 s instead of 10-18 s.
+ARROW_REGEX_MIN = 1_000
+
+
 def regex_hits(texts: Iterable[object], pattern: str) -> np.ndarray:
     """Return a bool array: whether each text contains a case-insensitive match of ``pattern`` (RE2: linear time
     in each text, whatever the pattern; non-strings never match). Raises ``ValueError`` as `compile_regex`."""
     regexp = compile_regex(pattern)
+    if isinstance(texts, pd.Series) and len(texts) >= ARROW_REGEX_MIN:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        try:  # zero-copy for the examples table's Arrow-backed strings; anything else falls back to the loop
+            array = pa.array(texts, from_pandas=True)
+            if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+                hits = pc.match_substring_regex(array, pattern=pattern, ignore_case=True)
+                return np.asarray(hits.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
+        except (pa.ArrowException, TypeError, ValueError):
+            pass
     # UTF-8 bytes skip the re2 module's per-call offset decoding (3x faster on matching texts).
     return np.fromiter((isinstance(t, str) and regexp.search(t.encode("utf-8", "replace")) is not None
                         for t in texts), dtype=bool)
@@ -263,6 +290,37 @@ def apply_slice(examples: pd.DataFrame, spec: SliceSpec) -> np.ndarray:
     return rows
 
 
+# The orders of the Examples page's table.
+EXAMPLE_ORDERS: tuple[str, ...] = ("row", "least_confident", "confident_wrong", "longest")
+
+
+def search_and_order(examples: pd.DataFrame, rows: np.ndarray, query: str = "", order: str = "row") -> np.ndarray:
+    """Return the ``rows`` (ids into ``examples``) whose text contains ``query`` (case-insensitive substring; all
+    rows when empty), in ``order``: "row" keeps the given order, "least_confident" puts the lowest probability of
+    the predicted class first, "confident_wrong" the misclassified examples by decreasing confidence then the
+    correct ones, "longest" the most tokens first (stable: ties keep the given order).
+
+    Reads only the columns it needs, so a million-row slice is ordered without building its display table.
+    """
+    if order not in EXAMPLE_ORDERS:
+        raise ValueError(f"Unknown order {order!r}; known: {', '.join(EXAMPLE_ORDERS)}")
+    rows = np.asarray(rows, dtype=np.int64)
+    if query:
+        hits = examples["text"].iloc[rows].str.contains(query, case=False, regex=False, na=False)
+        rows = rows[hits.to_numpy(dtype=bool)]
+    if order == "row" or len(rows) == 0:
+        return rows
+    if order == "longest":
+        key = -examples["n_tokens"].to_numpy()[rows].astype(np.float64)
+    else:
+        n_labels = sum(1 for c in examples.columns if str(c).startswith("prob_"))
+        probs = examples[[f"prob_{i}" for i in range(n_labels)]].to_numpy()[rows]
+        confidence = probs[np.arange(len(rows)), examples["pred"].to_numpy()[rows]].astype(np.float64)
+        key = confidence if order == "least_confident" else np.where(
+            examples["correct"].to_numpy(dtype=bool)[rows], 2.0, 1.0 - confidence)
+    return rows[np.argsort(key, kind="stable")]
+
+
 # --------------------------------------------------------------------------- clustering
 
 
@@ -274,8 +332,11 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     """Return k-means cluster labels (int64, one per row of ``X``).
 
     Uses ``KMeans(n_init="auto")``; inputs above ``MINIBATCH_THRESHOLD`` rows
-    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``). Works on dense
-    arrays and sparse CSR matrices. Deterministic for a given ``seed``.
+    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``); above
+    ``CLUSTER_FIT_ROWS`` rows the centres are fitted on a seeded sample of that
+    many rows and every row is assigned to its nearest centre. Works on dense
+    arrays (memory-mapped too) and sparse CSR matrices. Deterministic for a
+    given ``seed``.
     """
     n = _n_rows(X)
     if n_clusters < 1:
@@ -289,6 +350,11 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     X = _as_float32(X)
+    if n > CLUSTER_FIT_ROWS:
+        fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=CLUSTER_FIT_ROWS, replace=False))
+        fitted = cluster_rows(X[fit_rows], n_clusters, seed)
+        present = np.unique(fitted)  # k-means may leave a cluster empty: it attracts no row either
+        return present[assign_to_centres(X, _centres(X[fit_rows], fitted, n_clusters)[present])]
     if sp.issparse(X):
         # Vocabulary columns no row uses hold zero in every centre too; dropping them changes no distance and
         # makes each centre update 2-3x cheaper (a slice of short texts uses a fraction of a 30k vocabulary).
@@ -302,6 +368,31 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     else:
         model = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
     return model.fit_predict(X).astype(np.int64)
+
+
+def _centres(X: Matrix, labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Return the (n_clusters x n_features) float32 means of the rows of ``X`` per label (zero for an empty
+    label)."""
+    onehot = sp.csr_matrix((np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))),
+                           shape=(n_clusters, len(labels)))
+    sums = onehot @ X
+    sums = np.asarray(sums.toarray() if sp.issparse(sums) else sums, dtype=np.float32)
+    counts = np.maximum(np.bincount(labels, minlength=n_clusters), 1).astype(np.float32)
+    return sums / counts[:, None]
+
+
+def assign_to_centres(X: Matrix, centres: np.ndarray, batch: int = 100_000) -> np.ndarray:
+    """Return the index (int64) of the nearest centre (euclidean) of every row of ``X``, ``batch`` rows at a time:
+    argmax of 2 x.c - |c|^2, the k-means assignment (|x|^2 is the same for every centre). Ties go to the lower
+    index."""
+    centres = np.asarray(centres, dtype=np.float32)
+    half_norms = 0.5 * (centres * centres).sum(axis=1)
+    out = np.empty(_n_rows(X), dtype=np.int64)
+    for lo in range(0, len(out), batch):
+        part = X[lo:lo + batch]
+        scores = np.asarray(part @ centres.T, dtype=np.float32) - half_norms[None, :]
+        out[lo:lo + batch] = scores.argmax(axis=1)
+    return out
 
 
 def _as_float32(X: Matrix) -> Matrix:
@@ -496,6 +587,34 @@ def _confidence(rows_examples: pd.DataFrame, n_classes: int) -> np.ndarray | Non
     return rows_examples[columns].to_numpy(dtype=np.float64).max(axis=1)
 
 
+def _cluster_column_sums(member_of: np.ndarray, n_clusters: int, R: Matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Return (sums float64, supports int64), each (n_clusters x n_columns): per cluster (``member_of`` gives each
+    row's cluster position) the column sums of ``R`` and the number of rows where the column is > 0.
+
+    Sparse rows are counted in one pass over the non-zeros (two bincounts; 1,000,000 S1 rows in about 0.3 s,
+    a third of the sparse matrix products it replaces)."""
+    n_columns = R.shape[1]
+    if sp.issparse(R):
+        R = sp.csr_matrix(R)
+        cluster_of_entry = np.repeat(member_of.astype(np.int64), np.diff(R.indptr))
+        key = cluster_of_entry * n_columns + R.indices
+        del cluster_of_entry
+        size = n_clusters * n_columns
+        sums = np.bincount(key, weights=R.data, minlength=size).reshape(n_clusters, n_columns)
+        positive = R.data > 0
+        if positive.all():  # salience rows hold no explicit zeros or negatives: count the entries
+            supports = np.bincount(key, minlength=size)
+        else:
+            supports = np.bincount(key[positive], minlength=size)
+        return sums, supports.reshape(n_clusters, n_columns).astype(np.int64)
+    R = np.asarray(R)
+    indicator = sp.csr_matrix((np.ones(len(member_of)), (member_of, np.arange(len(member_of)))),
+                              shape=(n_clusters, len(member_of)))
+    sums = np.asarray(indicator @ R, dtype=np.float64)
+    supports = np.asarray(indicator @ (R > 0).astype(np.float64), dtype=np.float64).round().astype(np.int64)
+    return sums, supports
+
+
 def cluster_summary(
     cluster_labels: np.ndarray,
     rows_examples: pd.DataFrame,
@@ -548,20 +667,17 @@ def cluster_summary(
     ignore = np.asarray(ignore_mask, dtype=bool)
 
     clusters = np.unique(cluster_labels)
-    # Column sums and support (rows where the term is salient) of every cluster in one sparse product each.
     member_of = np.searchsorted(clusters, cluster_labels)
-    indicator = sp.csr_matrix((np.ones(total), (member_of, np.arange(total))), shape=(len(clusters), total))
-    R = R_vocab_rows if sp.issparse(R_vocab_rows) else np.asarray(R_vocab_rows)
-    sums = np.asarray((indicator @ R).todense() if sp.issparse(R) else indicator @ R, dtype=np.float64)
-    salient = (R > 0).astype(np.float64)
-    supports = np.asarray((indicator @ salient).todense() if sp.issparse(R) else indicator @ salient,
-                          dtype=np.float64).round().astype(np.int64)
+    sums, supports = _cluster_column_sums(member_of, len(clusters), R_vocab_rows)
     all_sums = sums.sum(axis=0)
     slice_top_share = _top_share(np.where(ignore, 0.0, all_sums))[1]
 
+    # each cluster's rows, from one stable sort (a comparison over every row per cluster costs 20x more at k = 20)
+    by_cluster = np.argsort(member_of, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(member_of, minlength=len(clusters)))])
     records = []
     for i, c in enumerate(clusters):
-        members = np.flatnonzero(member_of == i)
+        members = by_cluster[bounds[i]:bounds[i + 1]]
         size = len(members)
         mean_in = sums[i] / size
         if ranking == "mean":
@@ -654,6 +770,49 @@ def _reduced(X: Matrix, seed: int, max_dims: int = REDUCED_DIMS) -> np.ndarray:
     return normalise_rows(np.asarray(Z, dtype=np.float32))
 
 
+def _reduced_by_sample(X: Matrix, fit_rows: np.ndarray, seed: int, progress: ProgressFn,
+                       max_dims: int = REDUCED_DIMS, batch: int = 100_000) -> np.ndarray:
+    """Return every row of ``X`` as a unit vector of ``max_dims`` dimensions: a truncated SVD fitted on the rows
+    ``fit_rows`` only, applied to all rows ``batch`` at a time (float32, n x max_dims)."""
+    from sklearn.decomposition import TruncatedSVD
+
+    n = _n_rows(X)
+    svd = TruncatedSVD(n_components=max_dims, random_state=seed).fit(_as_float32(X[fit_rows]))
+    Z = np.empty((n, max_dims), dtype=np.float32)
+    for lo in range(0, n, batch):
+        progress(0.02 + 0.06 * lo / n, f"UMAP: reducing {n:,} rows to {max_dims} dimensions (truncated SVD)")
+        Z[lo:lo + batch] = normalise_rows(svd.transform(_as_float32(X[lo:lo + batch])))
+    return Z
+
+
+def _umap_by_sample(X: Matrix, seed: int, progress: ProgressFn, fit_size: int | None = None,
+                    batch: int | None = None) -> np.ndarray:
+    """Return UMAP coordinates of every row: UMAP fitted on a seeded sample of ``fit_size`` rows (default
+    UMAP_FIT_ROWS), the other rows placed into that map with ``transform``, ``batch`` rows at a time (default
+    UMAP_TRANSFORM_BATCH; progress reported per batch)."""
+    fit_size, batch = fit_size or UMAP_FIT_ROWS, batch or UMAP_TRANSFORM_BATCH
+    n = _n_rows(X)
+    rng = np.random.default_rng(seed)
+    fit_rows = np.sort(rng.choice(n, size=min(n, fit_size), replace=False))
+    Z = _reduced_by_sample(X, fit_rows, seed, progress)
+    progress(0.08, f"UMAP: finding the nearest neighbours of a seeded sample of {len(fit_rows):,} of the {n:,} "
+                   "points")
+    model = _umap_model(len(fit_rows), True, seed, progress, start=0.15, span=0.15)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        coords = np.empty((n, 2), dtype=np.float32)
+        coords[fit_rows] = model.fit_transform(Z[fit_rows])
+        rest = np.setdiff1d(np.arange(n), fit_rows)
+        fit_share = 0.3
+        for lo in range(0, len(rest), batch):
+            part = rest[lo:lo + batch]
+            progress(fit_share + (1 - fit_share) * lo / len(rest),
+                     f"UMAP: placing the other {len(rest):,} points into the map of {len(fit_rows):,} "
+                     f"({lo:,} placed)")
+            coords[part] = model.transform(Z[part])
+    return coords
+
+
 def _no_progress(fraction: float, message: str) -> None:
     return None
 
@@ -690,14 +849,10 @@ def _tsne(Z: np.ndarray, seed: int, progress: ProgressFn, start: float, span: fl
     return embedding
 
 
-def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
+def _umap_model(n: int, large: bool, seed: int, progress: ProgressFn, start: float = 0.5, span: float = 0.5):
+    """Return an unfitted UMAP for `n` rows (euclidean on reduced unit rows when `large`, else cosine) whose
+    optimisation epochs report progress from `start` over `span`."""
     import umap  # slow import (numba); only paid when a UMAP map is requested
-
-    n = _n_rows(X)
-    large = n > UMAP_REDUCE_ABOVE
-    if large:
-        progress(0.02, f"UMAP: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
-        X = _reduced(X, seed)
 
     class _EpochReader:
         """A file for UMAP's tqdm bar (bar_format "{n}/{total}"): turns each redraw into a progress call."""
@@ -705,12 +860,12 @@ def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
         def write(self, text: str) -> None:
             done, _, total = text.strip().partition("/")
             if done.isdigit() and total.isdigit() and int(total):
-                progress(0.5 + 0.5 * int(done) / int(total), f"UMAP: optimising the layout of {n:,} points")
+                progress(start + span * int(done) / int(total), f"UMAP: optimising the layout of {n:,} points")
 
         def flush(self) -> None:
             return None
 
-    model = umap.UMAP(
+    return umap.UMAP(
         n_components=2,
         metric="euclidean" if large else "cosine",
         n_neighbors=max(2, min(15, n - 1)),
@@ -719,6 +874,15 @@ def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
         random_state=seed,
         tqdm_kwds={"disable": False, "file": _EpochReader(), "bar_format": "{n}/{total}", "mininterval": 0.5},
     )
+
+
+def _umap(X: Matrix, seed: int, progress: ProgressFn) -> np.ndarray:
+    n = _n_rows(X)
+    large = n > UMAP_REDUCE_ABOVE
+    if large:
+        progress(0.02, f"UMAP: reducing {n:,} rows to {REDUCED_DIMS} dimensions (truncated SVD)")
+        X = _reduced(X, seed)
+    model = _umap_model(n, large, seed, progress)
     progress(0.1, f"UMAP: finding the nearest neighbours of {n:,} points")
     with warnings.catch_warnings():
         # Setting random_state forces n_jobs=1; UMAP warns about that every call.
@@ -737,7 +901,9 @@ def project_2d(
 
     ``"umap"``: UMAP with cosine metric on the rows (sparse or dense); above
     ``UMAP_REDUCE_ABOVE`` rows, on a 50-dimensional truncated SVD of them with
-    PCA initialisation. ``"tsne"``: openTSNE on the rows reduced to 50
+    PCA initialisation; above ``UMAP_SAMPLE_ABOVE`` rows, fitted on a seeded
+    sample of ``UMAP_FIT_ROWS`` rows, the others placed with UMAP's
+    ``transform`` in batches. ``"tsne"``: openTSNE on the rows reduced to 50
     dimensions by truncated SVD when wider. Above ``tsne_max_points`` rows a
     seeded random sample is embedded and every other row is placed into that
     embedding by openTSNE's ``transform`` (in batches, so progress is reported).
@@ -756,7 +922,9 @@ def project_2d(
         return np.column_stack([np.arange(n), np.zeros(n)]).astype(np.float32)
 
     if method == "umap":
-        coords = np.asarray(_umap(X, seed, progress), dtype=np.float32)
+        large = n > UMAP_SAMPLE_ABOVE
+        coords = np.asarray(_umap_by_sample(X, seed, progress) if large else _umap(X, seed, progress),
+                            dtype=np.float32)
         progress(1.0, "UMAP: done")
         return coords
 
@@ -782,6 +950,81 @@ def project_2d(
         coords[batch] = np.asarray(embedding.transform(Z[batch]))
     progress(1.0, "t-SNE: done")
     return coords
+
+
+# --------------------------------------------------------------------------- density maps
+
+# Above this many points the Map page draws each colour group's density on a grid plus a seeded sample of points
+# (hover, lasso and box work on the sample; a selection lists every row inside the drawn region).
+DENSITY_ABOVE = 50_000
+DENSITY_BINS = 160
+DENSITY_SAMPLE = 10_000
+
+
+@dataclass(frozen=True)
+class DensityGrid:
+    """Points counted on a grid, per colour group: ``counts[g]`` is a (bins_y, bins_x) int array of group
+    ``groups[g]``; ``x_centres``/``y_centres`` are the cell centres; ``sample`` holds positions (into the
+    points) of a seeded sample drawn as points."""
+
+    groups: list[str]
+    counts: np.ndarray
+    x_centres: np.ndarray
+    y_centres: np.ndarray
+    sample: np.ndarray
+
+
+def density_grid(coords: np.ndarray, groups: Sequence[object], bins: int | None = None,
+                 sample_size: int | None = None, seed: int = 0) -> DensityGrid:
+    """Return the counts of the 2-D ``coords`` on a ``bins`` x ``bins`` grid (default DENSITY_BINS) over their
+    extent, one grid per distinct value of ``groups`` (aligned with ``coords``; sorted as strings), and a seeded
+    uniform sample of at most ``sample_size`` positions (default DENSITY_SAMPLE)."""
+    bins = bins or DENSITY_BINS
+    sample_size = DENSITY_SAMPLE if sample_size is None else sample_size
+    coords = np.asarray(coords, dtype=np.float64)
+    labels = np.asarray(pd.Series(np.asarray(groups, dtype=object)).astype(str))
+    if len(labels) != len(coords):
+        raise ValueError("coords and groups must be aligned")
+    names = sorted(set(labels.tolist()))
+    if len(coords) == 0:
+        empty = np.zeros((len(names), bins, bins), dtype=np.int64)
+        return DensityGrid(names, empty, np.zeros(bins), np.zeros(bins), np.empty(0, dtype=np.int64))
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    cells = np.minimum(((coords - lo) / (hi - lo) * bins).astype(np.int64), bins - 1)
+    code = np.searchsorted(np.asarray(names, dtype=object), labels.astype(object))
+    flat = (code * bins + cells[:, 1]) * bins + cells[:, 0]
+    counts = np.bincount(flat, minlength=len(names) * bins * bins).reshape(len(names), bins, bins)
+    width = (hi - lo) / bins
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(len(coords), size=min(sample_size, len(coords)), replace=False))
+    return DensityGrid(names, counts, lo[0] + width[0] * (np.arange(bins) + 0.5),
+                       lo[1] + width[1] * (np.arange(bins) + 0.5), sample)
+
+
+def rows_in_region(coords: np.ndarray, box: tuple[float, float, float, float] | None = None,
+                   lasso: tuple[Sequence[float], Sequence[float]] | None = None) -> np.ndarray:
+    """Return the positions (int64, sorted) of the ``coords`` inside a box (x0, x1, y0, y1, any order; edges
+    included) or a lasso polygon (xs, ys; even-odd rule). Empty when neither is given."""
+    coords = np.asarray(coords, dtype=np.float64)
+    inside = np.zeros(len(coords), dtype=bool)
+    if box is not None:
+        x0, x1, y0, y1 = box
+        inside |= ((coords[:, 0] >= min(x0, x1)) & (coords[:, 0] <= max(x0, x1))
+                   & (coords[:, 1] >= min(y0, y1)) & (coords[:, 1] <= max(y0, y1)))
+    if lasso is not None and len(lasso[0]) >= 3:
+        xs, ys = np.asarray(lasso[0], dtype=np.float64), np.asarray(lasso[1], dtype=np.float64)
+        candidates = np.flatnonzero(~inside & (coords[:, 0] >= xs.min()) & (coords[:, 0] <= xs.max())
+                                    & (coords[:, 1] >= ys.min()) & (coords[:, 1] <= ys.max()))
+        x, y = coords[candidates, 0], coords[candidates, 1]
+        odd = np.zeros(len(candidates), dtype=bool)
+        for i in range(len(xs)):  # even-odd rule: count the polygon edges a ray to the right crosses
+            xi, yi, xj, yj = xs[i], ys[i], xs[i - 1], ys[i - 1]
+            if yi == yj:
+                continue
+            odd ^= ((yi > y) != (yj > y)) & (x < (xj - xi) * (y - yi) / (yj - yi) + xi)
+        inside[candidates[odd]] = True
+    return np.flatnonzero(inside).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- neighbours
@@ -813,15 +1056,22 @@ class NeighbourIndex:
     """Exact cosine nearest-neighbour search over the rows of a matrix.
 
     Dense rows go into a faiss ``IndexFlatIP``; sparse CSR rows are searched
-    by a sparse matrix-vector product. Rows are L2-normalised on the way in
-    (a copy), so inner products are cosines.
+    by a sparse product over the posting lists (CSC columns) of the query's
+    terms. Rows are L2-normalised on the way in (a copy), so inner products
+    are cosines. ``core.neighbours`` picks an approximate index instead for
+    large dense matrices.
     """
+
+    approximate = False
 
     def __init__(self, X: Matrix) -> None:
         self.n_rows = _n_rows(X)
         self.sparse = sp.issparse(X)
         if self.sparse:
             self._X = normalise_rows(sp.csr_matrix(X, dtype=np.float32))
+            # Columns as posting lists: a query's cosines only need the rows sharing one of its terms, a fraction
+            # of all non-zeros (1,000,000 S1 rows: 1-10 ms instead of 25 ms for the full product).
+            self._columns = self._X.tocsc()
             self._index = None
         else:
             dense = np.array(X, dtype=np.float32, order="C", copy=True)
@@ -864,11 +1114,14 @@ class NeighbourIndex:
         q = np.asarray(query, dtype=np.float32).ravel()
 
         if self.sparse:
-            scores = self._X @ q
-            ids = np.arange(self.n_rows, dtype=np.int64) if cand is None else cand
-            if cand is None and exclude is not None:
-                ids = ids[ids != exclude]
-            return _top_n(ids, scores[ids], n)
+            terms = np.flatnonzero(q)
+            scores = np.asarray(self._columns[:, terms] @ q[terms], dtype=np.float32).ravel()
+            if cand is not None:
+                return _top_n(cand, scores[cand], n)
+            if exclude is not None:
+                scores[exclude] = -np.inf
+            ids, top = _top_n(np.arange(self.n_rows, dtype=np.int64), scores, n)
+            return ids, top
 
         params = None
         if cand is not None:

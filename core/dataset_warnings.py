@@ -68,6 +68,9 @@ class WarningSettings:
     shift_terms: int = 5                      # terms per direction and split
     shift_min_z: float = 4.5                  # |Welch z| a difference needs to count (about Bonferroni over 20k terms)
     approximate_above: int = 20_000           # pool rows above which faiss searches an IVF index
+    # Neighbour checks look up a seeded sample of at most this many rows: through a 1,000,000-row index each lookup
+    # costs about 3 ms (12 ms with the Neighbours page's 40 probed cells; 50,000 lookups took 10 minutes).
+    max_query_rows: int = 10_000
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -155,9 +158,14 @@ def class_imbalance(labels: Sequence[int], splits: Sequence[str], label_names: S
                                                        "imbalanced"])
 
 
+# search(unit query rows, k) -> (cosines, positions into the pool rows), each (len(queries), k); -1 / -inf if fewer
+PoolSearch = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
 def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Sequence[int],
                     pool_rows: Sequence[int], min_cosine: float = 0.95, min_text_similarity: float = 0.9,
-                    n_neighbours: int = 5, approximate_above: int = 20_000) -> pd.DataFrame:
+                    n_neighbours: int = 5, approximate_above: int = 20_000,
+                    search: PoolSearch | None = None) -> pd.DataFrame:
     """Return the confirmed near-duplicate pairs between `query_rows` (e.g. the test split) and `pool_rows` (the
     training split), one row per query row that has one: ``row``, ``duplicate_of`` (its most similar pool row),
     ``cosine``, ``text_similarity`` and ``same_text`` (equal after `normalise_text`), most similar first.
@@ -166,7 +174,8 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
     product on L2-normalised `vectors`, one row per example of the run); a candidate counts when its normalised
     text equals the query's or their character similarity is >= `min_text_similarity`. Pool rows with the same
     normalised text as a query row are paired whatever the search returned (so a run of identical vectors cannot
-    crowd a real duplicate out of the k nearest).
+    crowd a real duplicate out of the k nearest). `search`, when given, replaces the in-memory index over the
+    pool (a large run's stored approximate index, `pool_search`), so the pool's vectors are never copied.
     """
     query_rows = np.asarray(query_rows, dtype=np.int64)
     pool_rows = np.asarray(pool_rows, dtype=np.int64)
@@ -174,10 +183,19 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
     if len(query_rows) == 0 or len(pool_rows) == 0:
         return pd.DataFrame(columns=columns)
     normalised = {int(r): normalise_text(texts[r]) for r in np.concatenate([query_rows, pool_rows])}
-    unit = _unit_rows(vectors[np.concatenate([query_rows, pool_rows])])
-    q_unit, p_unit = unit[:len(query_rows)], unit[len(query_rows):]
+    q_unit = _unit_rows(vectors[query_rows])
     k = min(n_neighbours, len(pool_rows))
-    cosines, positions = nearest(p_unit, q_unit, k, approximate_above)
+    if search is None:
+        p_unit = _unit_rows(vectors[pool_rows])
+        cosines, positions = nearest(p_unit, q_unit, k, approximate_above)
+
+        def pool_vector(j: int) -> np.ndarray:
+            return p_unit[j]
+    else:
+        cosines, positions = search(q_unit, k)
+
+        def pool_vector(j: int) -> np.ndarray:
+            return _unit_rows(vectors[pool_rows[j]:pool_rows[j] + 1])[0]
     first_with_text: dict[str, int] = {}
     for j, r in enumerate(pool_rows):
         first_with_text.setdefault(normalised[int(r)], j)
@@ -188,7 +206,7 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
         candidates = [(int(p), float(c)) for p, c in zip(positions[i], cosines[i]) if p >= 0 and c >= min_cosine]
         if text and text in first_with_text:
             j = first_with_text[text]
-            candidates.append((j, float(q_unit[i] @ p_unit[j])))
+            candidates.append((j, float(q_unit[i] @ pool_vector(j))))
         for j, cosine in candidates:
             other = int(pool_rows[j])
             same = text == normalised[other] and bool(text)
@@ -206,14 +224,16 @@ def near_duplicates(vectors: np.ndarray, texts: Sequence[object], query_rows: Se
 
 
 def label_noise(vectors: np.ndarray, labels: Sequence[int], query_rows: Sequence[int], pool_rows: Sequence[int],
-                k: int = 10, min_share: float = 0.7, approximate_above: int = 20_000) -> pd.DataFrame:
+                k: int = 10, min_share: float = 0.7, approximate_above: int = 20_000,
+                search: PoolSearch | None = None) -> pd.DataFrame:
     """Return the label-noise candidates among `query_rows`: examples whose `k` nearest rows of `pool_rows`
     (the training split; the example itself left out) mostly carry another label.
 
     One row per candidate: ``row``, ``label``, ``neighbour_label`` (the most frequent other label among the
     neighbours; ties to the smaller id), ``share`` (fraction of the neighbours whose label differs from the
     example's, >= `min_share`), ``neighbour_share`` (fraction carrying ``neighbour_label``) and ``cosine`` (mean
-    cosine to the neighbours); highest share first. `vectors` has one row per example of the run.
+    cosine to the neighbours); highest share first. `vectors` has one row per example of the run; `search` as
+    for `near_duplicates`.
     """
     labels = np.asarray(labels, dtype=np.int64)
     query_rows = np.asarray(query_rows, dtype=np.int64)
@@ -222,8 +242,10 @@ def label_noise(vectors: np.ndarray, labels: Sequence[int], query_rows: Sequence
     k = min(k, len(pool_rows) - 1)
     if len(query_rows) == 0 or k < 1:
         return pd.DataFrame(columns=columns)
-    pool_unit = _unit_rows(vectors[pool_rows])
-    cosines, positions = nearest(pool_unit, vectors[query_rows], k + 1, approximate_above)
+    if search is None:
+        cosines, positions = nearest(_unit_rows(vectors[pool_rows]), vectors[query_rows], k + 1, approximate_above)
+    else:
+        cosines, positions = search(_unit_rows(vectors[query_rows]), k + 1)
     pool_position = {int(r): j for j, r in enumerate(pool_rows)}
     n_classes = int(labels.max(initial=0)) + 1
     records = []
@@ -319,9 +341,12 @@ def salience_shift(R_train: Any, R_other: Any, presence_train: Any, presence_oth
 
 def _finding(finding_id: str, title: str, rows: Sequence[int], notes: Sequence[str] | None = None,
              count: int | None = None, **extra: Any) -> dict[str, Any]:
-    rows = [int(r) for r in rows]
+    """Return a finding: its id, title, count (default: all `rows`) and its first MAX_STORED_ROWS rows with their
+    notes (`notes` may hold just those: callers need not write a note for every row of a large finding)."""
+    total = len(rows)
+    rows = [int(r) for r in rows[:MAX_STORED_ROWS]]
     notes = list(notes) if notes is not None else [""] * len(rows)
-    return {"id": finding_id, "title": title, "count": len(rows) if count is None else int(count),
+    return {"id": finding_id, "title": title, "count": total if count is None else int(count),
             "rows": rows[:MAX_STORED_ROWS], "notes": [str(n) for n in notes[:MAX_STORED_ROWS]], **extra}
 
 
@@ -335,6 +360,34 @@ def _check(name: str, status: str, summary: str, findings: list[dict[str, Any]] 
 
 def _fmt_ratio(ratio: float) -> str:
     return "∞" if math.isinf(ratio) else f"{ratio:.1f}"
+
+
+def _sample(rows: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Return a seeded random sample of `size` of `rows`, in row order."""
+    return np.sort(np.random.default_rng(seed).choice(np.asarray(rows, dtype=np.int64), size, replace=False))
+
+
+def pool_search(run: Any, key: Any, vectors: np.ndarray, pool_rows: np.ndarray) -> PoolSearch | None:
+    """Return a search of the pool rows through the run's stored approximate index of the dense representation
+    `key` (core.neighbours) when the run has more than neighbours.APPROXIMATE_ABOVE rows, else None (the checks
+    then index the pool in memory). The index is the one the Neighbours page uses: built once, memory-mapped."""
+    from core import neighbours
+
+    n = len(run.examples)
+    if n <= neighbours.APPROXIMATE_ABOVE or sp.issparse(vectors):
+        return None
+    index, _ = neighbours.load_or_build_index(run.path, key.normalised().slug, run.representation_file(key), vectors)
+    pool_rows = np.asarray(pool_rows, dtype=np.int64)
+    mask = np.zeros(n, dtype=bool)
+    mask[pool_rows] = True
+    position = np.full(n, -1, dtype=np.int64)
+    position[pool_rows] = np.arange(len(pool_rows))
+
+    def search(queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        cosines, ids = index.search_many(queries, k, mask, n_probe=max(8, index.params.n_probe // 4))
+        return cosines, np.where(ids >= 0, position[np.maximum(ids, 0)], -1)
+
+    return search
 
 
 def _imbalance_check(examples: pd.DataFrame, names: list[str], settings: WarningSettings) -> dict[str, Any]:
@@ -379,13 +432,19 @@ def _leakage_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     if len(train) == 0 or not others:
         return _check("leakage", "skipped", "Needs a split named `train` and at least one other split "
                       "(precompute with --split-col).")
-    vectors = np.asarray(run.representation(RepresentationKey(settings.duplicate_representation)))
+    key = RepresentationKey(settings.duplicate_representation)
+    vectors = run.representation(key)
+    search = pool_search(run, key, vectors, train)
     texts = examples["text"].astype(str).tolist()
     findings, total = [], 0
+    sampled = []
     for i, (split, rows) in enumerate(others):
+        if len(rows) > settings.max_query_rows:
+            sampled.append(f"a seeded sample of {settings.max_query_rows:,} of the {len(rows):,} {split} examples")
+            rows = _sample(rows, settings.max_query_rows)
         pairs = near_duplicates(vectors, texts, rows, train, settings.duplicate_min_cosine,
                                 settings.duplicate_min_text_similarity, settings.duplicate_neighbours,
-                                settings.approximate_above)
+                                settings.approximate_above, search)
         if pairs.empty:
             continue
         total += len(pairs)
@@ -406,6 +465,8 @@ def _leakage_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     summary = (f"{total:,} examples outside the training split duplicate a training example ({criterion}): a model "
                "scored on them is partly scored on its training data." if findings else
                f"No duplicates of the {len(train):,} training examples among {compared} ({criterion}).")
+    if sampled:
+        summary += f" Looked up: {'; '.join(sampled)}."
     return _check("leakage", "warn" if findings else "ok", summary, findings)
 
 
@@ -419,14 +480,19 @@ def _noise_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     where = "training" if len(train) else "other"
     if k < 3:
         return _check("noise", "skipped", f"Too few {where} examples ({len(pool)}) for a neighbour vote.")
-    vectors = np.asarray(run.representation(RepresentationKey(settings.noise_representation)))
+    key = RepresentationKey(settings.noise_representation)
+    vectors = run.representation(key)
     labels = examples["label"].to_numpy()
-    found = label_noise(vectors, labels, np.arange(len(examples)), pool, k, settings.noise_min_share,
-                        settings.approximate_above)
+    queries = np.arange(len(examples))
+    if len(queries) > settings.max_query_rows:
+        queries = _sample(queries, settings.max_query_rows)
+    found = label_noise(vectors, labels, queries, pool, k, settings.noise_min_share, settings.approximate_above,
+                        pool_search(run, key, vectors, pool))
     names = run.label_names
     rep = REPRESENTATIONS[settings.noise_representation].title
     criterion = (f"at least {settings.noise_min_share:.0%} of its {k} nearest {where} examples ({rep}) carry "
-                 "another label")
+                 "another label" + (f", among a seeded sample of {len(queries):,} of the {len(examples):,} examples"
+                                    if len(queries) < len(examples) else ""))
     if found.empty:
         return _check("noise", "ok", f"No example where {criterion}.")
     notes = [f"labelled {names[r.label]}; {r.share:.0%} of its {k} nearest {where} neighbours carry another label, "
@@ -455,20 +521,21 @@ def _length_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
         findings.append(_finding("length-truncated", f"{len(rows):,} example{'s' if len(rows) != 1 else ''} longer "
                                  f"than max_length = {max_length} tokens: the model saw, and the saliency covers, "
                                  "only part of the text", rows,
-                                 [f"cut at {n_tokens[r]} tokens" for r in rows]))
+                                 [f"cut at {n_tokens[r]} tokens" for r in rows[:MAX_STORED_ROWS]]))
     if len(found["long"]):
         rows = found["long"]
         findings.append(_finding("length-long", f"{len(rows):,} unusually long example{'s' if len(rows) != 1 else ''}"
                                  f" (more than {found['fence']:.0f} tokens, Q3 + {settings.long_iqr_factor:g} IQR; "
                                  f"median {found['quartiles'][1]:.0f})", rows,
-                                 [f"{n_tokens[r]} tokens" for r in rows]))
+                                 [f"{n_tokens[r]} tokens" for r in rows[:MAX_STORED_ROWS]]))
     if len(found["short"]):
         rows = found["short"]
         most = settings.short_max_content_tokens
         findings.append(_finding("length-short", f"{len(rows):,} example{'s' if len(rows) != 1 else ''} with at most "
                                  f"{most} word piece{'s' if most != 1 else ''} besides special tokens and punctuation:"
                                  " little for the model, or the saliency, to go on", rows,
-                                 [f"{content[r]} content token{'s' if content[r] != 1 else ''}" for r in rows]))
+                                 [f"{content[r]} content token{'s' if content[r] != 1 else ''}"
+                                  for r in rows[:MAX_STORED_ROWS]]))
     q1, median, q3 = found["quartiles"] or [math.nan] * 3
     summary = (f"Tokens per example: median {median:.0f}, quartiles {q1:.0f}-{q3:.0f}, max_length {max_length}."
                + ("" if findings else " No truncated, far-out long or near-empty example."))
@@ -487,6 +554,7 @@ def _shift_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
     space = run.term_space(DEFAULT_TERMS_UNIT)
     R = sp.csr_matrix(R) if sp.issparse(R) else np.asarray(R)
     presence = sp.csr_matrix(space.presence)
+    split_of = examples["split"].astype(str).to_numpy()
     findings, tables = [], []
     for i, (split, rows) in enumerate(others):
         table = salience_shift(R[train], R[rows], presence[train], presence[rows], space.vocab, space.ignore_mask,
@@ -502,7 +570,7 @@ def _shift_check(run: Any, settings: WarningSettings) -> dict[str, Any]:
             findings.append(_finding(
                 f"shift-{i}-{j}", f"“{t.term}” is more salient in {higher} (mean salience train {t.mean_train:.3f}, "
                 f"{split} {t.mean_other:.3f}, z {t.z:.1f}{'' if significant else ', within chance'})", has,
-                [f"contains “{t.term}” ({examples['split'].iloc[r]})" for r in has],
+                [f"contains “{t.term}” ({split_of[r]})" for r in has[:MAX_STORED_ROWS]],  # the rows kept
                 term=t.term, split=split, higher_in=higher, significant=bool(significant)))
         tables.append({"split": split, "terms": table.drop(columns="column").to_dict(orient="records")})
     significant = sum(f["significant"] for f in findings)
@@ -535,21 +603,55 @@ def warnings_file(run: Any, settings: WarningSettings = WarningSettings()):
     return run.analysis_dir() / f"warnings-v{WARNINGS_VERSION}-{settings.digest()}.json"
 
 
+# Runs of more examples than this compute their warnings in a child process (`python -m core.dataset_warnings`):
+# the B2/B3 matrices, their neighbour indexes and the texts it reads (several GB at 1,000,000 examples) then never
+# enter the dashboard's process, which reads the stored JSON.
+CHILD_PROCESS_ABOVE = 200_000
+
+
+def _stored(run: Any, settings: WarningSettings) -> dict[str, Any] | None:
+    try:
+        stored = json.loads(warnings_file(run, settings).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # absent or damaged
+    if (stored.get("version") == WARNINGS_VERSION and stored.get("settings") == dataclasses.asdict(settings)
+            and stored.get("examples") == len(run.examples)
+            and stored.get("fingerprint") == run.manifest.get("fingerprint")):
+        return stored
+    return None
+
+
+def _compute_in_child(run: Any) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "core.dataset_warnings", str(run.path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip()[-500:])
+
+
 def load_or_compute(run: Any, settings: WarningSettings = WarningSettings(),
                     progress: Callable[[float, str], None] | None = None) -> dict[str, Any]:
     """Return the stored warnings of `run` when they match this version, settings and run; otherwise compute
-    them and store them atomically (a read-only run folder still gets them, unstored)."""
+    them and store them atomically (a read-only run folder still gets them, unstored). A run of more than
+    CHILD_PROCESS_ABOVE examples computes them in a child process when the settings are the defaults (in this
+    one if that fails)."""
     from core.store import atomic_write_json
 
     path = warnings_file(run, settings)
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if (stored.get("version") == WARNINGS_VERSION and stored.get("settings") == dataclasses.asdict(settings)
-                and stored.get("examples") == len(run.examples)
-                and stored.get("fingerprint") == run.manifest.get("fingerprint")):
-            return stored
-    except (OSError, ValueError):
-        pass  # absent or damaged: computed below
+    stored = _stored(run, settings)
+    if stored is not None:
+        return stored
+    if len(run.examples) > CHILD_PROCESS_ABOVE and settings == WarningSettings():
+        try:
+            _compute_in_child(run)
+            stored = _stored(run, settings)
+            if stored is not None:
+                return stored
+        except (OSError, RuntimeError):
+            pass  # computed below, in this process
     report = compute_warnings(run, settings, progress)
     try:
         atomic_write_json(path, report)
@@ -565,3 +667,19 @@ def find(report: dict[str, Any], finding_id: str) -> dict[str, Any] | None:
             if finding.get("id") == finding_id:
                 return finding
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.dataset_warnings RUN_DIR`: compute and store the run's warnings (default settings)."""
+    import sys
+
+    from core.store import open_run
+
+    global CHILD_PROCESS_ABOVE
+    CHILD_PROCESS_ABOVE = sys.maxsize  # this is the child: compute here
+    load_or_compute(open_run((sys.argv[1:] if argv is None else argv)[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -107,6 +107,51 @@ def scatter_map(
     return fig
 
 
+def _rgb(colour: str) -> tuple[int, int, int]:
+    """Return the (r, g, b) of a '#rrggbb' or 'rgb(r, g, b)' colour."""
+    if colour.startswith("#"):
+        return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    return tuple(int(float(v)) for v in colour[colour.index("(") + 1:colour.rindex(")")].split(",")[:3])  # type: ignore
+
+
+def density_map(grid, examples: pd.DataFrame, sample_colour: pd.Series, coords: np.ndarray, title: str,
+                colour_name: str) -> go.Figure:
+    """Return a map that draws each colour group's density and a sample of points over it.
+
+    ``grid`` is an analysis.DensityGrid of the points; each group gets a heatmap of log(1 + count) shaded from
+    transparent to the group's colour (cells without points stay empty), in a legend group with a WebGL scatter
+    of the group's sampled points (``grid.sample``; ``examples``, ``sample_colour`` and ``coords`` are the
+    sampled rows, aligned, ``customdata`` = row id as in ``scatter_map``), so hover and the lasso/box tools work
+    on the sample. The JSON stays a few hundred kB however many points are counted.
+    """
+    fig = go.Figure()
+    row_ids = examples.index.to_numpy()
+    values = np.asarray(sample_colour.astype(str))
+    for i, group in enumerate(grid.groups):
+        r, g, b = _rgb(CATEGORICAL_COLOURS[i % len(CATEGORICAL_COLOURS)])
+        counts = grid.counts[i].astype(np.float64)
+        z = np.where(counts > 0, np.log1p(counts), np.nan)
+        name = html.escape(str(group))
+        fig.add_trace(go.Heatmap(
+            x=grid.x_centres, y=grid.y_centres, z=z, name=name, legendgroup=name, showlegend=False,
+            colorscale=[[0.0, f"rgba({r},{g},{b},0.15)"], [1.0, f"rgba({r},{g},{b},0.9)"]], showscale=False,
+            zmin=0.0, zmax=float(np.log1p(counts.max())) if counts.max() > 0 else 1.0,
+            customdata=counts, hovertemplate=f"%{{customdata:,}} points<extra>{name}</extra>",
+        ))
+        members = values == str(group)
+        fig.add_trace(go.Scattergl(
+            x=coords[members, 0], y=coords[members, 1], mode="markers", name=name, legendgroup=name,
+            customdata=row_ids[members], hovertemplate=f"row %{{customdata}}<extra>{name}</extra>",
+            marker={"size": 3, "opacity": 0.7, "color": f"rgb({r},{g},{b})",
+                    "line": {"width": 0.3, "color": "white"}},
+        ))
+    fig.update_layout(title=title, dragmode="lasso", legend_title_text=colour_name,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision="scatter_map")
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
+    return fig
+
+
 def confusion_figure(cm: np.ndarray, label_names: Sequence[str]) -> go.Figure:
     """Return an annotated heatmap of confusion matrix ``cm`` (rows true label, columns prediction)."""
     cm = np.asarray(cm)

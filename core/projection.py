@@ -60,8 +60,16 @@ def default_projection_file(run: Run) -> Path:
                            PROJECTION_SEED)
 
 
+# Above analysis.UMAP_SAMPLE_ABOVE rows UMAP is fitted on a sample and places the others with `transform`: about
+# 0.25 ms a row on 2 shared cores (1,000,000 rows in 6.4 min, bench/results/dashboard.md).
+TRANSFORM_SECONDS_PER_ROW = 0.00025
+
+
 def estimate_seconds(n_rows: int, method: str) -> float:
     """Return a rough duration in seconds of projecting `n_rows` rows on a 2-core CPU (order of magnitude)."""
+    if method == "umap" and n_rows > analysis.UMAP_SAMPLE_ABOVE:
+        fit = analysis.UMAP_FIT_ROWS
+        return FIRST_UMAP_SECONDS + fit * SECONDS_PER_ROW + (n_rows - fit) * TRANSFORM_SECONDS_PER_ROW
     return n_rows * SECONDS_PER_ROW + (FIRST_UMAP_SECONDS if method == "umap" else 2)
 
 

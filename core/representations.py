@@ -320,11 +320,14 @@ def default_key(method: str = "grad_l2") -> RepresentationKey:
                              weighting=DEFAULT_WEIGHTING).normalised()
 
 
-def build_representation(inputs: RepresentationInputs, key: RepresentationKey, block: int | None = None):
+def build_representation(inputs: RepresentationInputs, key: RepresentationKey, block: int | None = None,
+                         allocate: Callable[[tuple[int, int]], np.ndarray] | None = None):
     """Return the matrix named by `key` (CSR for sparse representations, float32 ndarray otherwise).
 
     Row-local representations are built `block` examples at a time (default `ROW_BLOCK`), so memory beyond the
-    output matrix is bounded by one block however large the run.
+    output matrix is bounded by one block however large the run. `allocate(shape)`, when given, returns the
+    float32 array a dense row-local matrix is written into (e.g. a memory-mapped file, so not even the output
+    is held in memory); it is returned.
     """
     if key.name not in REPRESENTATIONS:
         raise ValueError(f"Unknown representation '{key.name}'. Known: {', '.join(REPRESENTATIONS)}.")
@@ -339,6 +342,6 @@ def build_representation(inputs: RepresentationInputs, key: RepresentationKey, b
     out = None
     for start, part in zip(range(0, n, block), parts):
         if out is None:
-            out = np.empty((n, part.shape[1]), dtype=np.float32)
+            out = (allocate or (lambda shape: np.empty(shape, dtype=np.float32)))((n, part.shape[1]))
         out[start:start + len(part)] = part
     return out

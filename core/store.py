@@ -13,6 +13,8 @@ Layout of one run, `<cache>/runs/<fingerprint[:16]>/`:
                            arrays on first use, with their parameters and a fingerprint of their inputs
     l2e/                   the learned explainer's student (core.l2e), with --method l2e: student.safetensors,
                            student.json (config), sample_rows.npy (rows it was trained on), training.json
+    index/<slug>.faiss|.json          approximate neighbour index of a large dense representation (core.neighbours)
+Dense matrices (cls, embedding matrix, dense representations) and the token arrays are memory-mapped when read.
 A run is built in a temporary folder and moved into place with one os.replace. No pickle anywhere.
 """
 from __future__ import annotations
@@ -169,9 +171,54 @@ def _save_matrix(path: Path, matrix) -> None:
         raise
 
 
+class _RowFile:
+    """A float32 (n x dim) .npy file written block of rows by block of rows (`out[lo:hi] = block`), through file
+    writes rather than a memory map, so the written rows never count in this process's resident memory."""
+
+    def __init__(self, path: str, shape: tuple[int, int]):
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape).flush()  # header + full size
+        with open(path, "rb") as fh:
+            np.lib.format.read_magic(fh)
+            np.lib.format.read_array_header_1_0(fh)
+            self._offset = fh.tell()
+        self.shape, self.path = shape, path
+
+    def __setitem__(self, rows: slice, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        with open(self.path, "r+b") as fh:
+            fh.seek(self._offset + rows.start * self.shape[1] * 4)
+            fh.write(block.tobytes())
+
+
+def _build_dense_file(path: Path, build) -> np.ndarray:
+    """Write the dense float32 matrix that `build(allocate)` returns to `path` (.npy) atomically and return it
+    memory-mapped. A blockwise build writes each block straight into a temporary file that `allocate(shape)`
+    opens (`_RowFile`), so neither the matrix nor a copy of it is held in memory (1,000,000 x 384 floats is
+    1.5 GB)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    os.close(fd)
+    opened: list[_RowFile] = []
+
+    def allocate(shape: tuple[int, int]) -> _RowFile:
+        opened.append(_RowFile(tmp, shape))
+        return opened[-1]
+
+    try:
+        matrix = build(allocate)
+        if not (opened and matrix is opened[0]):  # built in one piece, in memory
+            np.save(tmp, np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+        del matrix, opened[:]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
 # Derived folders rebuilt from the stored arrays when missing or unreadable: not part of the run's integrity check
-# (analysis/: stored 2-D projections, core.projection; derived/: derived attribution methods such as LAFA).
-DERIVED_FOLDERS = ("words", "analysis", "derived")
+# (analysis/: stored 2-D projections, core.projection; derived/: derived attribution methods such as LAFA;
+# index/: approximate nearest-neighbour indexes, core.neighbours).
+DERIVED_FOLDERS = ("words", "analysis", "derived", "index")
 
 
 def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
@@ -479,7 +526,7 @@ class Run:
         try:
             meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
             if meta.get("version") == WORDS_VERSION and meta.get("examples") == self.n_examples:
-                arrays = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
+                arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r", allow_pickle=False)
                           for name in ("word_ids", "row_ptr", "token_index", "occ_ptr")}
                 vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
                 pieces = sp.load_npz(folder / "piece_matrix.npz").tocsr()
@@ -532,27 +579,37 @@ class Run:
                              f"{', '.join(self.methods)}).")
         folder = self.path / "representations"
         sparse = REPRESENTATIONS[key.name].sparse
-        # A word-level matrix depends on the word index too: its file names the index version, so a new version
-        # builds new files and never rewrites one the manifest has recorded (a size mismatch would drop it again
-        # on every open).
-        stem = key.slug if key.unit == "piece" else f"{key.slug}-w{WORDS_VERSION}"
-        path = folder / f"{stem}.{'npz' if sparse else 'npy'}"
+        path = self.representation_file(key)
         columns = None
         if key.unit != "piece":
             columns = len(self.word_index.vocab)
         if path.exists():
             try:
-                matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, allow_pickle=False)
+                # dense matrices are memory-mapped: 1,000,000 rows x 384 floats is 1.5 GB a matrix
+                matrix = sp.load_npz(path).tocsr() if sparse else np.load(path, mmap_mode="r", allow_pickle=False)
                 if matrix.shape[0] == self.n_examples and (not sparse or columns is None
                                                            or matrix.shape[1] == columns):
                     return matrix
                 path.unlink(missing_ok=True)  # built on another word index: stale
             except (ValueError, OSError, KeyError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged derived file is rebuilt from the stored saliency
-        matrix = build_representation(self if key.unit == "piece" else self.word_inputs(key.unit), key)
         folder.mkdir(exist_ok=True)
-        _save_matrix(path, matrix)
-        return matrix
+        inputs = self if key.unit == "piece" else self.word_inputs(key.unit)
+        if sparse:
+            matrix = build_representation(inputs, key)
+            _save_matrix(path, matrix)
+            return matrix
+        return _build_dense_file(path, lambda allocate: build_representation(inputs, key, allocate=allocate))
+
+    def representation_file(self, key: RepresentationKey) -> Path:
+        """Return the file the representation `key` is stored in (`representations/<slug>.npz|.npy`), whether
+        or not it is built yet."""
+        key = key.normalised()
+        # A word-level matrix depends on the word index too: its file names the index version, so a new version
+        # builds new files and never rewrites one the manifest has recorded (a size mismatch would drop it again
+        # on every open).
+        stem = key.slug if key.unit == "piece" else f"{key.slug}-w{WORDS_VERSION}"
+        return self.path / "representations" / f"{stem}.{'npz' if REPRESENTATIONS[key.name].sparse else 'npy'}"
 
     def analysis_dir(self) -> Path:
         """Return a folder inside the run for cached analysis results (projections, ...)."""

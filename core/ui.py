@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, dataset_warnings, plots
+from core import analysis, dataset_warnings, neighbours, plots
 from core.projection import (PROJECTION_LOCK, PROJECTION_SEED, describe_estimate, projection_file,  # noqa: F401
                              short_hash, slice_json, warm_up_in_background)
 from core.projection import compute_projection as _compute_projection
@@ -166,6 +166,33 @@ def selected_rows(event: Any, figure: Any) -> np.ndarray:
         if curve is not None and index is not None and figure is not None:
             ids.append(int(figure.data[int(curve)].customdata[int(index)]))
     return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def selection_region(event: object) -> tuple[tuple[float, float, float, float] | None,
+                                              tuple[list[float], list[float]] | None]:
+    """Return the (box, lasso) drawn in a plotly selection event, as analysis.rows_in_region takes them: the
+    last box as (x0, x1, y0, y1), the last lasso as (xs, ys); None for what was not drawn."""
+    try:
+        selection = event["selection"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return None, None
+    box = lasso = None
+    boxes, lassos = selection.get("box") or [], selection.get("lasso") or []
+    if boxes and len(boxes[-1].get("x", [])) >= 2 and len(boxes[-1].get("y", [])) >= 2:
+        xs, ys = boxes[-1]["x"], boxes[-1]["y"]
+        box = (float(xs[0]), float(xs[1]), float(ys[0]), float(ys[1]))
+    if lassos and len(lassos[-1].get("x", [])) >= 3:
+        lasso = ([float(v) for v in lassos[-1]["x"]], [float(v) for v in lassos[-1]["y"]])
+    return box, lasso
+
+
+def take_rows(data: Any, rows: np.ndarray) -> Any:
+    """Return the rows `rows` (sorted, unique run row ids) of a matrix or of the examples table: the object itself,
+    not a copy, when they are all of its rows (a whole-run slice of 1,000,000 rows would copy hundreds of MB on
+    every new clustering or summary). Callers must not modify the result."""
+    if len(rows) == data.shape[0]:
+        return data
+    return data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]
 
 
 def terms_html(terms: Sequence[tuple[str, float]], highlight: set[str] = frozenset()) -> str:
@@ -313,7 +340,7 @@ def leave_a_core_for_the_browser() -> contextlib.AbstractContextManager:
 @st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=64)
 def _cluster_labels(path: str, stamp: int, key: tuple, spec_json: str, n_clusters: int, seed: int) -> np.ndarray:
     rows = _slice_rows(path, stamp, spec_json)
-    matrix = _matrix(path, stamp, *key)[rows]
+    matrix = take_rows(_matrix(path, stamp, *key), rows)
     with leave_a_core_for_the_browser():
         return analysis.cluster_rows(matrix, n_clusters, seed)
 
@@ -325,7 +352,8 @@ def _cluster_summary(path: str, stamp: int, key: tuple, vocab_key: tuple, spec_j
     rows = _slice_rows(path, stamp, spec_json)
     labels = _cluster_labels(path, stamp, key, spec_json, n_clusters, seed)
     space = run.term_space(vocab_key[4])
-    return analysis.cluster_summary(labels, run.examples.iloc[rows], _matrix(path, stamp, *vocab_key)[rows],
+    return analysis.cluster_summary(labels, take_rows(run.examples, rows),
+                                    take_rows(_matrix(path, stamp, *vocab_key), rows),
                                     space.vocab, space.ignore_mask, run.label_names, n_terms=n_terms,
                                     ranking=ranking, term_weights=_term_idf(path, stamp, vocab_key[4]))
 
@@ -368,7 +396,7 @@ def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, 
     with _PROJECTION_LOCK:
         coords = stored()  # another session (or the precompute) may have stored it while this one waited
         if coords is None:
-            matrix = _matrix(path, stamp, *key)[rows]
+            matrix = take_rows(_matrix(path, stamp, *key), rows)
 
             def report(fraction: float, message: str) -> None:
                 bar.progress(min(max(fraction, 0.0), 1.0), text=message)
@@ -397,12 +425,18 @@ def _slice_example_terms(path: str, stamp: int, vocab_key: tuple, spec_json: str
     run = _open_run(path, stamp)
     rows = _slice_rows(path, stamp, spec_json)
     space = run.term_space(vocab_key[4])
-    return analysis.example_terms(_matrix(path, stamp, *vocab_key)[rows], space.vocab, space.ignore_mask, n)
+    return analysis.example_terms(take_rows(_matrix(path, stamp, *vocab_key), rows), space.vocab, space.ignore_mask,
+                                  n)
 
 
-@st.cache_resource(show_spinner="Building the nearest-neighbour index…", max_entries=4)
-def _neighbour_index(path: str, stamp: int, key: tuple) -> analysis.NeighbourIndex:
-    return analysis.NeighbourIndex(_matrix(path, stamp, *key))
+@st.cache_resource(show_spinner="Opening the nearest-neighbour index (a large dense representation builds an "
+                                "approximate one once and keeps it in the run folder)…", max_entries=4)
+def _neighbour_index(path: str, stamp: int, key: tuple) -> analysis.NeighbourIndex | neighbours.ApproximateIndex:
+    run = _open_run(path, stamp)
+    rep = RepresentationKey(*key)
+    with leave_a_core_for_the_browser():
+        return neighbours.neighbour_index(_matrix(path, stamp, *key), run.path, rep.normalised().slug,
+                                          run.representation_file(rep))
 
 
 @st.cache_data(show_spinner="Checking the dataset once for this run (class balance, duplicates across splits, label "
@@ -470,8 +504,9 @@ class View:
 
     @property
     def examples(self) -> pd.DataFrame:
-        """Return the slice's rows of the examples table (index = row id in the run)."""
-        return self.run.examples.iloc[self.rows]
+        """Return the slice's rows of the examples table (index = row id in the run); the run's own table (not a
+        copy: do not modify) when the slice holds every row."""
+        return take_rows(self.run.examples, self.rows)
 
     def matrix(self):
         """Return the chosen representation for every example of the run (shared; do not modify)."""
@@ -555,8 +590,10 @@ class View:
         """Return the top (term, weight) pairs of one example (by run row id) from R_vocab."""
         return analysis.example_terms(self.vocab_matrix()[[row]], self.vocab, self.ignore_mask, n)[0]
 
-    def neighbour_index(self) -> analysis.NeighbourIndex:
-        """Return the exact cosine index over every example of the run in the chosen representation."""
+    def neighbour_index(self) -> analysis.NeighbourIndex | neighbours.ApproximateIndex:
+        """Return the cosine index over every example of the run in the chosen representation: exact, or for a
+        dense representation above neighbours.APPROXIMATE_ABOVE rows the run's stored approximate index (its
+        `approximate` attribute says which)."""
         return _neighbour_index(self.path, self.stamp, key_tuple(self.key))
 
     def dataset_warnings(self) -> dict:
@@ -942,7 +979,7 @@ def run_matrix(run: Run, key: RepresentationKey):
 @st.cache_data(show_spinner="Clustering the slice with k-means…", max_entries=32)
 def _rows_cluster_labels(path: str, stamp: int, key: tuple, rows: np.ndarray, n_clusters: int,
                          seed: int) -> np.ndarray:
-    matrix = _matrix(path, stamp, *key)[rows]
+    matrix = take_rows(_matrix(path, stamp, *key), rows)
     with leave_a_core_for_the_browser():
         return analysis.cluster_rows(matrix, n_clusters, seed)
 

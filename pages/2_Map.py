@@ -70,22 +70,36 @@ def map_view(view: ui.View) -> None:
             st.caption(f"{matched.sum():,} of {len(ex):,} examples match {md(what)}.")
 
     coords = view.projection(method)
-    hover = view.map_hover()
-    if hover is None:
-        st.caption(f"{len(ex):,} points: hovering shows the row id and colour group only (full hover texts are drawn "
-                   f"up to {ui.MAP_FULL_HOVER_MAX:,} points, to keep the map fast); draw a lasso or box to read the "
-                   "examples, or narrow the slice.")
-    figure = plots.scatter_map(coords, ex, colour_by, hover,
-                               f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}")
+    title = f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}"
+    density = len(ex) > analysis.DENSITY_ABOVE
+    if density:  # a million WebGL points take the browser seconds per redraw: density per colour + a sample
+        grid = analysis.density_grid(coords, colour_by.to_numpy())
+        sample = grid.sample
+        figure = plots.density_map(grid, ex.iloc[sample], colour_by.iloc[sample], coords[sample], title,
+                                   str(colour_by.name or ""))
+        st.caption(f"{len(ex):,} points, drawn as the density of each colour group (cells shaded by the log of "
+                   f"their count; hover a cell for it) with a seeded sample of {len(sample):,} points on top, "
+                   f"above {analysis.DENSITY_ABOVE:,} points. A lasso or box selects **every** example inside "
+                   "it, not only the sampled points; narrow the slice to see all points.")
+    else:
+        hover = view.map_hover()
+        if hover is None:
+            st.caption(f"{len(ex):,} points: hovering shows the row id and colour group only (full hover texts are "
+                       f"drawn up to {ui.MAP_FULL_HOVER_MAX:,} points, to keep the map fast); draw a lasso or box to "
+                       "read the examples, or narrow the slice.")
+        figure = plots.scatter_map(coords, ex, colour_by, hover, title)
+        # Small slices get bigger points; dense ones stay small so regions remain visible.
+        figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
     figure.update_layout(height=620)
-    # Small slices get bigger points; dense ones stay small so regions remain visible.
-    figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
     # The mode bar (lasso, box, zoom) is always shown: by default Plotly shows it only while the mouse is over the
     # chart.
     event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"),
                             config={"displayModeBar": True})
 
     selected = ui.selected_rows(event, figure)
+    box, lasso = ui.selection_region(event)
+    if density and (box or lasso):  # the drawn region, over every point of the slice
+        selected = view.rows[analysis.rows_in_region(coords, box, lasso)]
     if len(selected) == 0:
         st.info("Draw a lasso or a box on the map to list the examples inside it: pick the lasso or box tool in the "
                 "toolbar at the top right of the map, then drag over the points.")

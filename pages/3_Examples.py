@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import dataset_warnings, plots, ui
+from core import analysis, dataset_warnings, plots, ui
 from core.ui import escape_markdown as md  # the search box, split names and method names
 from core.ui import inline_code
 
@@ -43,12 +43,15 @@ if finding is not None:
     for r, note in zip(finding["rows"], finding["notes"]):
         if 0 <= int(r) < len(view.run.examples):
             notes.setdefault(int(r), []).append(note)  # a training row duplicated twice is listed once
-    table = ui.display_table(view, np.fromiter(notes, dtype=np.int64, count=len(notes)))
-    table.insert(0, "warning", ["; ".join(n for n in v if n) for v in notes.values()])
+    listed = np.fromiter(notes, dtype=np.int64, count=len(notes))  # in the warning's order
+    n_listed = len(listed)
+    listed = analysis.search_and_order(view.run.examples, listed, query, sort)
+    table = ui.display_table(view, listed)
+    table.insert(0, "warning", ["; ".join(n for n in notes[int(r)] if n) for r in listed])
     columns = {**columns, "warning": st.column_config.TextColumn("warning", width="medium")}
     st.query_params["warning"] = warning_id
     banner, back = st.columns([5, 1])
-    banner.info(f"**Dataset warning**: {md(finding['title'])}. Listing its {len(table):,} examples"
+    banner.info(f"**Dataset warning**: {md(finding['title'])}. Listing its {n_listed:,} examples"
                 + (f" (the first {len(finding['rows']):,} stored of {finding['count']:,})"
                    if finding["count"] > len(finding["rows"]) else "")
                 + " from the whole run; the sidebar's slice does not apply until you go back to it.",
@@ -56,21 +59,15 @@ if finding is not None:
     if back.button("Back to the slice", key="close_warning", icon=":material/close:", width="stretch"):
         ui.close_warning()
         st.rerun()
-else:
-    table = ui.display_table(view)
-if query:
-    table = table[table["text"].str.contains(query, case=False, regex=False, na=False)]
-if sort == "confident_wrong":
-    table = table.assign(_key=np.where(table["correct"], 2.0, 1.0 - table["confidence"])).sort_values("_key")
-    table = table.drop(columns="_key")
-elif SORTS[sort][1]:
-    column, ascending = SORTS[sort][1]
-    table = table.sort_values(column, ascending=ascending, kind="stable")
+    total = len(table)
+else:  # the slice's rows are searched and ordered first; only the rows shown become a table
+    rows = analysis.search_and_order(view.run.examples, view.rows, query, sort)
+    total = len(rows)
+    table = ui.display_table(view, rows[:MAX_TABLE_ROWS])
 
 if table.empty:
     st.warning(f"No example of the slice contains “{md(query)}”. Change the search or the slice.")
     st.stop()
-total = len(table)
 table = table.iloc[:MAX_TABLE_ROWS]
 st.caption(f"{total:,} examples" + (f"; showing the first {MAX_TABLE_ROWS:,} in this order, narrow with the search "
                                    "or the sidebar to see others" if total > MAX_TABLE_ROWS else "")

@@ -59,9 +59,14 @@ if not candidates.any():
     st.warning(f"No candidate example ({', '.join(filters)}). Loosen the filters above.")
     st.stop()
 
-ids, scores = view.neighbour_index().search(row, n=int(count), candidates=candidates)
+index = view.neighbour_index()
+ids, scores = index.search(row, n=int(count), candidates=candidates)
 st.subheader(f"{len(ids)} nearest neighbours")
-st.caption(f"Among {int(candidates.sum()):,} candidates ({', '.join(filters)}) · cosine on {md(view.key.label())}")
+st.caption(f"Among {int(candidates.sum()):,} candidates ({', '.join(filters)}) · cosine on {md(view.key.label())}"
+           + (f" · approximate search (IVF-Flat index of {index.n_rows:,} rows, {index.params.n_probe} of "
+              f"{index.params.n_lists:,} cells probed; recall@10 against exact search is measured in "
+              "bench/results/dashboard.md)" if index.approximate and not index.searches_exactly(int(candidates.sum()))
+              else " · exact search"))
 query_set = {t for t, _ in query_terms}
 for rank, (nid, score) in enumerate(zip(ids.tolist(), scores.tolist()), start=1):
     other = run.examples.iloc[nid]
