@@ -80,6 +80,17 @@ def inertia(X, labels: np.ndarray) -> float:
     return total
 
 
+def benchmark_slices() -> dict[str, "analysis.SliceSpec"]:
+    """Return the slices every size of the benchmark times, by the label its report shows."""
+    return {
+        "split = test": analysis.SliceSpec(split=("test",)),
+        "predicted negative, misclassified": analysis.SliceSpec(preds=(0,), correctness="misclassified"),
+        "contains the word “bad”": analysis.SliceSpec(contains=("bad",)),
+        "matches the regex /class_\\d/": analysis.SliceSpec(regex=r"class_\d"),
+        "random sample of 10,000": analysis.SliceSpec(sample_size=10_000),
+    }
+
+
 def ensure_scaled_run(rows: int, seed: int = 0) -> Path:
     """Return the scaled run's folder under cache/bench, building it from the demo run when missing."""
     from core.demo import find_demo_run
@@ -145,13 +156,7 @@ def core_timings(run_path: Path, projections: bool) -> dict[str, object]:
     out["representations"] = {k: (b, l, getattr(m, "nnz", None)) for k, (b, l, m) in reps.items()}
     S1 = analysis._as_float32(reps["S1 Grad-L2, k = all (sparse)"][2])
 
-    slices = {
-        "split = test": analysis.SliceSpec(split=("test",)),
-        "predicted negative, misclassified": analysis.SliceSpec(preds=(0,), correctness="misclassified"),
-        "contains the word “bad”": analysis.SliceSpec(contains=("bad",)),
-        "matches the regex /class_\\d/": analysis.SliceSpec(regex=r"class_\d"),
-        "random sample of 10,000": analysis.SliceSpec(sample_size=10_000),
-    }
+    slices = benchmark_slices()
     out["slices"] = {}
     for label, spec in slices.items():
         seconds, rows = timed(lambda spec=spec: analysis.apply_slice(ex, spec))
@@ -555,13 +560,7 @@ def scale_core(run_path: Path) -> dict[str, object]:
     load_s1, S1 = once(lambda: run.representation(s1_key))
     load_terms, R = once(lambda: run.representation(terms_key))
     out["load"] = {"S1 (clusters, map, neighbours)": load_s1, "S1 whole words (terms)": load_terms}
-    slices = {
-        "split = test": analysis.SliceSpec(split=("test",)),
-        "predicted negative, misclassified": analysis.SliceSpec(preds=(0,), correctness="misclassified"),
-        "contains the word “bad”": analysis.SliceSpec(contains=("bad",)),
-        "matches the regex /class_\\d/": analysis.SliceSpec(regex=r"class_\d"),
-        "random sample of 10,000": analysis.SliceSpec(sample_size=10_000),
-    }
+    slices = benchmark_slices()
     out["slices"] = {}
     for label, spec in slices.items():
         seconds, rows = timed(lambda spec=spec: analysis.apply_slice(ex, spec), repeat=3)

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench import demo_source_run
 from bench.faithfulness import faithfulness_md
 from bench.lafa import copy_run, shortcut_rows
 from bench.shortcut import evaluate, keys_to_compare
@@ -150,15 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="k-means seeds for the shortcut benchmark")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.source:
-        source = Path(args.source)
-    else:
-        from core.demo import find_demo_run
-
-        source = find_demo_run()
-        if source is None:
-            print("error: no demo run in the cache; build it with `make demo` or pass --source.", file=sys.stderr)
-            return 2
+    source = demo_source_run(args.source)
     t_all, cpu_all = time.perf_counter(), time.process_time()
     load_start = os.getloadavg()[0]
     teacher_run = open_run(copy_run(Path(source), cache_dir()))

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench import demo_source_run
 from bench.faithfulness import faithfulness_md, randomization_md
 from bench.shortcut import evaluate, fmt, keys_to_compare
 from core import faithfulness as fa
@@ -140,15 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-n", type=int, default=0, help="examples for the untrained-head test (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.source:
-        source = Path(args.source)
-    else:
-        from core.demo import find_demo_run
-
-        source = find_demo_run()
-        if source is None:
-            print("error: no demo run in the cache; build it with `make demo` or pass --source.", file=sys.stderr)
-            return 2
+    source = demo_source_run(args.source)
     t_all = time.perf_counter()
     run = open_run(copy_run(Path(source), Path(args.work)))
     if run.staleness():  # the checks load the model from its path: its maps must come from that model
