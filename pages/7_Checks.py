@@ -11,7 +11,7 @@ from core import faithfulness as fa
 from core import ui
 from core.ui import escape_markdown as md  # messages, folders and device names from the run and the user
 from core.models import ModelLoadError, load_classifier
-from core.saliency import ATTRIBUTION_METHODS
+from core.saliency import ATTRIBUTION_METHODS, get_method
 
 view = ui.current_view()
 run = view.run
@@ -36,7 +36,8 @@ sample = ui.synced(controls[0].number_input, "Sample size", "check_sample", min(
                    help="Examples drawn at random (seeded) from the run. Larger is steadier but slower.")
 removal = ui.synced(controls[1].selectbox, "Removal", "check_removal", "mask", options=list(fa.REMOVALS),
                     help="How a token is removed: replaced by the mask token, or deleted from the input.")
-choices = list(dict.fromkeys([*run.methods, *ATTRIBUTION_METHODS]))
+# a learned method (l2e) needs the student its run stores: offer it only where the run has it
+choices = list(dict.fromkeys([*run.methods, *(m for m in ATTRIBUTION_METHODS if not get_method(m).learned)]))
 methods = ui.synced(controls[2].multiselect, "Methods", "check_methods", list(run.methods), options=choices,
                     help="Methods the run stores are read from the cache; others are computed on the sample "
                          "(input marginalization and integrated gradients are slow on a CPU).")

@@ -304,6 +304,9 @@ def test_checks_page(tiny_run):
     at.run()
     assert not at.exception, at.exception
     assert "Not computed yet" in "\n".join(c.value for c in at.caption)
+    offered = at.multiselect(key="check_methods").options
+    assert "grad_l2" in offered and "integrated_gradients" in offered
+    assert "l2e" not in offered  # a learned method needs the student only an l2e run stores
     at.button(key="run_faithfulness").click().run()
     at.button(key="run_randomization").click().run()
     assert not at.exception, at.exception
