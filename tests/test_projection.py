@@ -82,3 +82,25 @@ def test_map_without_a_stored_projection_shows_what_it_computes(tiny_run_path, m
 @pytest.mark.parametrize("n, text", [(16, "about 5 s"), (100_000, "about 2 min")])
 def test_estimate_in_words(n, text):
     assert projection.describe_estimate(n, "tsne") == text
+
+
+def test_precompute_stores_the_dataset_warnings_and_the_summary_does_not_recompute(tiny_model_dir, tiny_data_csv,
+                                                                                   monkeypatch):
+    from core import dataset_warnings
+
+    path = precompute_cli(tiny_model_dir, tiny_data_csv, "--no-projection")
+    run = open_run(path, verify=True)  # stored in analysis/, outside the manifest's hashes
+    assert dataset_warnings.warnings_file(run).exists()
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the Summary page recomputed the warnings the precompute stored")
+
+    monkeypatch.setattr(dataset_warnings, "compute_warnings", no_compute)
+    assert dataset_warnings.load_or_compute(open_run(path))["checks"]
+
+
+def test_no_warnings_leaves_them_to_the_first_open(tiny_model_dir, tiny_data_csv):
+    from core import dataset_warnings
+
+    path = precompute_cli(tiny_model_dir, tiny_data_csv, "--no-projection", "--no-warnings")
+    assert not dataset_warnings.warnings_file(open_run(path)).exists()
