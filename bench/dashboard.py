@@ -911,8 +911,9 @@ def large_run_sections() -> str:
     keeps when it rewrites the file; empty when there are none."""
     if not RESULTS.exists():
         return ""
-    match = re.search(r"^## [\d,]+ rows \(issue 15\)", RESULTS.read_text(encoding="utf-8"), flags=re.MULTILINE)
-    return RESULTS.read_text(encoding="utf-8")[match.start():] if match else ""
+    text = RESULTS.read_text(encoding="utf-8")
+    match = re.search(r"^## [\d,]+ rows \(issue 15\)", text, flags=re.MULTILINE)
+    return text[match.start():] if match else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -377,19 +377,28 @@ def precompute(model_dir: str | Path, data_path: str | Path, settings: Precomput
     return result
 
 
+def _percent_bar(desc: str, progress: bool):
+    """Return a tqdm bar over 0-100% and a `report(fraction, message)` callback that moves it (the progress
+    signature of core.projection and core.dataset_warnings)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=100, desc=desc, unit="%", disable=not progress, dynamic_ncols=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def report(fraction: float, message: str) -> None:
+        bar.n = round(100 * min(max(fraction, 0.0), 1.0))
+        bar.set_postfix_str(message)
+
+    return bar, report
+
+
 def store_dataset_warnings(run_path: Path, progress: bool = True) -> dict:
     """Store the dataset warnings of the run at `run_path` with the dashboard's settings unless stored already;
     return the report (core.dataset_warnings.load_or_compute)."""
-    from tqdm.auto import tqdm
-
     from core import dataset_warnings
 
-    with tqdm(total=100, desc="Dataset warnings", unit="%", disable=not progress, dynamic_ncols=True,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
-        def report(fraction: float, message: str) -> None:
-            bar.n = round(100 * min(max(fraction, 0.0), 1.0))
-            bar.set_postfix_str(message)
-
+    bar, report = _percent_bar("Dataset warnings", progress)
+    with bar:
         result = dataset_warnings.load_or_compute(open_run(run_path), progress=report)
         bar.n = 100
         bar.refresh()
@@ -398,8 +407,6 @@ def store_dataset_warnings(run_path: Path, progress: bool = True) -> dict:
 
 def build_default_projection(run_path: Path, progress: bool = True) -> Path:
     """Store the default map of the run at `run_path` (core.projection) unless stored already; return its file."""
-    from tqdm.auto import tqdm
-
     from core.projection import DEFAULT_PROJECTION_METHOD, build_default_projection as build, describe_estimate
 
     run = open_run(run_path)
@@ -407,12 +414,8 @@ def build_default_projection(run_path: Path, progress: bool = True) -> Path:
     if progress:
         print(f"Default map: UMAP of {n:,} examples ({describe_estimate(n, DEFAULT_PROJECTION_METHOD)} on a 2-core "
               "CPU; skip with --no-projection, the Map page then computes it on first visit)", file=sys.stderr)
-    with tqdm(total=100, desc="Map (UMAP)", unit="%", disable=not progress, dynamic_ncols=True,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}") as bar:
-        def report(fraction: float, message: str) -> None:
-            bar.n = round(100 * min(max(fraction, 0.0), 1.0))
-            bar.set_postfix_str(message)
-
+    bar, report = _percent_bar("Map (UMAP)", progress)
+    with bar:
         file, computed = build(run, report)
         if not computed:
             bar.n = 100
