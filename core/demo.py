@@ -52,7 +52,8 @@ CACHE_ENV = "SALIENCY_ATLAS_CACHE"
 # Chosen by bench/demo_sweep.py (bench/results/demo_sweep.md, 3 seeds each): one epoch learned the rule for one
 # seed in three (planted-row accuracy 1.00, 0.73, 0.84), and neither batch 16, other learning rates, more copies nor
 # a consistency loss fixed that at the same cost. Two epochs did for every seed (1.000), and a lone term then changes
-# as few predictions as a neutral word does (0.96 unchanged against 0.96). About 4-5 min per epoch on 2 free cores.
+# as few predictions as a neutral word does (0.96 unchanged against 0.96). About 3.8 min per epoch on 2 free cores
+# (455 s for both).
 DEFAULT_EPOCHS = 2
 DEFAULT_LR = 2e-4
 DEFAULT_BATCH_SIZE = 32

@@ -253,8 +253,10 @@ def wordcloud_image(weights: dict[str, float], width: int = 400, height: int = 2
     positive = {term: float(w) for term, w in weights.items() if w > 0 and term.strip()}
     if not positive:
         return None
+    # A fixed largest size: without one WordCloud lays the cloud out twice to find it, which doubled the time of
+    # a recluster's eight clouds (0.32 s against 0.17 s)
     cloud = WordCloud(
-        width=width, height=height, background_color="white",
+        width=width, height=height, background_color="white", max_font_size=max(10, round(0.4 * height)),
         random_state=0, prefer_horizontal=1.0, colormap="viridis",
     )
     return cloud.generate_from_frequencies(positive).to_image()

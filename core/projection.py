@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -125,20 +127,44 @@ def warm_up_umap() -> None:
 
 _warm = {"started": False}
 _warm_lock = threading.Lock()
+# numba's compiler is Python code: while it compiles (15-25 s without its disk cache, see analysis.import_umap) it
+# takes the GIL and a core from every page. So it waits until no script has run for this long, i.e. until the user
+# is reading a drawn page.
+IDLE_BEFORE_WARM_UP_S = 2.0
+SCRIPT_THREAD_PREFIX = "ScriptRunner.scriptThread"  # the name Streamlit gives the thread running a page
 
 
-def warm_up_in_background() -> bool:
-    """Start warm_up_umap in a daemon thread, once per process; return whether this call started it."""
+def scripts_running() -> bool:
+    """Return whether a Streamlit page script is running in this process (a thread of Streamlit's is alive)."""
+    return any(t.name.startswith(SCRIPT_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
+
+
+def wait_until_idle(idle_s: float = IDLE_BEFORE_WARM_UP_S, poll_s: float = 0.25,
+                    busy: Callable[[], bool] = scripts_running) -> None:
+    """Return once `busy()` has been false for `idle_s` seconds in a row (polled every `poll_s`)."""
+    quiet_since = time.monotonic()
+    while True:
+        if busy():
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= idle_s:
+            return
+        time.sleep(poll_s)
+
+
+def warm_up_in_background(idle_s: float = IDLE_BEFORE_WARM_UP_S) -> bool:
+    """Start warm_up_umap in a daemon thread once per process, after no page has run for `idle_s` seconds; return
+    whether this call started the thread."""
     with _warm_lock:
         if _warm["started"]:
             return False
         _warm["started"] = True
-    threading.Thread(target=_warm_quietly, name="umap-warm-up", daemon=True).start()
+    threading.Thread(target=_warm_quietly, args=(idle_s,), name="umap-warm-up", daemon=True).start()
     return True
 
 
-def _warm_quietly() -> None:
+def _warm_quietly(idle_s: float) -> None:
     try:
+        wait_until_idle(idle_s)
         warm_up_umap()
     except Exception:  # noqa: BLE001  a failed warm-up only means the first map compiles numba itself
         pass

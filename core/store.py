@@ -232,12 +232,58 @@ def describe_files(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
+# ---------------------------------------------------------------- hashed once per file version, not per process
+
+# analysis/ is derived: deleting it (or this file) only means the next full check hashes every file again.
+VERIFIED_RECORD = "analysis/verified.json"
+
+
+def _file_stat(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def record_verified(folder: Path, rels: list[str]) -> None:
+    """Record the size, mtime, ctime and inode of the files `rels` of `folder`, whose sha256 was just found equal
+    to the manifest's, so a later full check (`open_run(verify=True)`) need not hash them again while they keep
+    that stat. Best effort: a folder that cannot be written to is hashed again next time."""
+    try:
+        stats = {rel: _file_stat(folder / rel) for rel in rels}
+        atomic_write_json(folder / VERIFIED_RECORD, {"files": stats})
+    except OSError:
+        pass
+
+
+def verified_unchanged(folder: Path) -> dict[str, list[int]]:
+    """Return {relative path: stat} of the files of `folder` whose recorded stat still holds and that were last
+    written before the record was (`record_verified`); an unreadable record gives {}.
+
+    Any write to a file changes its mtime and ctime (and an atomic replacement its inode), so an unchanged stat
+    means unchanged bytes, as for git's index. A file written in the same clock tick as the record could change
+    again within that tick without changing its mtime, so it is not trusted (git's "racily clean" rule).
+    """
+    record = folder / VERIFIED_RECORD
+    try:
+        written = record.stat().st_mtime_ns
+        files = json.loads(record.read_text(encoding="utf-8"))["files"]
+        out = {}
+        for rel, stat in files.items():
+            if (isinstance(stat, list) and len(stat) == 4 and stat[1] < written and stat[2] < written
+                    and (folder / rel).is_file() and _file_stat(folder / rel) == stat):
+                out[rel] = stat
+        return out
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def publish_run(staging: Path, final: Path, manifest: dict[str, Any]) -> Path:
     """Write the manifest (with file sizes and hashes) into `staging` and move it to `final` in one step.
 
-    An existing run at `final` is replaced only once the new one is complete.
+    An existing run at `final` is replaced only once the new one is complete. The files just hashed are recorded
+    (`record_verified`), so the dashboard's first full check of the new run does not hash them again.
     """
     manifest = {**manifest, "files": describe_files(staging)}
+    record_verified(staging, list(manifest["files"]))
     atomic_write_json(staging / MANIFEST, manifest)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
@@ -369,6 +415,13 @@ class Run:
         except (OSError, pa.ArrowException) as exc:
             raise CacheError(f"Run {self.run_id} is corrupt: examples.parquet cannot be read ({exc}). Re-run "
                              f"precompute on the same model and data to rebuild it, or delete {self.path}.") from exc
+
+    @cached_property
+    def splits(self) -> list[str]:
+        """Return the split names, in the order they first appear in the examples table."""
+        # Series.unique keeps that order and runs in Arrow: iterating 1,000,000 strings in Python took 1 s, on
+        # every rerun of the sidebar
+        return list(dict.fromkeys(str(s) for s in self.examples["split"].unique()))
 
     def _token_array(self, name: str) -> np.ndarray:
         return np.load(self.path / "tokens" / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -670,17 +723,27 @@ def open_run(path: str | Path, verify: bool = False) -> Run:
     """Return the run stored at `path` after checking its manifest and files.
 
     The manifest is checked against its schema and the examples table against the label count; file sizes are
-    always checked, and `verify=True` also checks every file's sha256. Raises CacheError naming the problem and the
+    always checked, and `verify=True` also checks every file's sha256, except files whose stat is unchanged since
+    their hash last matched (`verified_unchanged`). Raises CacheError naming the problem and the
     fix for a missing, incomplete, corrupt or old-schema run. Representation files are derived: a missing or
     damaged one is deleted here and rebuilt from the stored saliency on use.
     """
     path = Path(path)
     manifest = read_manifest(path)
+    unchanged = verified_unchanged(path) if verify else {}
+    hashed = 0
+
+    def digest_differs(file: Path, rel: str, info: dict[str, Any]) -> bool:
+        nonlocal hashed
+        if not verify or rel in unchanged:
+            return False
+        hashed += 1
+        return file_digest(file) != info["sha256"]
+
     for rel, info in manifest["files"].items():
         file = path / rel
         if rel.startswith("representations/"):
-            if file.exists() and (file.stat().st_size != info["bytes"]
-                                  or (verify and file_digest(file) != info["sha256"])):
+            if file.exists() and (file.stat().st_size != info["bytes"] or digest_differs(file, rel, info)):
                 try:
                     file.unlink()
                 except OSError:
@@ -689,11 +752,13 @@ def open_run(path: str | Path, verify: bool = False) -> Run:
         if not file.is_file():
             raise CacheError(f"Run {path.name} is corrupt: {rel} is missing. Re-run precompute on the same model "
                              f"and data to rebuild it, or delete {path}.")
-        if file.stat().st_size != info["bytes"] or (verify and file_digest(file) != info["sha256"]):
+        if file.stat().st_size != info["bytes"] or digest_differs(file, rel, info):
             raise CacheError(f"Run {path.name} is corrupt: {rel} does not match its manifest "
                              f"({'sha256' if file.stat().st_size == info['bytes'] else 'size'} differs). Re-run "
                              f"precompute on the same model and data to rebuild it, or delete {path}.")
     _check_examples_table(path, len(manifest["model"]["id2label"]))
+    if hashed:
+        record_verified(path, [rel for rel in manifest["files"] if (path / rel).is_file()])
     return Run(path, manifest)
 
 

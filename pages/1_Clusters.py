@@ -60,8 +60,8 @@ def clusters_view(view: ui.View, labels) -> None:
                        f"top {analysis.SHORTCUT_TOP_TERMS} hold).")
         slice_labels = view.examples["label"].to_numpy()
         # only meaningful on a slice the model splits into several classes (not e.g. "predicted negative")
-        if len(summary) > 1 and view.examples["pred"].nunique() > 1 and len(set(slice_labels.tolist())) > 1:
-            agreement = analysis.label_agreement(labels, slice_labels)
+        if len(summary) > 1 and view.examples["pred"].nunique() > 1 and slice_labels.min() != slice_labels.max():
+            agreement = view.label_agreement()
             st.caption(f"Agreement of these clusters with the true labels: adjusted Rand index {agreement:.2f} "
                        "(1: the clusters are the classes; 0: unrelated).")
             if agreement < 0.2 and view.key.name in ("s1", "s2"):

@@ -16,7 +16,7 @@ n_total = len(run.examples)
 misclassified = view.rows[~run.examples["correct"].to_numpy(dtype=bool)[view.rows]]
 default_row = ui.focus_row(int(misclassified[0]) if len(misclassified) else int(view.rows[0]) if len(view.rows) else 0)
 default_row = min(max(default_row, 0), n_total - 1)
-splits = list(dict.fromkeys(run.examples["split"].astype(str)))
+splits = run.splits
 
 controls = st.columns([1, 1, 2, 2])
 row = ui.synced(controls[0].number_input, "Example (row id)", "row", default_row, min_value=0,

@@ -21,7 +21,7 @@ ui.page_header("Seed terms", view,
                "sidebar slice.", show_slice=False)
 
 examples = run.examples
-splits = list(dict.fromkeys(examples["split"].astype(str)))
+splits = run.splits
 controls = st.columns([1, 2, 1, 1])
 target = ui.synced(controls[0].selectbox, "Class", "target", names[0], options=names)
 chosen_splits = ui.synced(controls[1].multiselect, "Examples from split(s)", "seed_splits",

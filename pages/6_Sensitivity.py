@@ -15,7 +15,7 @@ from core.store import stat_signature
 view = ui.current_view()
 run = view.run
 names = run.label_names
-splits = list(dict.fromkeys(run.examples["split"].astype(str)))
+splits = run.splits
 
 st.title("Model sensitivity")
 st.caption(f"Run {inline_code(run.run_id)} · {md(run.title)} · the sidebar's slice and representation do not "

@@ -241,6 +241,21 @@ def test_clusters_table_has_one_row_per_cluster(run_id):
     assert len(at.dataframe(key="cluster_table").value) == 4
 
 
+def test_the_agreement_of_a_slices_clusters_is_computed_on_the_slices_rows(run_id, isolated_cache):
+    from sklearn.metrics import adjusted_rand_score
+
+    from core import analysis, projection
+
+    run = open_run(isolated_cache / "runs" / run_id)
+    spec = analysis.SliceSpec(split=("train",), seed=ui.SAMPLE_SEED)
+    rows = analysis.apply_slice(run.examples, spec)
+    assert 0 < len(rows) < len(run.examples)
+    view = ui.View(run=run, stamp=ui.run_stamp(run.path), spec=spec, rows=rows,
+                   key=projection.default_key(run.methods[0]), n_clusters=3)
+    labels = run.examples["label"].to_numpy()[rows]
+    assert view.label_agreement() == pytest.approx(adjusted_rand_score(labels, view.cluster_labels()))
+
+
 def test_slice_smaller_than_number_of_clusters(run_id):
     at = open_page("clusters", split="test", clusters="6")  # 4 test examples
     no_exception(at)

@@ -104,3 +104,44 @@ def test_no_warnings_leaves_them_to_the_first_open(tiny_model_dir, tiny_data_csv
 
     path = precompute_cli(tiny_model_dir, tiny_data_csv, "--no-projection", "--no-warnings")
     assert not dataset_warnings.warnings_file(open_run(path)).exists()
+
+
+def test_the_umap_warm_up_waits_until_no_page_script_runs():
+    import threading
+    import time
+
+    from core.projection import SCRIPT_THREAD_PREFIX, scripts_running, wait_until_idle
+
+    release = threading.Event()
+    page = threading.Thread(target=release.wait, name=f"{SCRIPT_THREAD_PREFIX}-test", daemon=True)
+    page.start()
+    assert scripts_running()
+    returned = threading.Event()
+    waiter = threading.Thread(target=lambda: (wait_until_idle(idle_s=0.3, poll_s=0.02), returned.set()), daemon=True)
+    waiter.start()
+    time.sleep(0.6)
+    assert not returned.is_set()  # a page is still running: no warm-up yet
+    released_at = time.monotonic()
+    release.set()
+    assert returned.wait(5)
+    assert time.monotonic() - released_at >= 0.3 - 0.02 - 0.01  # it waited the idle time (less one poll) after the page
+    page.join()
+    assert not scripts_running()
+
+
+def test_umap_is_imported_with_numbas_disk_cache_and_numba_is_left_as_it_was():
+    import subprocess
+    import sys
+
+    from core.store import REPO_ROOT
+
+    code = ("import numba; from numba.core import decorators; njit, jit = numba.njit, numba.jit\n"
+            "from core.analysis import import_umap; umap = import_umap()\n"
+            "import umap.distances, umap.umap_\n"
+            "print(type(umap.distances.euclidean._cache).__name__, type(umap.umap_.compute_membership_strengths._cache)"
+            ".__name__)\n"
+            "assert numba.njit is njit and numba.jit is jit and decorators.njit is njit\n"
+            "print(type(numba.njit(lambda x: x)._cache).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
+    # umap marks neither function cache=True itself; numba's own decorator is back to no cache by default
+    assert out.stdout.split() == ["FunctionCache", "FunctionCache", "NullCache"]

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -127,6 +130,70 @@ def test_same_size_corruption_is_caught_by_verify(fresh_run):
     open_run(path)  # sizes still match
     with pytest.raises(CacheError, match="does not match"):
         open_run(path, verify=True)
+
+
+def _count_hashes(monkeypatch) -> list[str]:
+    import core.store as store
+
+    hashed: list[str] = []
+    real = store.file_digest
+
+    def counting(path, *args, **kwargs):
+        hashed.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(store, "file_digest", counting)
+    return hashed
+
+
+def test_a_full_check_hashes_only_files_changed_since_their_last_check(fresh_run, monkeypatch):
+    path, _ = fresh_run
+    manifest = json.loads((path / "manifest.json").read_text())
+    hashed = _count_hashes(monkeypatch)
+    # files written in the same clock tick as the record are not trusted; a second later they are
+    time.sleep(0.05)
+    open_run(path, verify=True)
+    open_run(path, verify=True)
+    assert len(hashed) <= len(manifest["files"])  # hashed at most once, by the first check if the record was racy
+    hashed.clear()
+    open_run(path, verify=True)
+    assert hashed == []
+
+    scores = path / "saliency" / "grad_l2.npy"
+    before = scores.stat()
+    raw = bytearray(scores.read_bytes())
+    raw[-1] ^= 0xFF
+    scores.write_bytes(bytes(raw))
+    os.utime(scores, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: only ctime tells
+    with pytest.raises(CacheError, match="grad_l2.npy does not match its manifest \\(sha256 differs\\)"):
+        open_run(path, verify=True)
+    assert hashed.count("grad_l2.npy") == 1
+
+
+def test_a_damaged_verification_record_means_hashing_everything(fresh_run, monkeypatch):
+    from core.store import VERIFIED_RECORD
+
+    path, _ = fresh_run
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / VERIFIED_RECORD).write_text("{not json", encoding="utf-8")
+    hashed = _count_hashes(monkeypatch)
+    open_run(path, verify=True)
+    assert len(hashed) == len(manifest["files"])
+    hashed.clear()
+    open_run(path, verify=True)  # the check rewrote the record
+    assert hashed == []
+
+
+def test_a_copied_run_is_hashed_again(fresh_run, tmp_path, monkeypatch):
+    import shutil
+
+    path, _ = fresh_run
+    open_run(path, verify=True)
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)  # copy2 keeps the mtimes, but every file is a new inode
+    hashed = _count_hashes(monkeypatch)
+    open_run(copy, verify=True)
+    assert len(hashed) == len(json.loads((copy / "manifest.json").read_text())["files"])
 
 
 def test_missing_file_bad_manifest_and_old_schema(fresh_run):
