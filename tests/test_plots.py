@@ -158,3 +158,25 @@ def test_confusion_probability_and_cluster_figures():
     assert list(sizes.data[0].x) == ["cluster 2", "cluster 0"]
     assert list(sizes.data[0].y) == [60.0, 40.0]
     assert sizes.data[0].customdata[0][2] == "a, b"
+
+
+def test_roc_and_precision_recall_curves_of_a_million_distinct_scores_are_thinned_without_changing_their_shape():
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    rng = np.random.default_rng(0)
+    y = rng.random(1_000_000) < 0.3
+    scores = np.clip(rng.normal(0.5 + 0.2 * y, 0.2), 0, 1)  # a million distinct scores: a point each
+    fpr, tpr, roc_t = roc_curve(y, scores, drop_intermediate=False)
+    precision, recall, pr_t = precision_recall_curve(y, scores)
+    assert len(fpr) > 500_000
+    for fig, (x, yy) in ((plots.roc_figure(fpr, tpr, roc_t, 0.75), (fpr, tpr)),
+                         (plots.precision_recall_figure(precision, recall, pr_t, 0.5), (recall, precision))):
+        curve = fig.data[-1]
+        assert len(curve.x) <= plots.CURVE_MAX_POINTS
+        assert (curve.x[0], curve.y[0], curve.x[-1], curve.y[-1]) == (x[0], yy[0], x[-1], yy[-1])
+        # every original point lies within a tenth of a percent of the drawn polyline (the figure is ~300 px)
+        order = np.argsort(curve.x, kind="stable")
+        drawn = np.interp(x[::97], np.asarray(curve.x)[order], np.asarray(curve.y)[order])
+        assert np.abs(drawn - yy[::97]).max() < 0.01
+        # each drawn point keeps its own threshold in the hover
+        assert np.isin(np.asarray(curve.customdata)[:-1], np.append(roc_t, pr_t)).all()
