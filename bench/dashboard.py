@@ -538,7 +538,7 @@ def write_report(core: dict, browser: dict | None, args: argparse.Namespace, sta
 
 SCALE_MODE_ROWS = 500_000  # from this many rows `main` runs the scale steps below instead of the 100k report
 SCALE_RESULTS = REPO / "bench" / "results" / "dashboard-1m.json"
-SCALE_STEPS = ("build", "core", "neighbours", "projection", "memory", "browser")
+SCALE_STEPS = ("build", "core", "neighbours", "projection", "tsne", "memory", "browser")
 
 
 def _mem_gb() -> dict[str, float]:
@@ -759,6 +759,31 @@ def scale_projection(run_path: Path) -> dict[str, object]:
     return {"seconds": seconds, "marks": marks, "mem": _mem_gb(), "rows": run.n_examples}
 
 
+def scale_tsne(run_path: Path) -> dict[str, object]:
+    """Return the time of a t-SNE map of every row of the default representation (what the Map page computes and
+    stores when t-SNE is chosen on the whole run), with its progress marks."""
+    from core import projection
+
+    run = open_run(run_path)
+    key = projection.default_projection_key(run)
+    file = projection.projection_file(run, key, projection.slice_json(projection.WHOLE_RUN), "tsne",
+                                      projection.PROJECTION_SEED)
+    file.unlink(missing_ok=True)
+    matrix = run.representation(key)
+    marks: list[tuple[float, float, str]] = []
+    t0 = time.perf_counter()
+
+    def report(fraction: float, message: str) -> None:
+        marks.append((round(time.perf_counter() - t0, 1), round(fraction, 3), message))
+        print(f"  {marks[-1]}", flush=True)
+
+    with projection.PROJECTION_LOCK:
+        seconds, _ = once(lambda: projection.compute_projection(matrix, "tsne", projection.PROJECTION_SEED, file,
+                                                                report))
+    return {"seconds": seconds, "marks": marks, "mem": _mem_gb(), "rows": run.n_examples,
+            "loadavg": list(os.getloadavg())}
+
+
 def scale_memory(run_path: Path, timeout_s: float = 1800) -> dict[str, object]:
     """Return the per-page records of one AppTest session visiting every page, in a fresh process."""
     with tempfile.NamedTemporaryFile(suffix=".json") as tmp:
@@ -775,7 +800,7 @@ def scale_report(results: dict, rows: int) -> str:
              f"Regenerate: `.venv/bin/python -m bench.dashboard --rows {rows} --steps "
              f"{','.join(SCALE_STEPS[:-1])}` (`,browser` adds the chromium pass; each step stores its numbers in "
              "`bench/results/dashboard-1m.json`, so steps can be run one at a time). Machine: 2 CPU cores. The steps "
-             "ran at different times: the core and browser steps on an otherwise idle machine, the build, "
+             "ran at different times: the core, t-SNE and browser steps on an otherwise idle machine, the build, "
              "neighbours, projection and memory steps **while two other agents' jobs shared the cores** (up to 2-3x "
              "what an idle machine gives); each step's load average at its end is given with it. Run: "
              f"{n} examples copied from the demo run by `bench/scaled_run.py` (same noise as above).", ""]
@@ -865,6 +890,16 @@ def scale_report(results: dict, rows: int) -> str:
                   f"in batches of {analysis.UMAP_TRANSFORM_BATCH:,}): **{proj['seconds'] / 60:.1f} min**, "
                   f"{len(proj['marks'])} progress updates, RSS after {proj['mem']['VmRSS']:.2f} GB "
                   f"(peak {proj['mem']['VmHWM']:.2f} GB). Stages: " + "; ".join(stages) + ".", ""]
+    tsne = results.get("tsne")
+    if tsne:
+        stages = list(dict.fromkeys(m.split(" (")[0] for _, _, m in tsne["marks"]))
+        lines += ["### t-SNE map of every row (computed once when the Map page asks for it, stored)", "",
+                  f"t-SNE of {tsne['rows']:,} rows (`analysis.project_2d`: truncated SVD, openTSNE fitted on a "
+                  f"seeded sample of {analysis.TSNE_MAX_POINTS:,} rows, the others placed with openTSNE's "
+                  f"`transform` in batches): **{tsne['seconds'] / 60:.1f} min**, {len(tsne['marks'])} progress "
+                  f"updates, RSS after {tsne['mem']['VmRSS']:.2f} GB (peak {tsne['mem']['VmHWM']:.2f} GB); load "
+                  f"average at the end {', '.join(f'{x:.1f}' for x in tsne['loadavg'])}. Stages: "
+                  + "; ".join(stages) + ".", ""]
     for name, title in (("memory_cold", "first session on a fresh run (dataset warnings computed, in a child "
                                         "process)"),
                         ("memory", "a later session (dataset warnings and maps stored)")):
@@ -935,6 +970,8 @@ def scale_main(args: argparse.Namespace) -> int:
             results["projection"] = scale_projection(run_path)
         elif step == "memory":
             results["memory"] = scale_memory(run_path)
+        elif step == "tsne":
+            results["tsne"] = scale_tsne(run_path)
         elif step == "browser":
             results["browser"] = browser_timings(run_path.name, None, args.rows,
                                                  results["core"]["slices"]["contains the word “bad”"][1])

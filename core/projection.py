@@ -67,11 +67,19 @@ def default_projection_file(run: Run) -> Path:
 TRANSFORM_SECONDS_PER_ROW = 0.00025
 
 
+# Above analysis.TSNE_MAX_POINTS rows t-SNE embeds a sample and places the others with `transform` at about the same
+# rate per row as UMAP's; reducing the rows and laying out the sample took 101 s at 1,000,000 rows (5.9 min in all,
+# bench/results/dashboard.md).
+TSNE_FIT_SECONDS = 100
+
+
 def estimate_seconds(n_rows: int, method: str) -> float:
     """Return a rough duration in seconds of projecting `n_rows` rows on a 2-core CPU (order of magnitude)."""
     if method == "umap" and n_rows > analysis.UMAP_SAMPLE_ABOVE:
         fit = analysis.UMAP_FIT_ROWS
         return FIRST_UMAP_SECONDS + fit * SECONDS_PER_ROW + (n_rows - fit) * TRANSFORM_SECONDS_PER_ROW
+    if method == "tsne" and n_rows > analysis.TSNE_MAX_POINTS:
+        return TSNE_FIT_SECONDS + (n_rows - analysis.TSNE_MAX_POINTS) * TRANSFORM_SECONDS_PER_ROW
     return n_rows * SECONDS_PER_ROW + (FIRST_UMAP_SECONDS if method == "umap" else 2)
 
 

@@ -79,7 +79,7 @@ def test_map_without_a_stored_projection_shows_what_it_computes(tiny_run_path, m
     assert not at.get("expandable"), "the progress box is removed once the map is drawn"
 
 
-@pytest.mark.parametrize("n, text", [(16, "about 5 s"), (100_000, "about 2 min")])
+@pytest.mark.parametrize("n, text", [(16, "about 5 s"), (100_000, "about 2 min"), (1_000_000, "about 6 min")])
 def test_estimate_in_words(n, text):
     assert projection.describe_estimate(n, "tsne") == text
 
