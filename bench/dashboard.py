@@ -747,7 +747,13 @@ def scale_projection(run_path: Path) -> dict[str, object]:
     file = projection.default_projection_file(run)
     file.unlink(missing_ok=True)
     analysis.import_umap()  # imported before the clock starts
+    return timed_projection(lambda report: projection.build_default_projection(run, progress=report),
+                            run.n_examples)
 
+
+def timed_projection(compute: Callable[[Callable[[float, str], None]], object], rows: int) -> dict[str, object]:
+    """Run `compute(report)` once; return its seconds, the progress marks it reported ((seconds, fraction,
+    message), printed as they come), the memory after it, `rows` and the load average at its end."""
     marks: list[tuple[float, float, str]] = []
     t0 = time.perf_counter()
 
@@ -755,8 +761,8 @@ def scale_projection(run_path: Path) -> dict[str, object]:
         marks.append((round(time.perf_counter() - t0, 1), round(fraction, 3), message))
         print(f"  {marks[-1]}", flush=True)
 
-    seconds, _ = once(lambda: projection.build_default_projection(run, progress=report))
-    return {"seconds": seconds, "marks": marks, "mem": _mem_gb(), "rows": run.n_examples}
+    seconds, _ = once(lambda: compute(report))
+    return {"seconds": seconds, "marks": marks, "mem": _mem_gb(), "rows": rows, "loadavg": list(os.getloadavg())}
 
 
 def scale_tsne(run_path: Path) -> dict[str, object]:
@@ -770,18 +776,10 @@ def scale_tsne(run_path: Path) -> dict[str, object]:
                                       projection.PROJECTION_SEED)
     file.unlink(missing_ok=True)
     matrix = run.representation(key)
-    marks: list[tuple[float, float, str]] = []
-    t0 = time.perf_counter()
-
-    def report(fraction: float, message: str) -> None:
-        marks.append((round(time.perf_counter() - t0, 1), round(fraction, 3), message))
-        print(f"  {marks[-1]}", flush=True)
-
     with projection.PROJECTION_LOCK:
-        seconds, _ = once(lambda: projection.compute_projection(matrix, "tsne", projection.PROJECTION_SEED, file,
-                                                                report))
-    return {"seconds": seconds, "marks": marks, "mem": _mem_gb(), "rows": run.n_examples,
-            "loadavg": list(os.getloadavg())}
+        return timed_projection(
+            lambda report: projection.compute_projection(matrix, "tsne", projection.PROJECTION_SEED, file, report),
+            run.n_examples)
 
 
 def scale_memory(run_path: Path, timeout_s: float = 1800) -> dict[str, object]:
@@ -881,25 +879,24 @@ def scale_report(results: dict, rows: int) -> str:
                   f"| approximate query, median | {a['ms']:.1f} ms |",
                   f"| approximate query among the true-negative rows, median | {a['ms_filtered']:.1f} ms |",
                   f"| exact query over all {nn['rows']:,} rows, median | {a['exact_ms']:.0f} ms |", ""]
-    proj = results.get("projection")
-    if proj:
+    for name, title, how in (
+            ("projection", "Map of every row (computed once, stored)",
+             f"UMAP of {{rows:,}} rows (`analysis.project_2d`: truncated SVD and UMAP fitted on a seeded sample of "
+             f"{analysis.UMAP_FIT_ROWS:,} rows, the others placed with UMAP's `transform` in batches of "
+             f"{analysis.UMAP_TRANSFORM_BATCH:,})"),
+            ("tsne", "t-SNE map of every row (computed once when the Map page asks for it, stored)",
+             f"t-SNE of {{rows:,}} rows (`analysis.project_2d`: truncated SVD, openTSNE fitted on a seeded sample of "
+             f"{analysis.TSNE_MAX_POINTS:,} rows, the others placed with openTSNE's `transform` in batches)")):
+        proj = results.get(name)
+        if not proj:
+            continue
         stages = list(dict.fromkeys(m.split(" (")[0] for _, _, m in proj["marks"]))
-        lines += ["### Map of every row (computed once, stored)", "",
-                  f"UMAP of {proj['rows']:,} rows (`analysis.project_2d`: truncated SVD and UMAP fitted on a "
-                  f"seeded sample of {analysis.UMAP_FIT_ROWS:,} rows, the others placed with UMAP's `transform` "
-                  f"in batches of {analysis.UMAP_TRANSFORM_BATCH:,}): **{proj['seconds'] / 60:.1f} min**, "
-                  f"{len(proj['marks'])} progress updates, RSS after {proj['mem']['VmRSS']:.2f} GB "
-                  f"(peak {proj['mem']['VmHWM']:.2f} GB). Stages: " + "; ".join(stages) + ".", ""]
-    tsne = results.get("tsne")
-    if tsne:
-        stages = list(dict.fromkeys(m.split(" (")[0] for _, _, m in tsne["marks"]))
-        lines += ["### t-SNE map of every row (computed once when the Map page asks for it, stored)", "",
-                  f"t-SNE of {tsne['rows']:,} rows (`analysis.project_2d`: truncated SVD, openTSNE fitted on a "
-                  f"seeded sample of {analysis.TSNE_MAX_POINTS:,} rows, the others placed with openTSNE's "
-                  f"`transform` in batches): **{tsne['seconds'] / 60:.1f} min**, {len(tsne['marks'])} progress "
-                  f"updates, RSS after {tsne['mem']['VmRSS']:.2f} GB (peak {tsne['mem']['VmHWM']:.2f} GB); load "
-                  f"average at the end {', '.join(f'{x:.1f}' for x in tsne['loadavg'])}. Stages: "
-                  + "; ".join(stages) + ".", ""]
+        load = (f"; load average at the end {', '.join(f'{x:.1f}' for x in proj['loadavg'])}"
+                if "loadavg" in proj else "")
+        lines += [f"### {title}", "",
+                  f"{how.format(rows=proj['rows'])}: **{proj['seconds'] / 60:.1f} min**, {len(proj['marks'])} "
+                  f"progress updates, RSS after {proj['mem']['VmRSS']:.2f} GB (peak {proj['mem']['VmHWM']:.2f} GB)"
+                  f"{load}. Stages: " + "; ".join(stages) + ".", ""]
     for name, title in (("memory_cold", "first session on a fresh run (dataset warnings computed, in a child "
                                         "process)"),
                         ("memory", "a later session (dataset warnings and maps stored)")):
