@@ -140,7 +140,8 @@ with right:
     label_counts = run.examples.groupby(["split", "label"]).size().unstack(fill_value=0)
     label_counts.columns = [view.label_name(int(c)) for c in label_counts.columns]
     st.caption("Examples per split and true label")
-    st.bar_chart(label_counts, horizontal=True, height=60 + 40 * len(label_counts))
+    # the legend and the axis take about 90 px: with less room a one-split run drew no bar at all
+    st.bar_chart(label_counts, horizontal=True, height=100 + 40 * len(label_counts))
 
 st.subheader("Metrics of the slice")
 sliced = view.examples
