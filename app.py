@@ -137,7 +137,7 @@ with left:
                      column_config={"accuracy": st.column_config.ProgressColumn(
                          "accuracy", min_value=0.0, max_value=1.0, format="%.3f")})
 with right:
-    label_counts = run.examples.groupby(["split", "label"]).size().unstack(fill_value=0)
+    label_counts = view.split_label_counts().copy()
     label_counts.columns = [view.label_name(int(c)) for c in label_counts.columns]
     st.caption("Examples per split and true label")
     # the legend and the axis take about 90 px: with less room a one-split run drew no bar at all
@@ -152,7 +152,7 @@ if sliced.empty:
 else:
     report_col, confusion_col = st.columns([3, 2], gap="large")
     with report_col:
-        per_class = metrics.per_class_report(sliced["label"], sliced["pred"], run.label_names)
+        per_class = view.per_class_report()
         ui.dataframe(per_class, hide_index=True, key="per_class_metrics",
                      column_config={m: st.column_config.NumberColumn(format="%.3f")
                                     for m in ("precision", "recall", "f1")})
@@ -184,7 +184,7 @@ else:
             col.metric(f"{name} at {threshold:.2f}", "—" if np.isnan(value) else f"{value:.3f}")
         st.caption(f"At {threshold:.2f}: {at['tp']:,} true positives, {at['fp']:,} false positives, {at['fn']:,} "
                    f"false negatives, {at['tn']:,} true negatives (positive: {md(positive)}).")
-        curves = metrics.binary_curves(is_positive, scores)
+        curves = view.binary_curves(positive_id)
         if curves is None:
             st.caption("ROC and precision-recall curves need examples of both classes in the slice.")
         else:

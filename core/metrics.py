@@ -65,32 +65,47 @@ class BinaryCurves:
 
 def binary_curves(is_positive: Sequence[bool], scores: Sequence[float]) -> BinaryCurves | None:
     """Return the ROC and precision-recall curves of `scores` (the positive class's probability) against
-    `is_positive`; None when the rows hold only one of the two classes (the curves are then undefined)."""
-    from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+    `is_positive`; None when the rows hold only one of the two classes (the curves are then undefined).
+
+    The curves, AUC and average precision equal scikit-learn's roc_curve (drop_intermediate=False),
+    precision_recall_curve, auc and average_precision_score. They are built from one call of its
+    confusion_matrix_at_thresholds (the counts at each distinct score, the one sort all of them start from): the
+    three functions sort the scores three times, 0.63 s against 0.19 s at 1,000,000 rows."""
+    from sklearn.metrics import auc, confusion_matrix_at_thresholds
 
     y = np.asarray(is_positive, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     positives = int(y.sum())
     if positives == 0 or positives == len(y):
         return None
-    fpr, tpr, roc_thresholds = roc_curve(y, s, drop_intermediate=False)
-    precision, recall, pr_thresholds = precision_recall_curve(y, s)
+    _, fps, _, tps, thresholds = confusion_matrix_at_thresholds(y, s)
+    fps, tps = np.asarray(fps, dtype=np.float64), np.asarray(tps, dtype=np.float64)
+    # roc_curve: a first point at (0, 0) for an infinite threshold
+    fpr = np.concatenate([[0.0], fps]) / fps[-1]
+    tpr = np.concatenate([[0.0], tps]) / tps[-1]
+    roc_thresholds = np.concatenate([[np.inf], thresholds])
+    # precision_recall_curve: increasing thresholds, a last point at precision 1, recall 0
+    precision = np.concatenate([(tps / (tps + fps))[::-1], [1.0]])
+    recall = np.concatenate([(tps / tps[-1])[::-1], [0.0]])
+    # average_precision_score of a binary task: the step integral of the precision-recall curve
+    average_precision = float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
     return BinaryCurves(fpr=fpr, tpr=tpr, roc_thresholds=roc_thresholds, roc_auc=float(auc(fpr, tpr)),
-                        precision=precision, recall=recall, pr_thresholds=pr_thresholds,
-                        average_precision=float(average_precision_score(y, s)),
-                        positives=positives, negatives=len(y) - positives)
+                        precision=precision, recall=recall, pr_thresholds=np.asarray(thresholds)[::-1],
+                        average_precision=average_precision, positives=positives, negatives=len(y) - positives)
 
 
 def threshold_metrics(is_positive: Sequence[bool], scores: Sequence[float], threshold: float) -> dict[str, float]:
     """Return the counts and metrics of predicting positive where ``score >= threshold``: ``tp``, ``fp``, ``fn``,
     ``tn``, ``precision`` (NaN when nothing is predicted positive), ``recall`` and ``tpr`` (NaN without
     positives), ``fpr`` (NaN without negatives), ``f1`` (NaN when precision or recall is, 0 when both are 0) and
-    ``accuracy`` (scikit-learn's confusion_matrix)."""
-    from sklearn.metrics import confusion_matrix
-
+    ``accuracy``. Counted with numpy: scikit-learn's confusion_matrix validates and encodes the labels first,
+    0.14 s at 1,000,000 rows on every move of the Summary page's threshold slider."""
     y = np.asarray(is_positive, dtype=bool)
     predicted = np.asarray(scores, dtype=np.float64) >= threshold
-    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[False, True]).ravel())
+    tp = int(np.count_nonzero(y & predicted))
+    fp = int(np.count_nonzero(predicted)) - tp
+    fn = int(np.count_nonzero(y)) - tp
+    tn = len(y) - tp - fp - fn
 
     def ratio(a: int, b: int) -> float:
         return a / b if b else float("nan")

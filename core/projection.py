@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -159,20 +160,52 @@ def wait_until_idle(idle_s: float = IDLE_BEFORE_WARM_UP_S, poll_s: float = 0.25,
         time.sleep(poll_s)
 
 
+def yield_to_pages(busy: Callable[[], bool] = scripts_running, every: int = 1000,
+                   poll_s: float = 0.05) -> Callable:
+    """Return a profile function (for sys.setprofile, in the thread to slow down) that, every `every` Python calls
+    and returns of that thread, sleeps while `busy()` is true.
+
+    The warm-up is Python code holding the GIL (numba loading or compiling, imports): run beside a page script it
+    takes the core and the GIL the page needs, and a click made during it waits. Paused at its next call instead,
+    it costs the page nothing but the check."""
+    count = [0]
+
+    def pause_while_busy(frame, event, arg) -> None:
+        count[0] += 1
+        if count[0] % every == 0:
+            while busy():
+                time.sleep(poll_s)
+
+    return pause_while_busy
+
+
+def warm_up_dashboard() -> None:
+    """Load in advance what the pages would otherwise load on first use in this process: the compiled kernels
+    (core.kernels), scikit-learn's k-means (its import takes about 1.3 s) and UMAP's numba code (warm_up_umap)."""
+    from core import kernels
+
+    kernels.warm_up()
+    import sklearn.cluster  # noqa: F401
+    warm_up_umap()
+
+
 def warm_up_in_background(idle_s: float = IDLE_BEFORE_WARM_UP_S) -> bool:
-    """Start warm_up_umap in a daemon thread once per process, after no page has run for `idle_s` seconds; return
-    whether this call started the thread."""
+    """Start warm_up_dashboard in a daemon thread once per process, after no page has run for `idle_s` seconds
+    (and pausing whenever a page runs again: yield_to_pages); return whether this call started the thread."""
     with _warm_lock:
         if _warm["started"]:
             return False
         _warm["started"] = True
-    threading.Thread(target=_warm_quietly, args=(idle_s,), name="umap-warm-up", daemon=True).start()
+    threading.Thread(target=_warm_quietly, args=(idle_s,), name="dashboard-warm-up", daemon=True).start()
     return True
 
 
 def _warm_quietly(idle_s: float) -> None:
     try:
         wait_until_idle(idle_s)
-        warm_up_umap()
-    except Exception:  # noqa: BLE001  a failed warm-up only means the first map compiles numba itself
+        sys.setprofile(yield_to_pages())  # this thread only
+        warm_up_dashboard()
+    except Exception:  # noqa: BLE001  a failed warm-up only means the first page or map loads its code itself
         pass
+    finally:
+        sys.setprofile(None)

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, dataset_warnings, neighbours, plots
+from core import analysis, dataset_warnings, metrics, neighbours, plots
 from core.projection import (PROJECTION_LOCK, PROJECTION_SEED, describe_estimate, projection_file,  # noqa: F401
                              short_hash, slice_json, warm_up_in_background)
 from core.projection import compute_projection as _compute_projection
@@ -126,6 +126,21 @@ def escape_markdown(text: object) -> str:
     """
     text = re.sub(r"[\r\n]+", " ", str(text))
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", _AUTOLINK_START.sub(_WORD_JOINER, text))
+
+
+def coded_groups(codes: pd.Series, names: dict, name: str) -> pd.Series:
+    """Return the integer `codes` (aligned with a slice) as a categorical Series called `name` whose groups are
+    `names[code]` (the code itself where `names` lacks it; codes sharing a name share a group), same index.
+
+    The Map colours up to a million points by a few groups; as a categorical they are codes plus a few names,
+    where a string per row costs the density grid half a second."""
+    values = codes.to_numpy()
+    keys = np.sort(pd.unique(values))
+    texts = [str(names.get(k.item(), k.item())) for k in keys]
+    groups = list(dict.fromkeys(texts))
+    group_of_key = np.array([groups.index(t) for t in texts], dtype=np.int64)
+    positions = group_of_key[np.searchsorted(keys, values)] if len(values) else np.empty(0, dtype=np.int64)
+    return pd.Series(pd.Categorical.from_codes(positions, categories=groups), index=codes.index, name=name)
 
 
 def inline_code(text: object) -> str:
@@ -454,6 +469,28 @@ def _dataset_warnings(path: str, stamp: int) -> dict:
         return dataset_warnings.load_or_compute(_open_run(path, stamp))
 
 
+# The Summary page's metrics: every rerun of it (a threshold moved, a class picked) asked for them again, 1 s of
+# work at 1,000,000 rows.
+@st.cache_data(show_spinner=False, max_entries=64)
+def _per_class_report(path: str, stamp: int, spec_json: str) -> pd.DataFrame:
+    rows = _slice_rows(path, stamp, spec_json)
+    run = _open_run(path, stamp)
+    examples = take_rows(run.examples, rows)
+    return metrics.per_class_report(examples["label"], examples["pred"], run.label_names)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)  # not copied per call: a curve has a point per distinct score
+def _binary_curves(path: str, stamp: int, spec_json: str, positive: int) -> metrics.BinaryCurves | None:
+    examples = take_rows(_open_run(path, stamp).examples, _slice_rows(path, stamp, spec_json))
+    return metrics.binary_curves(examples["label"].to_numpy() == positive,
+                                 examples[f"prob_{positive}"].to_numpy(dtype=np.float64))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _split_label_counts(path: str, stamp: int) -> pd.DataFrame:
+    return _open_run(path, stamp).examples.groupby(["split", "label"]).size().unstack(fill_value=0)
+
+
 @st.cache_data(show_spinner=False, ttl=120)
 def _staleness(path: str, stamp: int) -> list[str]:
     return _open_run(path, stamp).staleness()
@@ -608,6 +645,19 @@ class View:
         dense representation above neighbours.APPROXIMATE_ABOVE rows the run's stored approximate index (its
         `approximate` attribute says which)."""
         return _neighbour_index(self.path, self.stamp, key_tuple(self.key))
+
+    def per_class_report(self) -> pd.DataFrame:
+        """Return metrics.per_class_report of the slice (per class and averaged precision, recall, F1)."""
+        return _per_class_report(self.path, self.stamp, self.spec_json)
+
+    def binary_curves(self, positive: int) -> metrics.BinaryCurves | None:
+        """Return metrics.binary_curves of the slice with class `positive` as the positive one (a shared object:
+        do not modify it)."""
+        return _binary_curves(self.path, self.stamp, self.spec_json, positive)
+
+    def split_label_counts(self) -> pd.DataFrame:
+        """Return the run's examples per split (rows) and true label id (columns)."""
+        return _split_label_counts(self.path, self.stamp)
 
     def dataset_warnings(self) -> dict:
         """Return the run's dataset warnings (core.dataset_warnings), computed once per run and stored."""

@@ -34,19 +34,22 @@ def map_view(view: ui.View) -> None:
     ex = view.examples
     names = dict(enumerate(view.run.label_names))
     colour_by: pd.Series
+    # colour groups as categoricals (codes + a few names): a million strings cost the density grid 0.6 s
     if colour == "label":
-        colour_by = ex["label"].map(names).rename("true label")
+        colour_by = ui.coded_groups(ex["label"], names, "true label")
     elif colour == "prediction":
-        colour_by = ex["pred"].map(names).rename("prediction")
+        colour_by = ui.coded_groups(ex["pred"], names, "prediction")
     elif colour == "correctness":
-        colour_by = ex["correct"].map({True: "correct", False: "misclassified"}).rename("correctness")
+        colour_by = ui.coded_groups(ex["correct"].astype(int), {1: "correct", 0: "misclassified"}, "correctness")
     elif colour == "cluster":
         if len(view.rows) < view.n_clusters:
             st.warning(f"The slice has {len(view.rows)} examples, fewer than the {view.n_clusters} clusters asked "
                        "for in the sidebar; colouring by true label instead.")
-            colour_by = ex["label"].map(names).rename("true label")
+            colour_by = ui.coded_groups(ex["label"], names, "true label")
         else:
-            colour_by = pd.Series([f"cluster {c}" for c in view.cluster_labels()], index=ex.index, name="cluster")
+            clusters = view.cluster_labels()
+            colour_by = ui.coded_groups(pd.Series(clusters, index=ex.index),
+                                        {int(c): f"cluster {c}" for c in np.unique(clusters)}, "cluster")
     else:
         with controls[2]:
             sub = st.columns(2)
@@ -63,7 +66,8 @@ def map_view(view: ui.View) -> None:
         hits = analysis.apply_slice(ex.reset_index(drop=True), spec) if (spec.contains or spec.regex) else []
         matched = np.zeros(len(ex), dtype=bool)
         matched[np.asarray(hits, dtype=np.int64)] = True
-        colour_by = pd.Series(np.where(matched, f"matches {what}", "no match"), index=ex.index, name="match")
+        colour_by = ui.coded_groups(pd.Series(matched.astype(int), index=ex.index),
+                                    {1: f"matches {what}", 0: "no match"}, "match")
         if not (spec.contains or spec.regex):
             st.info("Type a word or a regular expression to highlight the examples that contain it.")
         else:
@@ -73,7 +77,7 @@ def map_view(view: ui.View) -> None:
     title = f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}"
     density = len(ex) > analysis.DENSITY_ABOVE
     if density:  # a million WebGL points take the browser seconds per redraw: density per colour + a sample
-        grid = analysis.density_grid(coords, colour_by.to_numpy())
+        grid = analysis.density_grid(coords, colour_by.array)
         sample = grid.sample
         figure = plots.density_map(grid, ex.iloc[sample], colour_by.iloc[sample], coords[sample], title,
                                    str(colour_by.name or ""))

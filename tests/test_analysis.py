@@ -509,3 +509,62 @@ def test_example_terms_skips_ignored_and_orders_by_weight():
     out = example_terms(R, ["a", "b", "c", "[SEP]"], ignore, n=5)
     assert out == [[("b", pytest.approx(0.5)), ("a", pytest.approx(0.1))], []]
     assert example_terms(R.toarray(), ["a", "b", "c", "[SEP]"], ignore, n=1) == [[("b", pytest.approx(0.5))], []]
+
+
+@pytest.mark.parametrize("index_type,value_type", [(np.int32, np.float32), (np.int64, np.float64)])
+def test_cluster_column_sums_match_a_dense_computation(index_type, value_type):
+    import scipy.sparse as sp
+
+    from core import kernels
+
+    rng = np.random.default_rng(3)
+    dense = rng.standard_normal((300, 40)).astype(value_type)
+    dense[rng.random(dense.shape) < 0.7] = 0.0
+    R = sp.csr_matrix(dense)
+    R.data[::7] = 0.0  # explicit zeros count in no support
+    dense = R.toarray()
+    R.indices, R.indptr = R.indices.astype(index_type), R.indptr.astype(index_type)
+    member_of = rng.integers(0, 4, size=300)
+    sums, supports = kernels.csr_cluster_column_sums(member_of, 5, R.indptr, R.indices, R.data, 40)
+    for c in range(5):
+        rows = dense[member_of == c]
+        np.testing.assert_allclose(sums[c], rows.sum(axis=0, dtype=np.float64), rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(supports[c], (rows > 0).sum(axis=0))
+    assert not sums[4].any() and not supports[4].any()  # a cluster with no row
+    with pytest.raises(ValueError, match="rows"):
+        kernels.csr_cluster_column_sums(member_of[:-1], 5, R.indptr, R.indices, R.data, 40)
+    with pytest.raises(ValueError, match="positions"):
+        kernels.csr_cluster_column_sums(member_of, 3, R.indptr, R.indices, R.data, 40)
+
+
+@pytest.mark.parametrize("n,n_clusters,n_classes", [(2, 1, 1), (5, 5, 5), (6, 1, 3), (1000, 7, 4), (20000, 20, 2)])
+def test_label_agreement_is_scikit_learns_adjusted_rand_index(n, n_clusters, n_classes):
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(n)
+    clusters = rng.integers(0, n_clusters, n) * 3 + 7  # ids need not be 0..k-1
+    classes = np.where(rng.random(n) < 0.7, clusters % max(n_classes, 1), rng.integers(0, n_classes, n))
+    assert analysis.label_agreement(clusters, classes) == pytest.approx(adjusted_rand_score(classes, clusters),
+                                                                      abs=1e-12)
+
+
+def test_label_agreement_known_values():
+    assert analysis.label_agreement(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])) == pytest.approx(-0.5)
+    assert analysis.label_agreement(np.array([5, 5, 9, 9]), np.array([1, 1, 0, 0])) == 1.0
+    assert analysis.label_agreement(np.array([3, 3]), np.array([2, 2])) == 1.0
+
+
+@pytest.mark.parametrize("value_type", [np.float32, np.float64])
+def test_assign_to_centres_picks_the_nearest_centre_as_a_dense_computation_does(value_type):
+    rng = np.random.default_rng(5)
+    dense = rng.random((2000, 60)).astype(value_type)
+    dense[rng.random(dense.shape) < 0.8] = 0.0
+    dense[:50] = 0.0  # empty rows: the nearest centre is the one of smallest norm
+    centres = rng.random((7, 60)).astype(np.float32)
+    centres[3] = centres[5] * 0.1  # a short centre: empty rows go there
+    X = sp.csr_matrix(dense)
+    got = analysis.assign_to_centres(X, centres)
+    distances = ((dense[:, None, :].astype(np.float64) - centres[None, :, :]) ** 2).sum(axis=2)
+    np.testing.assert_array_equal(got, distances.argmin(axis=1))
+    assert (got[:50] == 3).all()
+    np.testing.assert_array_equal(analysis.assign_to_centres(dense, centres), got)  # the dense path agrees

@@ -42,6 +42,29 @@ def test_binary_curves_by_hand():
     assert metrics.binary_curves([True, True], [0.2, 0.9]) is None  # one class only: undefined
 
 
+@pytest.mark.parametrize("n,distinct", [(50, 7), (3000, 40), (3000, 3000)])
+def test_binary_curves_equal_scikit_learns_curve_functions(n, distinct):
+    from sklearn.metrics import (average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score,
+                                 roc_curve)
+
+    rng = np.random.default_rng(n + distinct)
+    y = rng.random(n) < 0.3
+    s = np.round(np.clip(rng.normal(0.4 + 0.3 * y, 0.2), 0, 1) * (distinct - 1)) / (distinct - 1)  # many ties
+    curves = metrics.binary_curves(y, s)
+    fpr, tpr, roc_thresholds = roc_curve(y, s, drop_intermediate=False)
+    precision, recall, pr_thresholds = precision_recall_curve(y, s)
+    for got, expected in [(curves.fpr, fpr), (curves.tpr, tpr), (curves.roc_thresholds, roc_thresholds),
+                          (curves.precision, precision), (curves.recall, recall),
+                          (curves.pr_thresholds, pr_thresholds)]:
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert curves.roc_auc == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert curves.average_precision == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    for threshold in (0.0, 0.25, 0.5, float(s[0]), 1.0):
+        at = metrics.threshold_metrics(y, s, threshold)
+        tn, fp, fn, tp = confusion_matrix(y, s >= threshold, labels=[False, True]).ravel()
+        assert (at["tp"], at["fp"], at["fn"], at["tn"]) == (tp, fp, fn, tn)
+
+
 def test_threshold_metrics_by_hand():
     y = [False, False, True, True, True]
     s = [0.1, 0.6, 0.35, 0.8, 0.9]

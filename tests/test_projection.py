@@ -129,6 +129,45 @@ def test_the_umap_warm_up_waits_until_no_page_script_runs():
     assert not scripts_running()
 
 
+def test_the_warm_up_pauses_while_a_page_script_runs():
+    import sys
+    import threading
+    import time
+
+    from core.projection import yield_to_pages
+
+    page_running = threading.Event()
+    stop = threading.Event()
+    calls = [0]
+
+    def step() -> None:
+        calls[0] += 1
+
+    def warm_up() -> None:
+        sys.setprofile(yield_to_pages(busy=page_running.is_set, every=50, poll_s=0.01))
+        try:
+            while not stop.is_set():
+                step()
+        finally:
+            sys.setprofile(None)
+
+    worker = threading.Thread(target=warm_up, daemon=True)
+    worker.start()
+    time.sleep(0.2)
+    assert calls[0] > 100  # runs while no page does
+    page_running.set()
+    time.sleep(0.1)
+    paused_at = calls[0]
+    time.sleep(0.4)
+    assert calls[0] == paused_at  # a page runs: not a single call more
+    page_running.clear()
+    time.sleep(0.2)
+    assert calls[0] > paused_at + 100  # and it goes on once the page is done
+    stop.set()
+    worker.join(5)
+    assert sys.getprofile() is None  # the main thread was never slowed
+
+
 def test_umap_is_imported_with_numbas_disk_cache_and_numba_is_left_as_it_was():
     import subprocess
     import sys

@@ -130,3 +130,26 @@ def test_building_in_row_blocks_gives_the_whole_matrix(run, key):
     else:
         assert blocks.dtype == np.float32
         np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_presence_matrix_matches_a_coo_construction_on_long_and_short_rows():
+    rng = np.random.default_rng(2)
+    lengths = np.concatenate([rng.integers(0, 40, 300), [0, 1, 500, 33, 32]])  # empty, short and sorted-fallback rows
+    row_ptr = np.concatenate([[0], np.cumsum(lengths)])
+    ids = rng.integers(0, 50, row_ptr[-1]).astype(np.int32)  # many repeats within a row
+    got = presence_matrix(ids, row_ptr, vocab_size=50)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    expected = sp.csr_matrix((np.ones(len(ids)), (rows, ids)), shape=(len(lengths), 50))
+    expected.data[:] = 1.0
+    assert got.dtype == np.float32 and got.has_sorted_indices
+    assert (got != expected).nnz == 0 and got.nnz == expected.nnz
+    for r in range(len(lengths)):  # unique and sorted within each row
+        row = got.indices[got.indptr[r]:got.indptr[r + 1]]
+        assert (np.diff(row) > 0).all()
+
+
+def test_presence_matrix_refuses_ids_outside_the_vocabulary():
+    with pytest.raises(ValueError, match="ids must lie"):
+        presence_matrix(np.array([0, 3]), np.array([0, 2]), vocab_size=3)
+    with pytest.raises(ValueError, match="row_ptr"):
+        presence_matrix(np.array([0, 1]), np.array([0, 3]), vocab_size=3)

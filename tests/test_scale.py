@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from bench.scaled_run import scale_run
 from core.representations import RepresentationKey, default_key
@@ -168,6 +169,27 @@ def test_density_grid_counts_every_point_of_every_group():
     assert grid.counts[0][:, :zero].sum() > 0 and grid.counts[1][:, zero + 1:].sum() > 0
     assert len(grid.sample) == 300 and len(np.unique(grid.sample)) == 300
     assert grid.x_centres[0] > coords[:, 0].min() and grid.x_centres[-1] < coords[:, 0].max()
+
+
+def test_density_grid_of_coded_groups_matches_the_strings():
+    from core import analysis, ui
+
+    rng = np.random.default_rng(1)
+    coords = rng.standard_normal((4000, 2))
+    codes = pd.Series(rng.integers(0, 4, 4000), index=np.arange(4000) * 2)  # index of a slice, not positions
+    names = {0: "neg", 1: "pos", 2: "neutral"}  # 3 has no name: shown as "3"
+    coded = ui.coded_groups(codes, names, "prediction")
+    assert coded.name == "prediction" and coded.index.equals(codes.index)
+    as_strings = codes.map(lambda c: names.get(c, str(c))).to_numpy()
+    assert (coded.astype(str).to_numpy() == as_strings).all()
+    from_strings = analysis.density_grid(coords, as_strings, bins=16)
+    from_codes = analysis.density_grid(coords, coded.array, bins=16)
+    assert from_codes.groups == from_strings.groups == ["3", "neg", "neutral", "pos"]
+    np.testing.assert_array_equal(from_codes.counts, from_strings.counts)
+    # two codes with one name are one group; a name no row has is no group
+    merged = ui.coded_groups(pd.Series([0, 1, 1, 0]), {0: "same", 1: "same", 2: "unused"}, "g")
+    assert list(merged.cat.categories) == ["same"]
+    assert analysis.density_grid(np.zeros((4, 2)), merged.array, bins=2).counts.sum() == 4
 
 
 def test_rows_in_region_box_and_lasso():
