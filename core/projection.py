@@ -11,10 +11,9 @@ import dataclasses
 import hashlib
 import io
 import json
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -160,38 +159,37 @@ def wait_until_idle(idle_s: float = IDLE_BEFORE_WARM_UP_S, poll_s: float = 0.25,
         time.sleep(poll_s)
 
 
-def yield_to_pages(busy: Callable[[], bool] = scripts_running, every: int = 1000,
-                   poll_s: float = 0.05) -> Callable:
-    """Return a profile function (for sys.setprofile, in the thread to slow down) that, every `every` Python calls
-    and returns of that thread, sleeps while `busy()` is true.
+def warm_up_stages() -> list[Callable[[], None]]:
+    """Return the steps that load in advance what the pages would otherwise load on first use in this process:
+    the compiled kernels (core.kernels), scikit-learn's k-means (its import takes about 1.3 s), the word clouds'
+    fonts and colour maps (0.3 s before the first cloud) and UMAP's numba code (warm_up_umap, about 2 s from
+    numba's disk cache)."""
+    from core import kernels, plots
 
-    The warm-up is Python code holding the GIL (numba loading or compiling, imports): run beside a page script it
-    takes the core and the GIL the page needs, and a click made during it waits. Paused at its next call instead,
-    it costs the page nothing but the check."""
-    count = [0]
+    def import_kmeans() -> None:
+        import sklearn.cluster  # noqa: F401
 
-    def pause_while_busy(frame, event, arg) -> None:
-        count[0] += 1
-        if count[0] % every == 0:
-            while busy():
-                time.sleep(poll_s)
+    def draw_a_cloud() -> None:
+        plots.wordcloud_image({"warm": 1.0, "up": 0.5}, width=120, height=60)
 
-    return pause_while_busy
+    return [kernels.warm_up, import_kmeans, draw_a_cloud, warm_up_umap]
 
 
-def warm_up_dashboard() -> None:
-    """Load in advance what the pages would otherwise load on first use in this process: the compiled kernels
-    (core.kernels), scikit-learn's k-means (its import takes about 1.3 s) and UMAP's numba code (warm_up_umap)."""
-    from core import kernels
+def warm_up_when_idle(stages: Sequence[Callable[[], None]], idle_s: float = IDLE_BEFORE_WARM_UP_S,
+                      busy: Callable[[], bool] = scripts_running) -> None:
+    """Run each of `stages` once no page script has run for `idle_s` seconds (wait_until_idle before every stage).
 
-    kernels.warm_up()
-    import sklearn.cluster  # noqa: F401
-    warm_up_umap()
+    A stage is not paused midway: it may hold an import lock, numba's compiler lock or PROJECTION_LOCK, which a
+    page would then wait for while the stage waited for the page. Between stages nothing is held, and a page
+    opened meanwhile shares the cores with one stage (2 s at most) instead of the whole warm-up."""
+    for stage in stages:
+        wait_until_idle(idle_s, busy=busy)
+        stage()
 
 
 def warm_up_in_background(idle_s: float = IDLE_BEFORE_WARM_UP_S) -> bool:
-    """Start warm_up_dashboard in a daemon thread once per process, after no page has run for `idle_s` seconds
-    (and pausing whenever a page runs again: yield_to_pages); return whether this call started the thread."""
+    """Start warm_up_when_idle(warm_up_stages()) in a daemon thread once per process; return whether this call
+    started the thread."""
     with _warm_lock:
         if _warm["started"]:
             return False
@@ -202,10 +200,6 @@ def warm_up_in_background(idle_s: float = IDLE_BEFORE_WARM_UP_S) -> bool:
 
 def _warm_quietly(idle_s: float) -> None:
     try:
-        wait_until_idle(idle_s)
-        sys.setprofile(yield_to_pages())  # this thread only
-        warm_up_dashboard()
+        warm_up_when_idle(warm_up_stages(), idle_s)
     except Exception:  # noqa: BLE001  a failed warm-up only means the first page or map loads its code itself
         pass
-    finally:
-        sys.setprofile(None)

@@ -711,8 +711,10 @@ def _seed(key: str, default: Any, options: Sequence[Any] | None = None,
             value = max(value, min_value)
         if max_value is not None:
             value = min(value, max_value)
-    if key not in st.session_state or st.session_state[key] != value:
-        st.session_state[key] = value
+    # Assigned even when unchanged: moving to another page through the sidebar's page links, a widget of the
+    # same key is a new widget to Streamlit, which would drop the value it still holds and start the widget at
+    # its own default (1 cluster, the first "Built on" option); a value assigned before it is drawn is kept.
+    st.session_state[key] = value
 
 
 def synced(widget: Callable[..., T], label: str, key: str, default: T, *, options: Sequence[Any] | None = None,

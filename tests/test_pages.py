@@ -184,7 +184,7 @@ def test_query_params_seed_the_sidebar_and_follow_it(run_id):
 
 
 def test_sidebar_settings_are_kept_for_the_next_page(run_id):
-    # AppTest cannot carry widget state through a v1 page switch; the browser test follows a real switch.
+    # a new session opened from the link (the page-switch test below follows one session)
     at = open_page("summary")
     at.sidebar.multiselect(key="pred").set_value(["positive"])
     at.run()
@@ -194,6 +194,24 @@ def test_sidebar_settings_are_kept_for_the_next_page(run_id):
     at = open_page("examples", pred="positive")
     assert at.sidebar.multiselect(key="pred").value == ["positive"]
     assert "predicted positive" in at.caption[0].value
+
+
+def test_a_page_switch_in_one_session_keeps_the_sidebars_values(run_id):
+    # what the sidebar's page links do: the same session runs another page script. Streamlit then treats the
+    # sidebar's widgets as new ones; without their values assigned again it started them at their own defaults
+    # (1 cluster, the first "Built on" option), whatever the user had chosen.
+    at = open_page("summary")
+    at.sidebar.number_input(key="clusters").set_value(3)
+    at.run()
+    unit = at.sidebar.selectbox(key="unit").value
+    at.switch_page(ui.PAGE_FILES["clusters"]).run()
+    no_exception(at)
+    assert at.sidebar.number_input(key="clusters").value == 3
+    assert at.sidebar.selectbox(key="unit").value == unit
+    assert "3 clusters" in texts(at.markdown)
+    at.switch_page(ui.PAGE_FILES["map"]).run()
+    no_exception(at)
+    assert at.sidebar.number_input(key="clusters").value == 3 and at.sidebar.selectbox(key="unit").value == unit
 
 
 def test_invalid_regex_shows_error_and_page_still_draws(run_id):

@@ -129,43 +129,39 @@ def test_the_umap_warm_up_waits_until_no_page_script_runs():
     assert not scripts_running()
 
 
-def test_the_warm_up_pauses_while_a_page_script_runs():
-    import sys
+def test_the_warm_up_runs_each_stage_only_after_the_pages_have_been_idle():
     import threading
     import time
 
-    from core.projection import yield_to_pages
+    from core.projection import warm_up_when_idle
 
     page_running = threading.Event()
-    stop = threading.Event()
-    calls = [0]
+    log: list[tuple[str, bool]] = []
 
-    def step() -> None:
-        calls[0] += 1
+    def stage(name: str):
+        def run() -> None:
+            log.append((name, page_running.is_set()))
+            if name == "first":  # a page starts while the first stage runs: the next stage must wait for it
+                page_running.set()
+        return run
 
-    def warm_up() -> None:
-        sys.setprofile(yield_to_pages(busy=page_running.is_set, every=50, poll_s=0.01))
-        try:
-            while not stop.is_set():
-                step()
-        finally:
-            sys.setprofile(None)
-
-    worker = threading.Thread(target=warm_up, daemon=True)
+    worker = threading.Thread(target=warm_up_when_idle,
+                              args=([stage("first"), stage("second")], 0.2, page_running.is_set), daemon=True)
     worker.start()
-    time.sleep(0.2)
-    assert calls[0] > 100  # runs while no page does
-    page_running.set()
-    time.sleep(0.1)
-    paused_at = calls[0]
-    time.sleep(0.4)
-    assert calls[0] == paused_at  # a page runs: not a single call more
+    time.sleep(0.6)
+    assert log == [("first", False)]  # the page still runs: no second stage
     page_running.clear()
-    time.sleep(0.2)
-    assert calls[0] > paused_at + 100  # and it goes on once the page is done
-    stop.set()
     worker.join(5)
-    assert sys.getprofile() is None  # the main thread was never slowed
+    assert log == [("first", False), ("second", False)]
+
+
+def test_the_warm_up_stages_start_with_the_kernels_and_end_with_umap():
+    from core import kernels
+    from core.projection import warm_up_stages
+
+    stages = warm_up_stages()
+    assert stages[0] is kernels.warm_up and stages[-1].__name__ == "warm_up_umap"
+    kernels.warm_up()  # every kernel signature loads (or compiles) without error
 
 
 def test_umap_is_imported_with_numbas_disk_cache_and_numba_is_left_as_it_was():
