@@ -57,7 +57,7 @@ def visit_pages(run_dir: Path, pages: tuple[str, ...], timeout_s: float) -> list
         seconds = time.perf_counter() - t0
         errors = [e.message for e in at.exception]
         view = {}
-        for key in ("rep", "unit"):  # what the sidebar ended up on (AppTest's page switch can reset a widget)
+        for key in ("rep", "unit"):  # what the sidebar ended up on (a page switch must keep it)
             try:
                 view[key] = at.sidebar.selectbox(key=key).value
             except (KeyError, IndexError):

@@ -823,6 +823,9 @@ def _umap_by_sample(X: Matrix, seed: int, progress: ProgressFn, fit_size: int | 
         ignore_uncachable_numba_warning()
         coords = np.empty((n, 2), dtype=np.float32)
         coords[fit_rows] = model.fit_transform(Z[fit_rows])
+        # transform runs optimisation epochs of its own through the same bar, which would report the fit's
+        # 15-30% again for every batch: the bar jumped back and forth; the batches report their own progress
+        model.tqdm_kwds = {**model.tqdm_kwds, "disable": True}
         rest = np.setdiff1d(np.arange(n), fit_rows)
         fit_share = 0.3
         for lo in range(0, len(rest), batch):

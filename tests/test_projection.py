@@ -146,7 +146,7 @@ def test_the_warm_up_runs_each_stage_only_after_the_pages_have_been_idle():
         return run
 
     worker = threading.Thread(target=warm_up_when_idle,
-                              args=([stage("first"), stage("second")], 0.2, page_running.is_set), daemon=True)
+                              args=([stage("first"), stage("second")], 0.2, page_running.is_set, 0.1), daemon=True)
     worker.start()
     time.sleep(0.6)
     assert log == [("first", False)]  # the page still runs: no second stage

@@ -274,6 +274,8 @@ def test_umap_of_many_rows_fits_a_sample_and_places_the_rest(monkeypatch):
     assert coords.shape == (400, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
     placing = [f for f, m in messages if "placing the other 250 points" in m]
     assert len(placing) == 3 and placing == sorted(placing)  # 250 rows in batches of 100
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions)  # the bar never moves back (transform's own epochs are not reported)
     assert messages[-1] == (1.0, "UMAP: done")
     # a placed point lands among the fitted points of its own group
     fitted = np.sort(np.random.default_rng(0).choice(400, 150, replace=False))
