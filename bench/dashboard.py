@@ -320,7 +320,7 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-WARM_SERVER_WAIT_S = 10.0
+WARM_SERVER_WAIT_S = 15.0
 
 
 def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_bad: int) -> dict[str, float]:
@@ -372,9 +372,9 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             step("first open of a run, cold server (Summary page; the server's Python imports included)",
                  lambda: page.goto(f"{base}/?run={other_run_id or run_id}"), "text=Accuracy")
             if other_run_id:  # without a second run of the size (1M: 2.7 GB more), this step is left out
-                # a warm server: its warm-up (core.projection.warm_up_stages) starts once no page has run for 2 s
-                # and loads the kernels, sklearn, the word-cloud fonts and UMAP's cached code in about 4-5 s; a
-                # page opened meanwhile shares the cores with one of its stages
+                # a warm server: its warm-up (core.projection.warm_up_stages) loads the kernels, sklearn, the
+                # word-cloud fonts and UMAP's cached code, each stage once no page has run for 2 s: about 12 s
+                # after a first page that is then left alone
                 time.sleep(WARM_SERVER_WAIT_S)
                 step(f"first open of another run, warm server ({WARM_SERVER_WAIT_S:g} s after the first open; "
                      "Summary page)", lambda: page.goto(f"{base}/?run={run_id}"), "text=Accuracy")

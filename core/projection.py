@@ -8,6 +8,7 @@ folder (core.store.DERIVED_FOLDERS): not in the manifest, rebuilt when missing o
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import io
 import json
@@ -63,7 +64,8 @@ def default_projection_file(run: Run) -> Path:
 
 
 # Above analysis.UMAP_SAMPLE_ABOVE rows UMAP is fitted on a sample and places the others with `transform`: about
-# 0.25 ms a row on 2 shared cores (1,000,000 rows in 6.4 min, bench/results/dashboard.md).
+# 0.25 ms a row on 2 shared cores (1,000,000 rows in 6.4 min; 3.6 min on an idle machine, bench/results/dashboard.md):
+# the estimate keeps the slower figure, a bar that ends early is better than one that overruns.
 TRANSFORM_SECONDS_PER_ROW = 0.00025
 
 
@@ -163,7 +165,7 @@ def warm_up_stages() -> list[Callable[[], None]]:
     """Return the steps that load in advance what the pages would otherwise load on first use in this process:
     the compiled kernels (core.kernels), scikit-learn's k-means (its import takes about 1.3 s), the word clouds'
     fonts and colour maps (0.3 s before the first cloud) and UMAP's numba code (warm_up_umap, about 2 s from
-    numba's disk cache)."""
+    numba's disk cache); then freeze_long_lived_objects."""
     from core import kernels, plots
 
     def import_kmeans() -> None:
@@ -172,20 +174,31 @@ def warm_up_stages() -> list[Callable[[], None]]:
     def draw_a_cloud() -> None:
         plots.wordcloud_image({"warm": 1.0, "up": 0.5}, width=120, height=60)
 
-    return [kernels.warm_up, import_kmeans, draw_a_cloud, warm_up_umap]
+    return [kernels.warm_up, import_kmeans, draw_a_cloud, warm_up_umap, freeze_long_lived_objects]
+
+
+def freeze_long_lived_objects() -> None:
+    """Collect garbage once, then move every object alive now (the modules, numba's and scikit-learn's objects)
+    out of the garbage collector's reach (gc.freeze).
+
+    With torch, numba, scikit-learn and Streamlit loaded the server holds about 320,000 tracked objects, and each
+    full collection Python starts by itself during an interaction walks them all: 0.15 s, against none once they
+    are frozen. Objects made later (a page's data) are collected as before."""
+    gc.collect()
+    gc.freeze()
 
 
 def warm_up_when_idle(stages: Sequence[Callable[[], None]], idle_s: float = IDLE_BEFORE_WARM_UP_S,
-                      busy: Callable[[], bool] = scripts_running, between_s: float = 0.25) -> None:
-    """Run `stages` in order: the first once no page script has run for `idle_s` seconds, each later one once
-    none has run for `between_s` (wait_until_idle before every stage).
+                      busy: Callable[[], bool] = scripts_running) -> None:
+    """Run each of `stages` once no page script has run for `idle_s` seconds (wait_until_idle before every stage).
 
     A stage is not paused midway: it may hold an import lock, numba's compiler lock or PROJECTION_LOCK, which a
-    page would then wait for while the stage waited for the page. Between stages nothing is held, and a page
-    opened meanwhile shares the cores with one stage (2 s at most) instead of the whole warm-up; the short wait
-    between stages keeps the whole warm-up within about 6 s of a page."""
-    for i, stage in enumerate(stages):
-        wait_until_idle(idle_s if i == 0 else between_s, busy=busy)
+    page would then wait for while the stage waited for the page. Each stage waits for the user to be reading a
+    drawn page (2 s without a script), so quick successive clicks meet no warm-up at all, and a click made while
+    a stage runs shares the cores with that stage only (2 s at most). The whole warm-up takes about 12 s of such
+    idle time after the server's first page."""
+    for stage in stages:
+        wait_until_idle(idle_s, busy=busy)
         stage()
 
 

@@ -146,7 +146,7 @@ def test_the_warm_up_runs_each_stage_only_after_the_pages_have_been_idle():
         return run
 
     worker = threading.Thread(target=warm_up_when_idle,
-                              args=([stage("first"), stage("second")], 0.2, page_running.is_set, 0.1), daemon=True)
+                              args=([stage("first"), stage("second")], 0.2, page_running.is_set), daemon=True)
     worker.start()
     time.sleep(0.6)
     assert log == [("first", False)]  # the page still runs: no second stage
@@ -155,13 +155,33 @@ def test_the_warm_up_runs_each_stage_only_after_the_pages_have_been_idle():
     assert log == [("first", False), ("second", False)]
 
 
-def test_the_warm_up_stages_start_with_the_kernels_and_end_with_umap():
+def test_the_warm_up_stages_start_with_the_kernels_and_end_with_umap_and_a_freeze():
     from core import kernels
     from core.projection import warm_up_stages
 
     stages = warm_up_stages()
-    assert stages[0] is kernels.warm_up and stages[-1].__name__ == "warm_up_umap"
+    assert stages[0] is kernels.warm_up and [s.__name__ for s in stages[-2:]] == ["warm_up_umap",
+                                                                                   "freeze_long_lived_objects"]
     kernels.warm_up()  # every kernel signature loads (or compiles) without error
+
+
+def test_freezing_keeps_the_objects_alive_now_out_of_later_collections():
+    import subprocess
+    import sys
+
+    from core.store import REPO_ROOT
+
+    # in a child process: gc.freeze is process-wide
+    code = ("import gc; from core.projection import freeze_long_lived_objects\n"
+            "kept = [[i] for i in range(50_000)]\n"
+            "before = len(gc.get_objects())\n"
+            "freeze_long_lived_objects()\n"
+            "assert gc.get_freeze_count() >= 50_000 and len(gc.get_objects()) < before - 50_000\n"
+            "later = [[i] for i in range(10)]\n"
+            "assert any(o is later for o in gc.get_objects())  # objects made later are tracked as before\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_umap_is_imported_with_numbas_disk_cache_and_numba_is_left_as_it_was():
