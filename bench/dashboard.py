@@ -1045,6 +1045,8 @@ def scale_report(results: dict, rows: int) -> str:
             ratio = "" if name == "server start" or name.startswith("floor") else browser_floor_ratio(browser, name)
             lines.append(f"| {name} | {seconds:.2f} | {ratio} |")
         lines.append("")
+        if results.get("browser_note"):  # what earlier passes measured (written by hand into the JSON)
+            lines += [results["browser_note"], ""]
     if "cache_mb" in results:
         lines += [f"### Cache size of the {n}-example run", "", "| part | MB |", "|---|---|"]
         lines += [f"| {name} | {mb:.1f} |" for name, mb in results["cache_mb"].items()]
