@@ -182,8 +182,9 @@ def freeze_long_lived_objects() -> None:
     out of the garbage collector's reach (gc.freeze).
 
     With torch, numba, scikit-learn and Streamlit loaded the server holds about 320,000 tracked objects, and each
-    full collection Python starts by itself during an interaction walks them all: 0.15 s, against none once they
-    are frozen. Objects made later (a page's data) are collected as before."""
+    full collection Python starts by itself walks them all: 0.15 s (two ran during a cold first open; none was
+    seen during the timed interactions of bench/dashboard.py), about nothing once they are frozen. Objects made
+    later (a page's data) are collected as before."""
     gc.collect()
     gc.freeze()
 
