@@ -416,7 +416,8 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                 return act
 
             for i, option in enumerate(("prediction", "correctness", "true label", "prediction", "correctness")):
-                name = "map redraw: colour by prediction" if i == 0 else f"map redraw: colour by {option} ({i + 1} of 5)"
+                name = (f"map redraw: colour by {option}" if i == 0
+                        else f"map redraw: colour by {option} ({i + 1} of 5)")
                 step(name, recolour(option), f"[data-testid=stPlotlyChart] .legendtitletext:has-text('{option}')")
             out[RECOLOUR_MEDIAN] = statistics.median(
                 seconds for name, seconds in out.items() if name.startswith("map redraw"))
@@ -737,15 +738,13 @@ def scale_recall(run_path: Path, queries: int = 200, seed: int = 0) -> dict[str,
     query_rows = rng.choice(n, queries, replace=False)
     q = np.ascontiguousarray(mixed[query_rows])
     _, truth = flat.search(q, 11)
-    out: dict[str, object] = {"rows": n, "build": build, "params": dataclasses.asdict(params), "probes": {}}
+    out: dict[str, object] = {"rows": n, "build": build, "params": dataclasses.asdict(params), "queries": queries,
+                              "probes": {}}
     for n_probe in (params.n_probe, 2 * params.n_probe, 4 * params.n_probe):
         seconds, (_, found) = once(lambda n_probe=n_probe: index.search(q, 11, params=faiss.SearchParametersIVF(
             nprobe=min(params.n_lists, n_probe))))
-        recalls = []
-        for row, exact_ids, approx_ids in zip(query_rows, truth, found):
-            exact_ids = [r for r in exact_ids.tolist() if r != row][:10]
-            approx_ids = [r for r in approx_ids.tolist() if r != row][:10]
-            recalls.append(len(set(exact_ids) & set(approx_ids)) / 10)
+        recalls = [neighbours.recall_at((approx_ids[approx_ids != row][:10],), (exact_ids[exact_ids != row][:10],))
+                   for row, exact_ids, approx_ids in zip(query_rows, truth, found)]
         out["probes"][n_probe] = {"recall_at_10": float(np.mean(recalls)), "min": float(np.min(recalls)),
                                   "ms_per_query": seconds * 1000 / queries}
         print(f"  recall, mixtures, {n_probe} cells probed: {out['probes'][n_probe]}", flush=True)
@@ -982,8 +981,10 @@ def scale_report(results: dict, rows: int) -> str:
                   f"an easy case. Here {rc['rows']:,} rows are each a mixture of two different demo rows' [CLS] "
                   "vectors (w v_i + (1 - w) v_j, w uniform in [0.2, 0.8], plus 2% noise): no two alike, neighbours "
                   f"spread over many cells. Same settings ({p['n_lists']:,} cells trained on {p['train_rows']:,} "
-                  f"rows; built in {rc['build']:.0f} s), 200 random queries, recall@10 against exact search:", "",
-                  "| cells probed | recall@10 | worst query | ms per query (batch of 200) |", "|---|---|---|---|"]
+                  f"rows; built in {rc['build']:.0f} s), {rc.get('queries', 200)} random queries, recall@10 against "
+                  "exact search:", "",
+                  f"| cells probed | recall@10 | worst query | ms per query (batch of {rc.get('queries', 200)}) |",
+                  "|---|---|---|---|"]
         for probes, r in rc["probes"].items():
             mark = " (the product's)" if int(probes) == p["n_probe"] else ""
             lines.append(f"| {probes}{mark} | {r['recall_at_10']:.3f} | {r['min']:.1f} | {r['ms_per_query']:.1f} |")
