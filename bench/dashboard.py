@@ -275,6 +275,9 @@ def _free_port() -> int:
 _STATE = "document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
 
 
+MAP_CHART = ".saliency-atlas-map"  # the Map page's chart (core/map_chart.py)
+
+
 def _wait_until_drawn(page, ready: str, timeout_s: float = 300) -> None:
     """Wait until `ready` (a selector for content only the finished run draws) is on screen and the script is idle.
 
@@ -407,7 +410,7 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             drawn = "drawn" if rows <= analysis.DENSITY_ABOVE else "as density + a 10,000-point sample"
             step(f"Map page from stored UMAP coordinates, from the page list ({rows:,} points {drawn})",
                  visit("Map"),
-                 "[data-testid=stPlotlyChart] .legendtitletext:has-text('true label')")
+                 f"{MAP_CHART} .legendtitletext:has-text('true label')")
 
             def recolour(option: str) -> Callable[[], None]:
                 def act() -> None:
@@ -418,7 +421,7 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             for i, option in enumerate(("prediction", "correctness", "true label", "prediction", "correctness")):
                 name = (f"map redraw: colour by {option}" if i == 0
                         else f"map redraw: colour by {option} ({i + 1} of 5)")
-                step(name, recolour(option), f"[data-testid=stPlotlyChart] .legendtitletext:has-text('{option}')")
+                step(name, recolour(option), f"{MAP_CHART} .legendtitletext:has-text('{option}')")
             out[RECOLOUR_MEDIAN] = statistics.median(
                 seconds for name, seconds in out.items() if name.startswith("map redraw"))
         finally:

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, plots, ui
+from core import analysis, map_chart, plots, ui
 from core.ui import escape_markdown as md  # typed words, patterns and label names
 
 COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "correctness",
@@ -94,11 +94,10 @@ def map_view(view: ui.View) -> None:
         figure = plots.scatter_map(coords, ex, colour_by, hover, title)
         # Small slices get bigger points; dense ones stay small so regions remain visible.
         figure.update_traces(marker_size=10 if len(ex) < 1_000 else 6 if len(ex) < 10_000 else 4)
-    figure.update_layout(height=620)
-    # The mode bar (lasso, box, zoom) is always shown: by default Plotly shows it only while the mouse is over the
-    # chart.
-    event = st.plotly_chart(figure, key="map_chart", on_select="rerun", selection_mode=("box", "lasso"),
-                            config={"displayModeBar": True})
+    # One chart that stays mounted: a recolour is a Plotly.react of the new figure in the browser (zoom and the
+    # drawn lasso kept), not a new chart; what the map shows apart from its colours is the selection's scope.
+    scope = f"{view.path}|{view.stamp}|{view.spec_json}|{ui.key_tuple(view.key)}|{method}"
+    event = map_chart.map_chart(figure, key="map_chart", scope=scope, height=620, send_points=not density)
 
     selected = ui.selected_rows(event, figure)
     box, lasso = ui.selection_region(event)

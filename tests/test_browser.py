@@ -141,7 +141,9 @@ def test_every_page_in_a_browser(server):
         settle(page)
         assert "proj=tsne" in page.url
         assert "clusters=3" in page.url  # the sidebar setting made on Clusters is kept on the next page
-        plot = page.locator(".js-plotly-plot .nsewdrag").first
+        # the map is a custom component (core/map_chart.py) that stays mounted across reruns
+        page.locator(".saliency-atlas-map .legendtitletext").first.wait_for(timeout=60_000)
+        plot = page.locator(".saliency-atlas-map .nsewdrag").first
         box = plot.bounding_box()
         x0, y0, x1, y1 = box["x"] + 4, box["y"] + 4, box["x"] + box["width"] - 4, box["y"] + box["height"] - 4
         page.mouse.move(x0, y0)
@@ -153,6 +155,20 @@ def test_every_page_in_a_browser(server):
         text = main_text(page)
         assert "selected examples" in text and "Aggregate top terms" in text
         shoot(page, "map")
+        # a recolour redraws the same chart in place (Plotly.react): the chart's element survives, its legend
+        # changes and the lasso's selection is still listed
+        page.evaluate("() => { document.querySelector('.saliency-atlas-map').mountedBeforeRecolour = true; }")
+        revision = page.evaluate("() => document.querySelector('.saliency-atlas-map').getAttribute('data-revision')")
+        page.locator("[data-testid=stSelectbox]").filter(has_text="Colour by").first.click()
+        page.get_by_role("option", name="prediction", exact=True).click()
+        settle(page)
+        page.wait_for_function("() => document.querySelector('.saliency-atlas-map').getAttribute('data-revision') "
+                               f"!== '{revision}'", timeout=60_000)
+        chart = ".saliency-atlas-map"
+        # (a one-trace map draws no legend: the tiny model may predict one class, so read the layout)
+        assert page.evaluate(f"() => document.querySelector('{chart}').layout.legend.title.text") == "prediction"
+        assert page.evaluate(f"() => document.querySelector('{chart}').mountedBeforeRecolour === true")
+        assert "selected examples" in main_text(page)
 
         # Examples: search, read the detail, then follow the link to its neighbours.
         page.get_by_role("link", name="Examples").first.click()

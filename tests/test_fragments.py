@@ -8,6 +8,7 @@ such a rerun the tree holds only the fragments' elements; a browser keeps the ot
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 from streamlit.runtime.scriptrunner import RerunData
@@ -15,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import local_script_runner
 
 from core import analysis, ui
-from tests.test_pages import no_exception, open_page, run_id  # noqa: F401  run_id is a fixture
+from tests.test_pages import map_figure, no_exception, open_page, run_id  # noqa: F401  run_id is a fixture
 
 
 def run_fragments(at: AppTest, monkeypatch) -> AppTest:
@@ -47,7 +48,7 @@ def counts(monkeypatch) -> dict[str, int]:
 
 
 def legend_title(at: AppTest) -> str:
-    return str(at.get("plotly_chart")[0].proto.spec)
+    return json.dumps(map_figure(at))
 
 
 def test_map_colour_change_reruns_only_the_fragment(run_id, counts, monkeypatch):  # noqa: F811

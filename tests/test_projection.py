@@ -7,7 +7,7 @@ import pytest
 from core import analysis, projection, ui
 from core import precompute as pc
 from core.store import describe_files, list_runs, open_run
-from tests.test_pages import no_exception, open_page
+from tests.test_pages import map_figure, no_exception, open_page
 
 
 def precompute_cli(tiny_model_dir, tiny_data_csv, *args) -> str:
@@ -43,8 +43,8 @@ def test_precompute_stores_the_default_map_and_the_page_does_not_recompute(tiny_
     monkeypatch.setattr(analysis, "project_2d", no_projection)
     at = open_page("map")
     no_exception(at)
-    figure = at.get("plotly_chart")
-    assert figure and '"x"' in figure[0].proto.spec
+    figure = map_figure(at)
+    assert figure["data"] and all("x" in trace for trace in figure["data"])
     assert file.stat().st_mtime_ns == stamp
 
     # a second precompute reuses the run and the stored map
@@ -74,7 +74,7 @@ def test_map_without_a_stored_projection_shows_what_it_computes(tiny_run_path, m
     shutil.copytree(tiny_run_path, runs_dir() / Path(tiny_run_path).name)
     at = open_page("map", proj="tsne")
     no_exception(at)
-    assert at.get("plotly_chart")
+    assert map_figure(at)["data"]
     assert any("t-SNE" in m for m in messages)
     assert not at.get("expandable"), "the progress box is removed once the map is drawn"
 

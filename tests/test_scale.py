@@ -226,12 +226,12 @@ def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cach
     from pathlib import Path
 
     from core import analysis
-    from tests.test_pages import no_exception, open_page, texts
+    from tests.test_pages import map_figure, no_exception, open_page, texts
 
     shutil.copytree(tiny_run_path, isolated_cache / "runs" / Path(tiny_run_path).name)
     at = open_page("map")
     no_exception(at)
-    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    traces = map_figure(at)["data"]
     assert {t["type"] for t in traces} == {"scattergl"}  # 16 points: a plain scatter
 
     monkeypatch.setattr(analysis, "DENSITY_ABOVE", 10)
@@ -239,7 +239,7 @@ def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cach
     at = open_page("map")
     no_exception(at)
     assert "drawn as the density of each colour group" in texts(at.caption)
-    traces = json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
+    traces = map_figure(at)["data"]
     heatmaps = [t for t in traces if t["type"] == "heatmap"]
     points = [t for t in traces if t["type"] == "scattergl"]
     assert len(heatmaps) == len(points) == 2  # one density and one sample per true label
@@ -248,7 +248,7 @@ def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cach
     assert counted == 16
     at.selectbox(key="colour").set_value("correctness").run()
     no_exception(at)
-    legend = {t["name"] for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]}
+    legend = {t["name"] for t in map_figure(at)["data"]}
     assert legend <= {"correct", "misclassified"}
 
 

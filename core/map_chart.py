@@ -1,0 +1,126 @@
+"""The Map page's chart: a plotly figure in a Streamlit custom component that stays mounted while the page reruns.
+
+``st.plotly_chart`` hashes the figure into its element id, so every recolour mounts a new chart: the browser runs
+``Plotly.newPlot`` and creates a new WebGL context (0.5-0.6 s of a 1,000,000-row map's redraw in chromium on a
+2-core machine, against 0.14 s for ``Plotly.react``). This component (Streamlit's components v2, in the app's own
+page) keeps one id per key; its module (``map_chart_frontend/map_chart.js``, no build step) applies each new
+figure with ``Plotly.react``, which also keeps the zoom and the drawn lasso while only the colouring changes, and
+sends back the drawn box or lasso in the shape ``st.plotly_chart``'s selection event has.
+
+plotly.js is the copy the plotly package ships (so chart and figure JSON always match). The browser loads it once
+per tab from a folder served through Streamlit's component file route (a components v1 declaration, never drawn),
+assembled once per plotly version under the system's temporary directory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+FRONTEND_MODULE = Path(__file__).resolve().parent / "map_chart_frontend" / "map_chart.js"
+COMPONENT_NAME = "saliency_atlas_map_chart"
+ASSETS_NAME = "saliency_atlas_plotly_js"  # the v1 declaration that serves plotly.min.js
+
+_components: dict[str, Any] = {}
+
+
+def plotly_js_path() -> Path:
+    """Return the path of the plotly.js bundle the installed plotly package ships (what its figures are made for)."""
+    import plotly
+
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    if not path.is_file():
+        raise FileNotFoundError(f"plotly.js is missing from the plotly package at {path}; reinstall plotly "
+                                "(pip install --force-reinstall plotly).")
+    return path
+
+
+def assets_folder(root: Path | None = None) -> Path:
+    """Return the folder that serves plotly.min.js to the browser, creating it if needed.
+
+    The folder is named by the plotly version and bundle size, so an upgrade gets a new folder; it is assembled in
+    a sibling folder and renamed into place, so a server never serves half of it, and rebuilt when a temp cleaner
+    removed part of it. (Streamlit's file route resolves links and refuses those that leave the folder: a copy.)
+    """
+    import plotly
+
+    bundle = plotly_js_path()
+    size = bundle.stat().st_size
+    root = Path(tempfile.gettempdir()) / "saliency-atlas-components" if root is None else root
+    folder = root / f"plotly-{plotly.__version__}-{size}"
+
+    def complete() -> bool:
+        try:
+            return (folder / "plotly.min.js").stat().st_size == size
+        except OSError:
+            return False
+
+    if complete():
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=root))
+    try:
+        shutil.copyfile(bundle, staging / "plotly.min.js")
+        try:
+            os.replace(staging, folder)
+        except OSError:  # the folder exists: assembled by another server meanwhile, or incomplete
+            if not complete():
+                stale = Path(tempfile.mkdtemp(prefix=f".{folder.name}-stale-", dir=root))
+                os.replace(folder, stale / "old")
+                os.replace(staging, folder)
+                shutil.rmtree(stale, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _declared() -> tuple[Any, str]:
+    """Return (the v2 component's mounting command, the URL path the browser loads plotly.js from)."""
+    if not _components:
+        import streamlit as st
+        import streamlit.components.v1 as components_v1
+
+        assets = components_v1.declare_component(ASSETS_NAME, path=str(assets_folder()))
+        base = (st.get_option("server.baseUrlPath") or "").strip("/")
+        _components["plotly_url"] = "/" + (f"{base}/" if base else "") + f"component/{assets.name}/plotly.min.js"
+        _components["chart"] = st.components.v2.component(
+            COMPONENT_NAME, js=FRONTEND_MODULE.read_text(encoding="utf-8"), isolate_styles=False)
+    return _components["chart"], _components["plotly_url"]
+
+
+def chart_payload(figure: Any, *, scope: str, height: int, send_points: bool, plotly_url: str) -> tuple[bytes, str]:
+    """Return (the component's data: UTF-8 JSON of the settings and the figure, the figure's revision).
+
+    The revision is the first 16 hex digits of the SHA-256 of the figure's JSON: the browser redraws only when it
+    changes. The figure's JSON is spliced in as plotly wrote it, not parsed and written again.
+    """
+    import plotly.io as pio
+
+    figure_json = pio.to_json(figure, validate=False)
+    revision = hashlib.sha256(figure_json.encode("utf-8")).hexdigest()[:16]
+    settings = json.dumps({"revision": revision, "scope": scope, "height": int(height), "send_points": send_points,
+                           "plotly_url": plotly_url})
+    return (settings[:-1] + ', "figure": ' + figure_json + "}").encode("utf-8"), revision
+
+
+def map_chart(figure: Any, *, key: str, scope: str, height: int, send_points: bool) -> dict | None:
+    """Draw `figure` in the component and return the user's last selection on it, or None.
+
+    The selection is ``{"selection": {"points": [{"customdata": row}, ...], "box": [{"x": [x0, x1], "y": [y0,
+    y1]}], "lasso": [{"x": [...], "y": [...]}]}}`` (points only when `send_points`), as ``st.plotly_chart``'s
+    event has it. `scope` names what the map shows apart from its colours (slice, representation, projection): a
+    selection drawn under another scope is stale and returns None, and a new scope resets the zoom.
+    """
+    mount, plotly_url = _declared()
+    scope = hashlib.sha256(scope.encode("utf-8")).hexdigest()[:16]  # what the browser sees of it
+    data, _ = chart_payload(figure, scope=scope, height=height, send_points=send_points, plotly_url=plotly_url)
+    result = mount(key=key, data=data, default={"selection": None}, on_selection_change=lambda: None,
+                   height=height)
+    value = result.get("selection") if hasattr(result, "get") else None
+    if not isinstance(value, dict) or value.get("scope") != scope:
+        return None
+    return {"selection": value.get("selection") or {}}

@@ -1,0 +1,110 @@
+// The Map page's chart (core/map_chart.py): a Streamlit v2 custom component, mounted in the app's own page (no
+// iframe), that stays mounted while the page reruns. Streamlit calls this module's default export again with
+// each new `data`; a new figure is applied to the same chart with Plotly.react, which reuses the WebGL context
+// and keeps the zoom and the drawn lasso, where st.plotly_chart mounts a new chart (Plotly.newPlot) for every new
+// figure. plotly.js (the copy the plotly Python package ships) is loaded once per browser tab and kept as
+// window.Plotly, so going back to the Map page costs no new download or compile.
+
+function loadPlotly(url) {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!window.saliencyAtlasPlotly) {
+    window.saliencyAtlasPlotly = new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = url;
+      script.async = true;
+      script.onload = () => (window.Plotly ? resolve(window.Plotly)
+                                           : reject(new Error(`${url} loaded but defined no Plotly`)));
+      script.onerror = () => {
+        window.saliencyAtlasPlotly = null;  // the next render tries again
+        reject(new Error(`could not load plotly.js from ${url}`));
+      };
+      document.head.appendChild(script);
+    });
+  }
+  return window.saliencyAtlasPlotly;
+}
+
+function themed(layout, element) {
+  const style = getComputedStyle(element);
+  const text = style.getPropertyValue("--st-text-color").trim();
+  const font = style.getPropertyValue("--st-font").trim();
+  const dark = style.getPropertyValue("--st-base").trim() === "dark";
+  layout.paper_bgcolor = "rgba(0,0,0,0)";
+  if (dark) {
+    layout.plot_bgcolor = "rgba(0,0,0,0)";
+    for (const axis of ["xaxis", "yaxis"]) {
+      layout[axis] = Object.assign({}, layout[axis], {gridcolor: "rgba(250,250,250,0.12)"});
+    }
+  }
+  layout.font = Object.assign({}, layout.font, text ? {color: text} : {}, font ? {family: font} : {});
+  return layout;
+}
+
+// The selection in the shape st.plotly_chart's event has (ui.selection_region and ui.selected_rows read it),
+// with the scope of the figure it was drawn on: Python ignores a selection drawn before a slice change.
+function selectionOf(event, chart) {
+  const selection = {points: [], box: [], lasso: []};
+  if (event) {
+    if (event.range && event.range.x) selection.box.push({x: event.range.x, y: event.range.y});
+    if (event.lassoPoints && event.lassoPoints.x) {
+      selection.lasso.push({x: event.lassoPoints.x, y: event.lassoPoints.y});
+    }
+    if (chart.saliencyAtlas.sendPoints && event.points) {
+      for (const point of event.points) {
+        if (point.customdata !== undefined) selection.points.push({customdata: point.customdata});
+      }
+    }
+  }
+  return {scope: chart.saliencyAtlas.scope, selection: selection};
+}
+
+async function draw(chart, Plotly, payload) {
+  const state = chart.saliencyAtlas;
+  state.sendPoints = payload.send_points;
+  if (state.revision === payload.revision) return;
+  const layout = themed(payload.figure.layout || {}, chart);
+  layout.height = payload.height;
+  layout.autosize = true;
+  layout.uirevision = payload.scope;  // the same scope (a recolour): Plotly keeps the zoom and the drawn lasso
+  await Plotly.react(chart, payload.figure.data || [], layout, {displayModeBar: true, responsive: true,
+                                                               displaylogo: false});
+  if (!state.listening) {
+    chart.on("plotly_selected", (event) => state.send(selectionOf(event, chart)));
+    chart.on("plotly_deselect", () => state.send(selectionOf(null, chart)));
+    state.listening = true;
+  }
+  state.revision = payload.revision;
+  state.scope = payload.scope;
+  chart.setAttribute("data-revision", payload.revision);
+}
+
+export default function ({data, parentElement, setStateValue}) {
+  const payload = JSON.parse(new TextDecoder().decode(data));
+  let chart = parentElement.querySelector("div.saliency-atlas-map");
+  if (!chart) {
+    chart = document.createElement("div");
+    chart.className = "saliency-atlas-map";
+    chart.style.width = "100%";
+    chart.style.minHeight = `${payload.height}px`;
+    chart.saliencyAtlas = {revision: null, scope: null, listening: false, queue: Promise.resolve()};
+    parentElement.appendChild(chart);
+  }
+  const state = chart.saliencyAtlas;
+  state.send = (value) => setStateValue("selection", value);
+  // renders arrive faster than a redraw at times: draw them in order, each after the previous one
+  state.queue = state.queue
+    .then(() => loadPlotly(payload.plotly_url))
+    .then((Plotly) => draw(chart, Plotly, payload))
+    .catch((error) => {
+      chart.textContent = `The map could not be drawn: ${error.message}`;
+      state.revision = null;
+    });
+  // Streamlit calls the cleanup of the latest render when the chart unmounts (the page is left), and that of a
+  // render superseded before it started right away: purge (freeing the WebGL context) only a chart that has left
+  // the page
+  return () => {
+    const purge = () => { if (!chart.isConnected && window.Plotly) window.Plotly.purge(chart); };
+    purge();
+    setTimeout(purge, 0);
+  };
+}
