@@ -275,7 +275,7 @@ def _free_port() -> int:
 _STATE = "document.querySelector('[data-testid=stApp]')?.getAttribute('data-test-script-state')"
 
 
-MAP_CHART = ".saliency-atlas-map"  # the Map page's chart (core/map_chart.py)
+MAP_CHART = ".saliency-atlas-chart[data-chart=map_chart]"  # the Map page's chart (core/live_chart.py)
 
 
 def _wait_until_drawn(page, ready: str, timeout_s: float = 300) -> None:

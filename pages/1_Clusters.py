@@ -1,7 +1,7 @@
 """Clusters: k-means on the slice's representation; sizes, classes, accuracy, distinctive terms, word clouds."""
 import streamlit as st
 
-from core import analysis, plots, ui
+from core import analysis, live_chart, plots, ui
 from core.ui import escape_markdown as md  # terms, label names and flag reasons come from the data
 
 RANKINGS = {"distinctive": "distinctive (vs rest of slice)", "mean": "mean salience"}
@@ -40,7 +40,8 @@ def clusters_view(view: ui.View, labels) -> None:
 
     chart, clouds_intro = st.columns([3, 2], gap="large")
     with chart:
-        st.plotly_chart(plots.cluster_size_bar(summary), key="cluster_sizes")
+        # redrawn in place on a recluster (Plotly.react), not mounted anew as st.plotly_chart would
+        live_chart.live_chart(plots.cluster_size_bar(summary), key="cluster_sizes", height=450)
     with clouds_intro:
         st.markdown(f"**{len(summary)} clusters** of {len(view.rows):,} examples.")
         largest = summary.iloc[0]

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, map_chart, plots, ui
+from core import analysis, live_chart, plots, ui
 from core.ui import escape_markdown as md  # typed words, patterns and label names
 
 COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "correctness",
@@ -97,7 +97,7 @@ def map_view(view: ui.View) -> None:
     # One chart that stays mounted: a recolour is a Plotly.react of the new figure in the browser (zoom and the
     # drawn lasso kept), not a new chart; what the map shows apart from its colours is the selection's scope.
     scope = f"{view.path}|{view.stamp}|{view.spec_json}|{ui.key_tuple(view.key)}|{method}"
-    event = map_chart.map_chart(figure, key="map_chart", scope=scope, height=620, send_points=not density)
+    event = live_chart.live_chart(figure, key="map_chart", height=620, scope=scope, send_points=not density)
 
     selected = ui.selected_rows(event, figure)
     box, lasso = ui.selection_region(event)

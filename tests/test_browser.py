@@ -127,9 +127,14 @@ def test_every_page_in_a_browser(server):
         # Clusters: 3 clusters from the sidebar.
         page.get_by_role("link", name="Clusters").first.click()
         settle(page)
+        sizes = ".saliency-atlas-chart[data-chart=cluster_sizes]"
+        page.locator(f"{sizes} .bars").first.wait_for(timeout=60_000)
+        page.evaluate(f"() => {{ document.querySelector('{sizes}').mountedBeforeRecluster = true; }}")
         commit(page, "Number of k-means clusters", "3")
         text = main_text(page)
         assert "3 clusters of 16 examples" in text and "Word clouds" in text
+        page.wait_for_function(f"() => document.querySelector('{sizes}').data[0].x.length === 3", timeout=60_000)
+        assert page.evaluate(f"() => document.querySelector('{sizes}').mountedBeforeRecluster === true")
         assert "clusters=3" in page.url
         assert page.locator("[data-testid=stImage]").count() >= 1
         shoot(page, "clusters")
@@ -141,9 +146,10 @@ def test_every_page_in_a_browser(server):
         settle(page)
         assert "proj=tsne" in page.url
         assert "clusters=3" in page.url  # the sidebar setting made on Clusters is kept on the next page
-        # the map is a custom component (core/map_chart.py) that stays mounted across reruns
-        page.locator(".saliency-atlas-map .legendtitletext").first.wait_for(timeout=60_000)
-        plot = page.locator(".saliency-atlas-map .nsewdrag").first
+        # the map is a custom component (core/live_chart.py) that stays mounted across reruns
+        chart = ".saliency-atlas-chart[data-chart=map_chart]"
+        page.locator(f"{chart} .legendtitletext").first.wait_for(timeout=60_000)
+        plot = page.locator(f"{chart} .nsewdrag").first
         box = plot.bounding_box()
         x0, y0, x1, y1 = box["x"] + 4, box["y"] + 4, box["x"] + box["width"] - 4, box["y"] + box["height"] - 4
         page.mouse.move(x0, y0)
@@ -157,14 +163,13 @@ def test_every_page_in_a_browser(server):
         shoot(page, "map")
         # a recolour redraws the same chart in place (Plotly.react): the chart's element survives, its legend
         # changes and the lasso's selection is still listed
-        page.evaluate("() => { document.querySelector('.saliency-atlas-map').mountedBeforeRecolour = true; }")
-        revision = page.evaluate("() => document.querySelector('.saliency-atlas-map').getAttribute('data-revision')")
+        page.evaluate(f"() => {{ document.querySelector('{chart}').mountedBeforeRecolour = true; }}")
+        revision = page.evaluate(f"() => document.querySelector('{chart}').getAttribute('data-revision')")
         page.locator("[data-testid=stSelectbox]").filter(has_text="Colour by").first.click()
         page.get_by_role("option", name="prediction", exact=True).click()
         settle(page)
-        page.wait_for_function("() => document.querySelector('.saliency-atlas-map').getAttribute('data-revision') "
-                               f"!== '{revision}'", timeout=60_000)
-        chart = ".saliency-atlas-map"
+        page.wait_for_function(f"() => document.querySelector('{chart}').getAttribute('data-revision') !== "
+                               f"'{revision}'", timeout=60_000)
         # (a one-trace map draws no legend: the tiny model may predict one class, so read the layout)
         assert page.evaluate(f"() => document.querySelector('{chart}').layout.legend.title.text") == "prediction"
         assert page.evaluate(f"() => document.querySelector('{chart}').mountedBeforeRecolour === true")

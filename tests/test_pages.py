@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
-from core import map_chart, ui
+from core import live_chart, ui
 from core.store import open_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,11 +51,18 @@ def no_exception(at: AppTest) -> None:
     assert not at.exception, "\n".join(f"{e.message}\n{''.join(e.stack_trace)}" for e in at.exception)
 
 
+def live_chart_figure(at: AppTest, key: str) -> dict:
+    """Return the figure (plotly JSON as a dict) a page sent to its live chart `key` (core/live_chart.py)."""
+    payloads = [json.loads(e.proto.bytes.decode("utf-8")) for e in at.get("bidi_component")
+                if e.proto.component_name == live_chart.COMPONENT_NAME]
+    charts = [p for p in payloads if p["name"] == key]
+    assert len(charts) == 1, f"expected one chart {key!r}, found {len(charts)}"
+    return charts[0]["figure"]
+
+
 def map_figure(at: AppTest) -> dict:
-    """Return the figure (plotly JSON as a dict) the Map page sent to its chart component (core/map_chart.py)."""
-    charts = [e for e in at.get("bidi_component") if e.proto.component_name == map_chart.COMPONENT_NAME]
-    assert len(charts) == 1, f"expected one map chart, found {len(charts)}"
-    return json.loads(charts[0].proto.bytes.decode("utf-8"))["figure"]
+    """Return the figure the Map page drew."""
+    return live_chart_figure(at, "map_chart")
 
 
 def texts(elements) -> str:
@@ -99,9 +106,9 @@ def test_pages_import_no_compute_libraries():
 
 
 def test_only_the_adapters_import_streamlit_in_core():
-    # ui.py (widgets, cached reads) and map_chart.py (the Map page's custom component) adapt core to Streamlit
+    # ui.py (widgets, cached reads) and live_chart.py (the charts' custom component) adapt core to Streamlit
     importers = {p.name for p in (REPO / "core").glob("*.py") if "streamlit" in _imported_modules(p)}
-    assert importers <= {"ui.py", "map_chart.py"}
+    assert importers <= {"ui.py", "live_chart.py"}
 
 
 def test_every_page_file_is_a_registered_page():
@@ -248,6 +255,8 @@ def test_clusters_table_has_one_row_per_cluster(run_id):
     assert np.isclose(table["size_pct"].sum(), 100.0)
     assert len(at.get("image")) + sum("no salient terms" in c.value for c in at.caption) == 3  # one cloud each
     assert {"labels_text", "preds_text", "recall_text", "flag", "flag_reason"} <= set(table.columns)
+    bars = live_chart_figure(at, "cluster_sizes")["data"][0]  # the size chart: one bar per cluster, as the table
+    assert bars["x"] == [f"cluster {c}" for c in table["cluster"]]
     assert at.radio(key="term_rank").value == "distinctive"
     distinctive_terms = table["top_terms"].tolist()
     at.radio(key="term_rank").set_value("mean").run()

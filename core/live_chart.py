@@ -1,11 +1,14 @@
-"""The Map page's chart: a plotly figure in a Streamlit custom component that stays mounted while the page reruns.
+"""Plotly charts in a Streamlit custom component that stays mounted while the page reruns (the Map page's map, the
+Clusters page's size chart).
 
-``st.plotly_chart`` hashes the figure into its element id, so every recolour mounts a new chart: the browser runs
-``Plotly.newPlot`` and creates a new WebGL context (0.5-0.6 s of a 1,000,000-row map's redraw in chromium on a
-2-core machine, against 0.14 s for ``Plotly.react``). This component (Streamlit's components v2, in the app's own
-page) keeps one id per key; its module (``map_chart_frontend/map_chart.js``, no build step) applies each new
-figure with ``Plotly.react``, which also keeps the zoom and the drawn lasso while only the colouring changes, and
-sends back the drawn box or lasso in the shape ``st.plotly_chart``'s selection event has.
+``st.plotly_chart`` hashes the figure into its element id, so every new figure mounts a new chart: the browser runs
+``Plotly.newPlot`` (for the map also a new WebGL context: 0.5-0.6 s of a 1,000,000-row map's redraw in chromium on
+a 2-core machine, against 0.14 s for ``Plotly.react``) and Streamlit's own chart wrapper (about 0.27 s of browser
+time for the cluster size chart of a recluster, against 0.03-0.07 s for ``Plotly.react`` of the new bars). This
+component (Streamlit's components v2, in the app's own page) keeps one id per key; its module
+(``live_chart_frontend/live_chart.js``, no build step) applies each new figure with ``Plotly.react``, which also
+keeps the zoom and a drawn lasso while only the colouring changes, and sends back the drawn box or lasso in the
+shape ``st.plotly_chart``'s selection event has.
 
 plotly.js is the copy the plotly package ships (so chart and figure JSON always match). The browser loads it once
 per tab from a folder served through Streamlit's component file route (a components v1 declaration, never drawn),
@@ -21,8 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-FRONTEND_MODULE = Path(__file__).resolve().parent / "map_chart_frontend" / "map_chart.js"
-COMPONENT_NAME = "saliency_atlas_map_chart"
+FRONTEND_MODULE = Path(__file__).resolve().parent / "live_chart_frontend" / "live_chart.js"
+COMPONENT_NAME = "saliency_atlas_live_chart"
 ASSETS_NAME = "saliency_atlas_plotly_js"  # the v1 declaration that serves plotly.min.js
 
 _components: dict[str, Any] = {}
@@ -92,7 +95,8 @@ def _declared() -> tuple[Any, str]:
     return _components["chart"], _components["plotly_url"]
 
 
-def chart_payload(figure: Any, *, scope: str, height: int, send_points: bool, plotly_url: str) -> tuple[bytes, str]:
+def chart_payload(figure: Any, *, name: str, scope: str, height: int, send_points: bool,
+                  plotly_url: str) -> tuple[bytes, str]:
     """Return (the component's data: UTF-8 JSON of the settings and the figure, the figure's revision).
 
     The revision is the first 16 hex digits of the SHA-256 of the figure's JSON: the browser redraws only when it
@@ -102,22 +106,24 @@ def chart_payload(figure: Any, *, scope: str, height: int, send_points: bool, pl
 
     figure_json = pio.to_json(figure, validate=False)
     revision = hashlib.sha256(figure_json.encode("utf-8")).hexdigest()[:16]
-    settings = json.dumps({"revision": revision, "scope": scope, "height": int(height), "send_points": send_points,
-                           "plotly_url": plotly_url})
+    settings = json.dumps({"name": name, "revision": revision, "scope": scope, "height": int(height),
+                           "send_points": send_points, "plotly_url": plotly_url})
     return (settings[:-1] + ', "figure": ' + figure_json + "}").encode("utf-8"), revision
 
 
-def map_chart(figure: Any, *, key: str, scope: str, height: int, send_points: bool) -> dict | None:
-    """Draw `figure` in the component and return the user's last selection on it, or None.
+def live_chart(figure: Any, *, key: str, height: int, scope: str = "", send_points: bool = False) -> dict | None:
+    """Draw `figure` in the component (its element in the page carries ``data-chart=<key>``) and return the user's
+    last box or lasso selection on it, or None.
 
     The selection is ``{"selection": {"points": [{"customdata": row}, ...], "box": [{"x": [x0, x1], "y": [y0,
     y1]}], "lasso": [{"x": [...], "y": [...]}]}}`` (points only when `send_points`), as ``st.plotly_chart``'s
-    event has it. `scope` names what the map shows apart from its colours (slice, representation, projection): a
-    selection drawn under another scope is stale and returns None, and a new scope resets the zoom.
+    event has it. `scope` names what the chart shows apart from its colours (for the map: slice, representation,
+    projection): a selection drawn under another scope is stale and returns None, and a new scope resets the zoom.
     """
     mount, plotly_url = _declared()
     scope = hashlib.sha256(scope.encode("utf-8")).hexdigest()[:16]  # what the browser sees of it
-    data, _ = chart_payload(figure, scope=scope, height=height, send_points=send_points, plotly_url=plotly_url)
+    data, _ = chart_payload(figure, name=key, scope=scope, height=height, send_points=send_points,
+                            plotly_url=plotly_url)
     result = mount(key=key, data=data, default={"selection": None}, on_selection_change=lambda: None,
                    height=height)
     value = result.get("selection") if hasattr(result, "get") else None

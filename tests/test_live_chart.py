@@ -1,4 +1,4 @@
-"""The Map page's chart component (core/map_chart.py): its served plotly.js, its payload and its selection rules.
+"""The charts' custom component (core/live_chart.py): its served plotly.js, its payload and its selection rules.
 
 The round trip in a browser (a lasso read back, a recolour drawn in the same mounted chart) is in test_browser.py.
 """
@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from core import map_chart, plots, ui
+from core import live_chart, plots, ui
 
 
 def _figure(colour: str) -> object:
@@ -19,27 +19,27 @@ def _figure(colour: str) -> object:
 
 
 def test_the_folder_serves_the_plotly_js_of_the_installed_package(tmp_path):
-    folder = map_chart.assets_folder(tmp_path)
-    assert (folder / "plotly.min.js").read_bytes() == map_chart.plotly_js_path().read_bytes()
+    folder = live_chart.assets_folder(tmp_path)
+    assert (folder / "plotly.min.js").read_bytes() == live_chart.plotly_js_path().read_bytes()
     stamp = (folder / "plotly.min.js").stat().st_mtime_ns
-    assert map_chart.assets_folder(tmp_path) == folder  # reused, not copied again
+    assert live_chart.assets_folder(tmp_path) == folder  # reused, not copied again
     assert (folder / "plotly.min.js").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]  # no staging folder left behind
 
 
 def test_a_truncated_copy_is_replaced(tmp_path):
-    folder = map_chart.assets_folder(tmp_path)
+    folder = live_chart.assets_folder(tmp_path)
     (folder / "plotly.min.js").write_bytes(b"partial")  # e.g. a disk that filled up, or a cleaner
-    assert map_chart.assets_folder(tmp_path) == folder
-    assert (folder / "plotly.min.js").read_bytes() == map_chart.plotly_js_path().read_bytes()
+    assert live_chart.assets_folder(tmp_path) == folder
+    assert (folder / "plotly.min.js").read_bytes() == live_chart.plotly_js_path().read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == [folder.name]
 
 
 def test_the_payload_holds_the_settings_and_the_figure_and_its_revision_follows_the_colours():
-    kwargs = {"scope": "s", "height": 500, "send_points": True, "plotly_url": "/component/x/plotly.min.js"}
-    first, first_revision = map_chart.chart_payload(_figure("true label"), **kwargs)
-    again, again_revision = map_chart.chart_payload(_figure("true label"), **kwargs)
-    _, other_revision = map_chart.chart_payload(_figure("prediction"), **kwargs)
+    kwargs = {"name": "map", "scope": "s", "height": 500, "send_points": True, "plotly_url": "/component/x/plotly.min.js"}
+    first, first_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
+    again, again_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
+    _, other_revision = live_chart.chart_payload(_figure("prediction"), **kwargs)
     assert first == again and first_revision == again_revision
     assert other_revision != first_revision
     payload = json.loads(first.decode("utf-8"))
@@ -57,15 +57,15 @@ def test_a_selection_is_returned_only_for_the_scope_it_was_drawn_on(monkeypatch)
         sent.append(kwargs)
         return dict(state)
 
-    monkeypatch.setattr(map_chart, "_declared", lambda: (mount, "/component/x/plotly.min.js"))
-    assert map_chart.map_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False) is None
+    monkeypatch.setattr(live_chart, "_declared", lambda: (mount, "/component/x/plotly.min.js"))
+    assert live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False) is None
     browser_scope = json.loads(sent[0]["data"].decode("utf-8"))["scope"]
     assert "slice A" not in browser_scope  # the browser sees a hash of it
     state["selection"] = {"scope": browser_scope, "selection": selection}  # what the module sends back
 
-    event = map_chart.map_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False)
+    event = live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False)
     assert event == {"selection": selection}
     assert ui.selection_region(event) == ((0.0, 1.0, 0.0, 1.0), None)  # read as st.plotly_chart's event is
-    assert map_chart.map_chart(_figure("label"), key="m", scope="slice B", height=500, send_points=False) is None
+    assert live_chart.live_chart(_figure("label"), key="m", scope="slice B", height=500, send_points=False) is None
     assert sent[0]["key"] == "m" and sent[0]["default"] == {"selection": None}
     assert isinstance(sent[0]["data"], bytes)

@@ -1,9 +1,9 @@
-// The Map page's chart (core/map_chart.py): a Streamlit v2 custom component, mounted in the app's own page (no
+// A plotly chart that stays mounted (core/live_chart.py): a Streamlit v2 custom component, in the app's own page (no
 // iframe), that stays mounted while the page reruns. Streamlit calls this module's default export again with
 // each new `data`; a new figure is applied to the same chart with Plotly.react, which reuses the WebGL context
 // and keeps the zoom and the drawn lasso, where st.plotly_chart mounts a new chart (Plotly.newPlot) for every new
 // figure. plotly.js (the copy the plotly Python package ships) is loaded once per browser tab and kept as
-// window.Plotly, so going back to the Map page costs no new download or compile.
+// window.Plotly, so a later chart, on any page, costs no new download or compile.
 
 function loadPlotly(url) {
   if (window.Plotly) return Promise.resolve(window.Plotly);
@@ -80,10 +80,11 @@ async function draw(chart, Plotly, payload) {
 
 export default function ({data, parentElement, setStateValue}) {
   const payload = JSON.parse(new TextDecoder().decode(data));
-  let chart = parentElement.querySelector("div.saliency-atlas-map");
+  let chart = parentElement.querySelector("div.saliency-atlas-chart");
   if (!chart) {
     chart = document.createElement("div");
-    chart.className = "saliency-atlas-map";
+    chart.className = "saliency-atlas-chart";
+    chart.setAttribute("data-chart", payload.name);
     chart.style.width = "100%";
     chart.style.minHeight = `${payload.height}px`;
     chart.saliencyAtlas = {revision: null, scope: null, listening: false, queue: Promise.resolve()};
