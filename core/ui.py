@@ -222,6 +222,42 @@ def terms_html(terms: Sequence[tuple[str, float]], highlight: set[str] = frozens
     return "".join(chips) if chips else '<span style="color:#888">(no salient terms)</span>'
 
 
+@dataclass(frozen=True)
+class CloudCard:
+    """One word cloud of a grid: a bold title, a detail line, the PNG (None: `empty_note` instead) and a warning."""
+
+    title: str
+    detail: str
+    png: bytes | None
+    alt: str
+    empty_note: str = "(no salient terms)"
+    warning: str = ""
+
+
+def cloud_grid_html(cards: Sequence[CloudCard], per_row: int = 4) -> str:
+    """Return one HTML block laying out word-cloud cards `per_row` to a row, each PNG inlined as a data URI.
+
+    One element instead of three per cloud (columns, markdown, image): the browser re-renders the page's element
+    tree for each element a rerun sends, and a recluster's eight clouds were 24 of them.
+    """
+    import base64
+
+    cells = []
+    for card in cards:
+        if card.png is None:
+            picture = f'<div style="color:#888;font-size:0.875rem">{html.escape(card.empty_note)}</div>'
+        else:
+            data = base64.b64encode(card.png).decode("ascii")
+            picture = (f'<img src="data:image/png;base64,{data}" alt="{html.escape(card.alt)}" '
+                       'style="width:100%;height:auto;display:block">')
+        warning = (f'<div style="font-size:0.875rem;color:#9a6700;margin-top:4px">⚠️ Possible shortcut: '
+                   f'{html.escape(card.warning)}</div>' if card.warning else "")
+        cells.append(f'<div style="min-width:0"><div style="margin-bottom:6px"><strong>{html.escape(card.title)}'
+                     f'</strong> · {html.escape(card.detail)}</div>{picture}{warning}</div>')
+    return (f'<div style="display:grid;grid-template-columns:repeat({per_row},minmax(0,1fr));gap:1rem 1.5rem">'
+            + "".join(cells) + "</div>")
+
+
 def _parse_query(raw: list[str], default: Any) -> Any:
     """Return a query-parameter value converted to the type of `default` (the default when unparsable)."""
     if isinstance(default, list):

@@ -112,21 +112,15 @@ def clusters_view(view: ui.View, labels) -> None:
 
     st.subheader("Word clouds")
     st.caption(f"Term size = {WEIGHTS[ranking]}, the weights of the table's top terms.")
-    per_row = 4
     shown = summary if len(summary) <= 8 else summary.iloc[:8]
-    for start in range(0, len(shown), per_row):
-        for col, (_, cluster) in zip(st.columns(per_row), shown.iloc[start:start + per_row].iterrows()):
-            with col:
-                flag = "⚠️ " if cluster.shortcut else ""
-                st.markdown(f"**{flag}Cluster {cluster.cluster}** · {cluster.size_pct:.1f}% · accuracy "
-                            f"{cluster.accuracy:.0%} · {md(cluster.labels_text)}")
-                png = ui.wordcloud_png(tuple(cluster.terms), 400, 220)
-                if png is None:
-                    st.caption("(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)")
-                else:
-                    st.image(png, width="stretch")
-                if cluster.shortcut:
-                    st.caption(f"⚠️ Possible shortcut: {md(cluster.flag_reason)}")
+    empty = "(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)"
+    st.html(ui.cloud_grid_html([
+        ui.CloudCard(title=f"{'⚠️ ' if cluster.shortcut else ''}Cluster {cluster.cluster}",
+                     detail=f"{cluster.size_pct:.1f}% · accuracy {cluster.accuracy:.0%} · {cluster.labels_text}",
+                     png=ui.wordcloud_png(tuple(cluster.terms), 400, 220),
+                     alt=f"Word cloud of cluster {cluster.cluster}: {cluster.top_terms}", empty_note=empty,
+                     warning=cluster.flag_reason if cluster.shortcut else "")
+        for cluster in shown.itertuples()]))
     if len(summary) > len(shown):
         st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
 

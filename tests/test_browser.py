@@ -136,7 +136,7 @@ def test_every_page_in_a_browser(server):
         page.wait_for_function(f"() => document.querySelector('{sizes}').data[0].x.length === 3", timeout=60_000)
         assert page.evaluate(f"() => document.querySelector('{sizes}').mountedBeforeRecluster === true")
         assert "clusters=3" in page.url
-        assert page.locator("[data-testid=stImage]").count() >= 1
+        assert page.locator("[data-testid=stHtml] img[alt^='Word cloud of cluster']").count() >= 1
         shoot(page, "clusters")
 
         # Map: t-SNE, then a lasso around the whole plot lists the examples.

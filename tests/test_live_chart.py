@@ -1,13 +1,16 @@
-"""The charts' custom component (core/live_chart.py): its served plotly.js, its payload and its selection rules.
+"""The charts' custom component (core/live_chart.py): its plotly.js, payload and selection rules; the word-cloud grid.
 
 The round trip in a browser (a lasso read back, a recolour drawn in the same mounted chart) is in test_browser.py.
 """
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from core import live_chart, plots, ui
 
@@ -69,3 +72,18 @@ def test_a_selection_is_returned_only_for_the_scope_it_was_drawn_on(monkeypatch)
     assert live_chart.live_chart(_figure("label"), key="m", scope="slice B", height=500, send_points=False) is None
     assert sent[0]["key"] == "m" and sent[0]["default"] == {"selection": None}
     assert isinstance(sent[0]["data"], bytes)
+
+
+def test_the_word_cloud_grid_is_one_escaped_block_with_the_images_inlined():
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 2), "white").save(buffer, format="PNG")
+    cards = [ui.CloudCard(title="Cluster 0", detail="12.0% · <b>pos</b> 3", png=buffer.getvalue(),
+                          alt='Word cloud of cluster 0: "x" <script>'),
+             ui.CloudCard(title="⚠️ Cluster 1", detail="1.0%", png=None, alt="", empty_note="(no salient terms)",
+                          warning="small & confident")]
+    block = ui.cloud_grid_html(cards, per_row=4)
+    assert block.count("<img ") == 1 and "(no salient terms)" in block
+    assert f"data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}" in block
+    assert "<script>" not in block and "<b>" not in block  # data text is escaped
+    assert "&lt;b&gt;pos&lt;/b&gt;" in block and "small &amp; confident" in block
+    assert "repeat(4," in block

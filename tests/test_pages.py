@@ -253,7 +253,8 @@ def test_clusters_table_has_one_row_per_cluster(run_id):
     assert len(table) == 3
     assert table["size"].sum() == 16
     assert np.isclose(table["size_pct"].sum(), 100.0)
-    assert len(at.get("image")) + sum("no salient terms" in c.value for c in at.caption) == 3  # one cloud each
+    clouds = "".join(str(e.proto.body) for e in at.get("html"))
+    assert clouds.count('<img src="data:image/png;base64,') + clouds.count("(no salient terms") == 3  # one each
     assert {"labels_text", "preds_text", "recall_text", "flag", "flag_reason"} <= set(table.columns)
     bars = live_chart_figure(at, "cluster_sizes")["data"][0]  # the size chart: one bar per cluster, as the table
     assert bars["x"] == [f"cluster {c}" for c in table["cluster"]]
