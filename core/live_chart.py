@@ -95,7 +95,7 @@ def _declared() -> tuple[Any, str]:
     return _components["chart"], _components["plotly_url"]
 
 
-def chart_payload(figure: Any, *, name: str, scope: str, height: int, send_points: bool,
+def chart_payload(figure: Any, *, name: str, scope: str, height: int, selectable: bool, send_points: bool,
                   plotly_url: str) -> tuple[bytes, str]:
     """Return (the component's data: UTF-8 JSON of the settings and the figure, the figure's revision).
 
@@ -107,13 +107,15 @@ def chart_payload(figure: Any, *, name: str, scope: str, height: int, send_point
     figure_json = pio.to_json(figure, validate=False)
     revision = hashlib.sha256(figure_json.encode("utf-8")).hexdigest()[:16]
     settings = json.dumps({"name": name, "revision": revision, "scope": scope, "height": int(height),
-                           "send_points": send_points, "plotly_url": plotly_url})
+                           "selectable": selectable, "send_points": send_points, "plotly_url": plotly_url})
     return (settings[:-1] + ', "figure": ' + figure_json + "}").encode("utf-8"), revision
 
 
-def live_chart(figure: Any, *, key: str, height: int, scope: str = "", send_points: bool = False) -> dict | None:
+def live_chart(figure: Any, *, key: str, height: int, scope: str = "", selectable: bool = False,
+               send_points: bool = False) -> dict | None:
     """Draw `figure` in the component (its element in the page carries ``data-chart=<key>``) and return the user's
-    last box or lasso selection on it, or None.
+    last box or lasso selection on it, or None (always None unless `selectable`, which also shows the chart's tools
+    all the time instead of on hover).
 
     The selection is ``{"selection": {"points": [{"customdata": row}, ...], "box": [{"x": [x0, x1], "y": [y0,
     y1]}], "lasso": [{"x": [...], "y": [...]}]}}`` (points only when `send_points`), as ``st.plotly_chart``'s
@@ -122,11 +124,11 @@ def live_chart(figure: Any, *, key: str, height: int, scope: str = "", send_poin
     """
     mount, plotly_url = _declared()
     scope = hashlib.sha256(scope.encode("utf-8")).hexdigest()[:16]  # what the browser sees of it
-    data, _ = chart_payload(figure, name=key, scope=scope, height=height, send_points=send_points,
-                            plotly_url=plotly_url)
+    data, _ = chart_payload(figure, name=key, scope=scope, height=height, selectable=selectable,
+                            send_points=send_points, plotly_url=plotly_url)
     result = mount(key=key, data=data, default={"selection": None}, on_selection_change=lambda: None,
                    height=height)
-    value = result.get("selection") if hasattr(result, "get") else None
+    value = result.get("selection") if selectable and hasattr(result, "get") else None
     if not isinstance(value, dict) or value.get("scope") != scope:
         return None
     return {"selection": value.get("selection") or {}}

@@ -97,7 +97,8 @@ def map_view(view: ui.View) -> None:
     # One chart that stays mounted: a recolour is a Plotly.react of the new figure in the browser (zoom and the
     # drawn lasso kept), not a new chart; what the map shows apart from its colours is the selection's scope.
     scope = f"{view.path}|{view.stamp}|{view.spec_json}|{ui.key_tuple(view.key)}|{method}"
-    event = live_chart.live_chart(figure, key="map_chart", height=620, scope=scope, send_points=not density)
+    event = live_chart.live_chart(figure, key="map_chart", height=620, scope=scope, selectable=True,
+                                  send_points=not density)
 
     selected = ui.selected_rows(event, figure)
     box, lasso = ui.selection_region(event)

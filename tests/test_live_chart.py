@@ -39,7 +39,7 @@ def test_a_truncated_copy_is_replaced(tmp_path):
 
 
 def test_the_payload_holds_the_settings_and_the_figure_and_its_revision_follows_the_colours():
-    kwargs = {"name": "map", "scope": "s", "height": 500, "send_points": True, "plotly_url": "/component/x/plotly.min.js"}
+    kwargs = {"name": "map", "scope": "s", "height": 500, "selectable": True, "send_points": True, "plotly_url": "/component/x/plotly.min.js"}
     first, first_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
     again, again_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
     _, other_revision = live_chart.chart_payload(_figure("prediction"), **kwargs)
@@ -61,15 +61,16 @@ def test_a_selection_is_returned_only_for_the_scope_it_was_drawn_on(monkeypatch)
         return dict(state)
 
     monkeypatch.setattr(live_chart, "_declared", lambda: (mount, "/component/x/plotly.min.js"))
-    assert live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False) is None
+    assert live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, selectable=True) is None
     browser_scope = json.loads(sent[0]["data"].decode("utf-8"))["scope"]
     assert "slice A" not in browser_scope  # the browser sees a hash of it
     state["selection"] = {"scope": browser_scope, "selection": selection}  # what the module sends back
 
-    event = live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, send_points=False)
+    event = live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500, selectable=True)
     assert event == {"selection": selection}
     assert ui.selection_region(event) == ((0.0, 1.0, 0.0, 1.0), None)  # read as st.plotly_chart's event is
-    assert live_chart.live_chart(_figure("label"), key="m", scope="slice B", height=500, send_points=False) is None
+    assert live_chart.live_chart(_figure("label"), key="m", scope="slice B", height=500, selectable=True) is None
+    assert live_chart.live_chart(_figure("label"), key="m", scope="slice A", height=500) is None  # not selectable
     assert sent[0]["key"] == "m" and sent[0]["default"] == {"selection": None}
     assert isinstance(sent[0]["data"], bytes)
 

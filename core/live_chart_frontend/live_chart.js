@@ -37,6 +37,10 @@ function themed(layout, element) {
     }
   }
   layout.font = Object.assign({}, layout.font, text ? {color: text} : {}, font ? {family: font} : {});
+  // room for tick labels and axis titles (the figures keep narrow margins, as st.plotly_chart's theme widens them)
+  for (const axis of new Set(["xaxis", "yaxis", ...Object.keys(layout).filter((k) => /^[xy]axis\d*$/.test(k))])) {
+    layout[axis] = Object.assign({automargin: true}, layout[axis]);
+  }
   return layout;
 }
 
@@ -66,9 +70,11 @@ async function draw(chart, Plotly, payload) {
   layout.height = payload.height;
   layout.autosize = true;
   layout.uirevision = payload.scope;  // the same scope (a recolour): Plotly keeps the zoom and the drawn lasso
-  await Plotly.react(chart, payload.figure.data || [], layout, {displayModeBar: true, responsive: true,
-                                                               displaylogo: false});
-  if (!state.listening) {
+  // the map's tools (lasso, box) are always shown; other charts show them on hover, as Plotly does by default
+  await Plotly.react(chart, payload.figure.data || [], layout,
+                     {displayModeBar: payload.selectable ? true : "hover",
+                      responsive: true, displaylogo: false});
+  if (payload.selectable && !state.listening) {
     chart.on("plotly_selected", (event) => state.send(selectionOf(event, chart)));
     chart.on("plotly_deselect", () => state.send(selectionOf(null, chart)));
     state.listening = true;
