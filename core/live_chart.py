@@ -16,6 +16,7 @@ assembled once per plotly version under the system's temporary directory.
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -53,7 +54,8 @@ def assets_folder(root: Path | None = None) -> Path:
 
     bundle = plotly_js_path()
     size = bundle.stat().st_size
-    root = Path(tempfile.gettempdir()) / "saliency-atlas-components" if root is None else root
+    if root is None:  # one folder per user: a shared /tmp may hold another user's, which this one cannot write
+        root = Path(tempfile.gettempdir()) / f"saliency-atlas-components-{getpass.getuser()}"
     folder = root / f"plotly-{plotly.__version__}-{size}"
 
     def complete() -> bool:
@@ -83,11 +85,12 @@ def assets_folder(root: Path | None = None) -> Path:
 
 def _declared() -> tuple[Any, str]:
     """Return (the v2 component's mounting command, the URL path the browser loads plotly.js from)."""
+    folder = assets_folder()  # a stat per chart: puts plotly.js back if a temp cleaner removed it meanwhile
     if not _components:
         import streamlit as st
         import streamlit.components.v1 as components_v1
 
-        assets = components_v1.declare_component(ASSETS_NAME, path=str(assets_folder()))
+        assets = components_v1.declare_component(ASSETS_NAME, path=str(folder))
         base = (st.get_option("server.baseUrlPath") or "").strip("/")
         _components["plotly_url"] = "/" + (f"{base}/" if base else "") + f"component/{assets.name}/plotly.min.js"
         _components["chart"] = st.components.v2.component(

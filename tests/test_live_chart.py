@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -88,3 +89,11 @@ def test_the_word_cloud_grid_is_one_escaped_block_with_the_images_inlined():
     assert "<script>" not in block and "<b>" not in block  # data text is escaped
     assert "&lt;b&gt;pos&lt;/b&gt;" in block and "small &amp; confident" in block
     assert "repeat(4," in block
+
+
+def test_a_folder_removed_while_the_server_runs_is_put_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(live_chart.tempfile, "gettempdir", lambda: str(tmp_path))
+    folder = live_chart.assets_folder()
+    assert folder.parent.parent == tmp_path and folder.parent.name.startswith("saliency-atlas-components-")
+    shutil.rmtree(folder.parent)  # e.g. systemd-tmpfiles cleaning /tmp
+    assert live_chart.assets_folder() == folder and (folder / "plotly.min.js").is_file()
