@@ -37,6 +37,11 @@ function themed(layout, element) {
     }
   }
   layout.font = Object.assign({}, layout.font, text ? {color: text} : {}, font ? {family: font} : {});
+  // titles on the left, as st.plotly_chart's theme draws them: a centred one runs under the mode bar
+  if (layout.title) {
+    const title = typeof layout.title === "string" ? {text: layout.title} : layout.title;
+    layout.title = Object.assign({x: 0, xref: "paper", xanchor: "left"}, title);
+  }
   // room for tick labels and axis titles (the figures keep narrow margins, as st.plotly_chart's theme widens them)
   for (const axis of new Set(["xaxis", "yaxis", ...Object.keys(layout).filter((k) => /^[xy]axis\d*$/.test(k))])) {
     layout[axis] = Object.assign({automargin: true}, layout[axis]);
