@@ -700,13 +700,35 @@ class View:
         return _dataset_warnings(self.path, self.stamp)
 
 
+_PAGE_ICON: list[Any] = []
+
+
+def page_icon() -> Any:
+    """Return the tab's icon, drawn here (a magnifier over a map's dots) and served by the app itself.
+
+    A Material icon name would make the browser fetch its image from fonts.gstatic.com on every rerun, which
+    fails (and logs an error) on a machine without internet access.
+    """
+    if not _PAGE_ICON:
+        from PIL import Image, ImageDraw
+
+        icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(icon)
+        for x, y, colour in ((12, 44, "#636efa"), (22, 52, "#ef553b"), (8, 30, "#00cc96"), (50, 52, "#636efa")):
+            draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=colour)
+        draw.ellipse((18, 6, 50, 38), outline="#ff4b4b", width=6)
+        draw.line((44, 34, 58, 50), fill="#ff4b4b", width=8)
+        _PAGE_ICON.append(icon)
+    return _PAGE_ICON[0]
+
+
 def current_view() -> View:
     """Set up the page (wide layout) and draw the shared sidebar; return the view it selects.
 
     Every page calls this once, first: pages are standalone scripts (Streamlit's pages/ convention), so a
     page opened straight from a shared link builds the same view as one reached through the app.
     """
-    st.set_page_config(page_title="Saliency Atlas", page_icon=":material/travel_explore:", layout="wide")
+    st.set_page_config(page_title="Saliency Atlas", page_icon=page_icon(), layout="wide")
     # Once per server process, in a daemon thread that waits until no page is running: numba compiles UMAP's code
     # (15-25 s) before a map is asked for.
     warm_up_in_background()

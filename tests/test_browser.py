@@ -113,6 +113,11 @@ def test_every_page_in_a_browser(server):
         page = browser.new_page(viewport={"width": WIDTH, "height": 900})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # the dashboard works offline: nothing is fetched from another host (a Material page icon was fetched from
+        # fonts.gstatic.com on every rerun)
+        elsewhere: list[str] = []
+        page.on("request", lambda request: None if request.url.startswith((base, "data:", "blob:", "about:"))
+                else elsewhere.append(request.url))
 
         # Summary: open the settings expander.
         page.goto(base)
@@ -233,4 +238,5 @@ def test_every_page_in_a_browser(server):
         for candidate in (page, fresh):
             assert candidate.locator("[data-testid=stException]").count() == 0
         assert not errors, errors
+        assert not elsewhere, elsewhere
         browser.close()
