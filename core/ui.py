@@ -12,6 +12,7 @@ are also written to the run's analysis folder as .npy, so each run/slice/represe
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import io
 import json
@@ -700,26 +701,22 @@ class View:
         return _dataset_warnings(self.path, self.stamp)
 
 
-_PAGE_ICON: list[Any] = []
-
-
+@functools.cache
 def page_icon() -> Any:
     """Return the tab's icon, drawn here (a magnifier over a map's dots) and served by the app itself.
 
     A Material icon name would make the browser fetch its image from fonts.gstatic.com on every rerun, which
     fails (and logs an error) on a machine without internet access.
     """
-    if not _PAGE_ICON:
-        from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw
 
-        icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-        draw = ImageDraw.Draw(icon)
-        for x, y, colour in ((12, 44, "#636efa"), (22, 52, "#ef553b"), (8, 30, "#00cc96"), (50, 52, "#636efa")):
-            draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=colour)
-        draw.ellipse((18, 6, 50, 38), outline="#ff4b4b", width=6)
-        draw.line((44, 34, 58, 50), fill="#ff4b4b", width=8)
-        _PAGE_ICON.append(icon)
-    return _PAGE_ICON[0]
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    for x, y, colour in ((12, 44, "#636efa"), (22, 52, "#ef553b"), (8, 30, "#00cc96"), (50, 52, "#636efa")):
+        draw.ellipse((x - 5, y - 5, x + 5, y + 5), fill=colour)
+    draw.ellipse((18, 6, 50, 38), outline="#ff4b4b", width=6)
+    draw.line((44, 34, 58, 50), fill="#ff4b4b", width=8)
+    return icon
 
 
 def current_view() -> View:
