@@ -98,9 +98,7 @@ def scatter_map(
         dragmode="lasso",
         legend_title_text=str(color_by.name or ""),
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        # Keep zoom and selection when only the colouring changes.
-        uirevision="scatter_map",
-    )
+    )  # (zoom and lasso survive a recolour through core/live_chart.py, whose uirevision is the map's scope)
     # Projection axes carry no meaning.
     fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
     fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
@@ -147,7 +145,7 @@ def density_map(grid, examples: pd.DataFrame, sample_colour: pd.Series, coords: 
                     "line": {"width": 0.3, "color": "white"}},
         ))
     fig.update_layout(title=title, dragmode="lasso", legend_title_text=colour_name,
-                      margin={"l": 10, "r": 10, "t": 40, "b": 10}, uirevision="scatter_map")
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
     fig.update_xaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
     fig.update_yaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
     return fig
