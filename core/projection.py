@@ -12,8 +12,10 @@ import gc
 import hashlib
 import io
 import json
+import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -201,6 +203,77 @@ def warm_up_when_idle(stages: Sequence[Callable[[], None]], idle_s: float = IDLE
     for stage in stages:
         wait_until_idle(idle_s, busy=busy)
         stage()
+
+
+# Work guessed for the user's next step starts sooner than the warm-up: it is a few short jobs (about 0.3 s each
+# at 1,000,000 rows), and a page read for a second is a page the user is looking at, not a burst of clicks.
+IDLE_BEFORE_PREFETCH_S = 1.0
+
+
+class IdleQueue:
+    """A daemon thread that runs the jobs of the latest `submit`, one at a time, once no page script has run for
+    `idle_s` seconds; the next job follows at once while no script runs, and waits for `idle_s` again otherwise.
+
+    A new `submit` replaces the jobs not started yet: work guessed for a view the user has since left is dropped.
+    A job is never paused midway (see warm_up_when_idle), so keep each one short; a failed job is logged and the
+    next one runs.
+    """
+
+    def __init__(self, name: str, idle_s: float = IDLE_BEFORE_PREFETCH_S,
+                 busy: Callable[[], bool] = scripts_running) -> None:
+        self.name = name
+        self.idle_s = idle_s
+        self._busy = busy
+        self._jobs: deque[Callable[[], None]] = deque()
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = 0
+
+    def submit(self, jobs: Sequence[Callable[[], None]]) -> None:
+        """Replace the pending jobs with `jobs` (run in order, once the server is idle)."""
+        with self._ready:
+            self._jobs = deque(jobs)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def pending(self) -> int:
+        """Return the number of jobs submitted and not finished (the one running included)."""
+        with self._ready:
+            return len(self._jobs) + self._running
+
+    def wait_until_done(self, timeout_s: float) -> bool:
+        """Return True once every submitted job has finished, False if `timeout_s` passes first."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _work(self) -> None:
+        after_a_job = False  # the previous job has just finished (no wait on an empty queue since)
+        while True:
+            with self._ready:
+                while not self._jobs:
+                    after_a_job = False
+                    self._ready.wait()
+            if not (after_a_job and not self._busy()):  # else the user is still reading: the next job runs at once
+                wait_until_idle(self.idle_s, poll_s=min(0.25, self.idle_s / 4), busy=self._busy)
+            with self._ready:
+                if not self._jobs:  # a submit emptied the list while this waited
+                    continue
+                job = self._jobs.popleft()
+                self._running = 1
+            try:
+                job()
+            except Exception:  # noqa: BLE001  guessed work: a failure only means the page computes it when asked
+                logging.getLogger(__name__).warning("%s: a background job failed", self.name, exc_info=True)
+            finally:
+                with self._ready:
+                    self._running = 0
+                after_a_job = True
 
 
 def warm_up_in_background(idle_s: float = IDLE_BEFORE_WARM_UP_S) -> bool:

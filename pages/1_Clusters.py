@@ -17,21 +17,23 @@ ui.page_header("Clusters", view,
                "words salient or present everywhere drop out; *mean salience* ranks by the plain mean instead. A "
                "small, confidently predicted cluster whose salience sits on a few terms is flagged ⚠️ as a "
                "**possible shortcut** in the data.")
-ui.require_rows(view, view.n_clusters, f"the {view.n_clusters} clusters asked for (sidebar, *Clusters*)")
-
-labels = view.cluster_labels()  # k-means runs here, in the full run, never again on the fragment's reruns
+ui.require_rows(view)
 
 
 @st.fragment
-def clusters_view(view: ui.View, labels) -> None:
-    """Ranking, table, word clouds and a cluster's examples: a fragment, so switching the ranking or picking a
-    cluster reruns only this block (the sidebar and k-means are not run again)."""
-    ranking = ui.synced(st.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
+def clusters_view(view: ui.View) -> None:
+    """Cluster count, ranking, table, word clouds and a cluster's examples: a fragment, so a new count, another
+    ranking or a picked cluster reruns only this block (the sidebar is neither rerun nor re-sent)."""
+    count_column, ranking_column = st.columns([1, 3], gap="large")
+    view = ui.cluster_count_input(view, count_column)
+    ranking = ui.synced(ranking_column.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
                         format_func=RANKINGS.get, horizontal=True,
                         help="distinctive: (mean salience in the cluster minus in the rest of the slice) x idf, "
                              "log((1 + n) / (1 + examples containing the term)): terms salient or present everywhere "
                              "fall out. mean salience: the paper's mean over the cluster.")
-
+    ui.require_rows(view, view.n_clusters, f"the {view.n_clusters} clusters asked for (*Number of k-means "
+                                           "clusters*)")
+    labels = view.cluster_labels()
     summary = view.cluster_summary(ranking=ranking)
     if len(summary) < view.n_clusters:
         st.info(f"k-means found only {len(summary)} distinct cluster{'s' if len(summary) != 1 else ''} instead of "
@@ -112,17 +114,10 @@ def clusters_view(view: ui.View, labels) -> None:
 
     st.subheader("Word clouds")
     st.caption(f"Term size = {WEIGHTS[ranking]}, the weights of the table's top terms.")
-    shown = summary if len(summary) <= 8 else summary.iloc[:8]
-    empty = "(no salient terms)" if ranking == "mean" else "(no salient terms distinctive of it)"
-    st.html(ui.cloud_grid_html([
-        ui.CloudCard(title=f"{'⚠️ ' if cluster.shortcut else ''}Cluster {cluster.cluster}",
-                     detail=f"{cluster.size_pct:.1f}% · accuracy {cluster.accuracy:.0%} · {cluster.labels_text}",
-                     png=ui.wordcloud_png(tuple(cluster.terms), 400, 220),
-                     alt=f"Word cloud of cluster {cluster.cluster}: {cluster.top_terms}", empty_note=empty,
-                     warning=cluster.flag_reason if cluster.shortcut else "")
-        for cluster in shown.itertuples()]))
-    if len(summary) > len(shown):
-        st.caption(f"Word clouds of the {len(shown)} largest clusters; the table lists all {len(summary)}.")
+    cards = ui.cluster_cloud_cards(summary, ranking)
+    st.html(ui.cloud_grid_html(cards))
+    if len(summary) > len(cards):
+        st.caption(f"Word clouds of the {len(cards)} largest clusters; the table lists all {len(summary)}.")
 
     st.subheader("Examples of a cluster")
     clusters = [int(c) for c in summary["cluster"]]
@@ -138,6 +133,8 @@ def clusters_view(view: ui.View, labels) -> None:
     if info.shortcut:
         st.warning(f"⚠️ Possible shortcut: {md(info.flag_reason)}.")
     ui.example_list(view, members, key="cluster_members")
+    # the counts one step away, computed while the user reads this page: the count's +/- is then a cache hit
+    ui.prefetch_cluster_counts(view, ranking)
 
 
-clusters_view(view, labels)
+clusters_view(view)

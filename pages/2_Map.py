@@ -42,14 +42,16 @@ def map_view(view: ui.View) -> None:
     elif colour == "correctness":
         colour_by = ui.coded_groups(ex["correct"].astype(int), {1: "correct", 0: "misclassified"}, "correctness")
     elif colour == "cluster":
+        view = ui.cluster_count_input(view, controls[2])
         if len(view.rows) < view.n_clusters:
             st.warning(f"The slice has {len(view.rows)} examples, fewer than the {view.n_clusters} clusters asked "
-                       "for in the sidebar; colouring by true label instead.")
+                       "for; colouring by true label instead.")
             colour_by = ui.coded_groups(ex["label"], names, "true label")
         else:
             clusters = view.cluster_labels()
             colour_by = ui.coded_groups(pd.Series(clusters, index=ex.index),
                                         {int(c): f"cluster {c}" for c in np.unique(clusters)}, "cluster")
+            ui.prefetch_cluster_counts(view, ranking=None)  # labels of the counts one step away
     else:
         with controls[2]:
             sub = st.columns(2)

@@ -258,9 +258,10 @@ else:
 
 # ------------------------------------------------------------------ cluster flow
 st.subheader("Where run A's clusters went in run B")
+view = ui.cluster_count_input(view, st.columns(4)[0])
 if len(rows) < view.n_clusters:
-    st.info(f"The slice has {len(rows):,} examples, fewer than the {view.n_clusters} clusters asked for (sidebar, "
-            "*Clusters*): widen the slice or lower the number.")
+    st.info(f"The slice has {len(rows):,} examples, fewer than the {view.n_clusters} clusters asked for: widen the "
+            "slice or lower the number.")
 else:
     key_clusters_b = dataclasses.replace(view.key, method=method_b).normalised() if view.key.method else view.key
     labels_a = view.cluster_labels()

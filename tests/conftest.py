@@ -12,6 +12,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Clusters computed ahead in a background thread (core.ui.prefetch_cluster_counts) would run k-means between the
+# steps of tests that count k-means runs; the tests of the prefetch turn it on themselves.
+os.environ.setdefault("SALIENCY_ATLAS_PREFETCH", "0")
 
 WORDS = ["good", "great", "fun", "bad", "awful", "boring", "movie", "film", "plot", "acting", "the", "a", "is",
          "was", "not", "very", "and", "but", "common", "class", "_", "0", "1", "cat", "dog", ".", ",", "!", "it",

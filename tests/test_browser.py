@@ -129,7 +129,7 @@ def test_every_page_in_a_browser(server):
         assert "fingerprint" in main_text(page)
         shoot(page, "summary")
 
-        # Clusters: 3 clusters from the sidebar.
+        # Clusters: 3 clusters from the count input above the table (a fragment rerun).
         page.get_by_role("link", name="Clusters").first.click()
         settle(page)
         sizes = ".saliency-atlas-chart[data-chart=cluster_sizes]"
@@ -150,7 +150,7 @@ def test_every_page_in_a_browser(server):
         page.locator("[data-testid=stButtonGroup] button", has_text="t-SNE").click()
         settle(page)
         assert "proj=tsne" in page.url
-        assert "clusters=3" in page.url  # the sidebar setting made on Clusters is kept on the next page
+        assert "clusters=3" in page.url  # the count set on Clusters stays in the link on the next page
         # the map is a custom component (core/live_chart.py) that stays mounted across reruns
         chart = ".saliency-atlas-chart[data-chart=map_chart]"
         page.locator(f"{chart} .legendtitletext").first.wait_for(timeout=60_000)

@@ -94,3 +94,64 @@ def test_clusters_ranking_change_reruns_only_the_fragment(run_id, counts, monkey
     no_exception(at)
     assert counts == {"sidebar": 1, "kmeans": 1}
     assert any(str(m.value).startswith("Cluster 1:") for m in at.markdown)
+
+
+def test_a_new_cluster_count_reruns_only_the_fragment(run_id, counts, monkeypatch):  # noqa: F811
+    # the "changing the cluster count does not re-draw the sidebar": the count's input is in the fragment
+    at = open_page("clusters")
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 1}
+    assert "clusters" not in [n.key for n in at.sidebar.number_input]
+
+    at.number_input(key="clusters").set_value(3)
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts == {"sidebar": 1, "kmeans": 2}, "a new count reran the sidebar, or did not recluster"
+    assert len(at.dataframe(key="cluster_table").value) == 3
+    assert any("3 clusters" in str(m.value) for m in at.markdown)
+
+    at.number_input(key="clusters").set_value(2)  # on the Map too, when it colours by cluster
+    at.switch_page(ui.PAGE_FILES["map"])
+    at.query_params.update(proj="tsne")
+    at.run()
+    at.selectbox(key="colour").set_value("cluster")
+    run_fragments(at, monkeypatch)
+    at.number_input(key="clusters").set_value(3)
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert counts["sidebar"] == 2
+    assert {t["name"] for t in map_figure(at)["data"] if t.get("name", "").startswith("cluster")} == {
+        "cluster 0", "cluster 1", "cluster 2"}
+
+
+def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit(run_id, counts, monkeypatch):  # noqa: F811
+    from core import plots
+
+    monkeypatch.setenv(ui.PREFETCH_ENV, "1")
+    clouds = {"drawn": 0}
+    wordcloud_image = plots.wordcloud_image
+
+    def counted_cloud(*args, **kwargs):
+        clouds["drawn"] += 1
+        return wordcloud_image(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
+    at = open_page("clusters", clusters="3")
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60)
+    assert counts["kmeans"] == 3  # the page's 3, then 4 and 2 computed ahead
+    drawn = clouds["drawn"]
+
+    at.number_input(key="clusters").set_value(4)
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert len(at.dataframe(key="cluster_table").value) == 4
+    assert counts["kmeans"] == 3 and clouds["drawn"] == drawn, "the step recomputed what was computed ahead"
+    assert ui._PREFETCH.wait_until_done(60)
+    assert counts["kmeans"] == 4  # from 4: 5 is new, 3 is cached
+
+    monkeypatch.setenv(ui.PREFETCH_ENV, "0")  # turned off: the page computes its own count only
+    at.number_input(key="clusters").set_value(7)
+    run_fragments(at, monkeypatch)
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 5

@@ -211,22 +211,27 @@ def test_sidebar_settings_are_kept_for_the_next_page(run_id):
     assert "predicted positive" in at.caption[0].value
 
 
-def test_a_page_switch_in_one_session_keeps_the_sidebars_values(run_id):
-    # what the sidebar's page links do: the same session runs another page script. Streamlit then treats the
-    # sidebar's widgets as new ones; without their values assigned again it started them at their own defaults
+def test_a_page_switch_in_one_session_keeps_the_cluster_count_and_the_sidebars_values(run_id):
+    # what the sidebar's page links do: the same session runs another page script. Streamlit then treats a
+    # page's widgets as new ones; without their values assigned again it started them at their own defaults
     # (1 cluster, the first "Built on" option), whatever the user had chosen.
-    at = open_page("summary")
-    at.sidebar.number_input(key="clusters").set_value(3)
-    at.run()
+    at = open_page("clusters")
+    at.number_input(key="clusters").set_value(3).run()
+    no_exception(at)
+    assert "3 clusters" in texts(at.markdown)
     unit = at.sidebar.selectbox(key="unit").value
+    at.switch_page(ui.PAGE_FILES["summary"]).run()
+    no_exception(at)
+    assert "clusters" not in [n.key for n in at.number_input]  # drawn by the pages that cluster, not the sidebar
+    assert at.query_params.get("clusters") in ("3", ["3"])  # yet kept in every page's link
+    at.switch_page(ui.PAGE_FILES["map"]).run()
+    at.selectbox(key="colour").set_value("cluster").run()
+    no_exception(at)
+    assert at.number_input(key="clusters").value == 3 and at.sidebar.selectbox(key="unit").value == unit
+    assert {t["name"] for t in map_figure(at)["data"] if t.get("name")} >= {"cluster 0", "cluster 1", "cluster 2"}
     at.switch_page(ui.PAGE_FILES["clusters"]).run()
     no_exception(at)
-    assert at.sidebar.number_input(key="clusters").value == 3
-    assert at.sidebar.selectbox(key="unit").value == unit
-    assert "3 clusters" in texts(at.markdown)
-    at.switch_page(ui.PAGE_FILES["map"]).run()
-    no_exception(at)
-    assert at.sidebar.number_input(key="clusters").value == 3 and at.sidebar.selectbox(key="unit").value == unit
+    assert at.number_input(key="clusters").value == 3 and "3 clusters" in texts(at.markdown)
 
 
 def test_invalid_regex_shows_error_and_page_still_draws(run_id):
@@ -272,9 +277,10 @@ def test_clusters_table_has_one_row_per_cluster(run_id):
     no_exception(at)
     assert len(table_with(at, "text")) == table["size"].iloc[-1]
 
-    at.sidebar.number_input(key="clusters").set_value(4).run()
+    at.number_input(key="clusters").set_value(4).run()
     no_exception(at)
     assert len(at.dataframe(key="cluster_table").value) == 4
+    assert at.query_params.get("clusters") in ("4", ["4"])
 
 
 def test_the_agreement_of_a_slices_clusters_is_computed_on_the_slices_rows(run_id, isolated_cache):

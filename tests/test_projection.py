@@ -200,3 +200,33 @@ def test_umap_is_imported_with_numbas_disk_cache_and_numba_is_left_as_it_was():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, check=True)
     # umap marks neither function cache=True itself; numba's own decorator is back to no cache by default
     assert out.stdout.split() == ["FunctionCache", "FunctionCache", "NullCache"]
+
+
+def test_the_idle_queue_runs_only_the_latest_jobs_and_only_while_no_page_runs():
+    import threading
+    import time
+
+    page_running = threading.Event()
+    page_running.set()
+    log: list[str] = []
+
+    def job(name: str):
+        def run() -> None:
+            log.append(name)
+            if name == "a":  # a page starts while "a" runs: "b" waits until the pages are idle again
+                page_running.set()
+        return run
+
+    queue = projection.IdleQueue("test-idle-queue", idle_s=0.2, busy=page_running.is_set)
+    queue.submit([job("old")])
+    queue.submit([job("a"), lambda: 1 / 0, job("b")])  # replaces "old", not started yet
+    time.sleep(0.5)
+    assert log == [] and queue.pending() == 3  # a page runs: nothing starts
+    page_running.clear()
+    time.sleep(0.6)
+    assert log == ["a"]  # then the page "a" started holds the rest
+    page_running.clear()
+    assert queue.wait_until_done(5)
+    assert log == ["a", "b"]  # the replaced job never ran; a failing job does not stop the next
+    queue.submit([job("c")])
+    assert queue.wait_until_done(5) and log == ["a", "b", "c"]  # the thread serves later submits
