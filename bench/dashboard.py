@@ -458,7 +458,8 @@ FLOOR_RERUN = "floor: rerun of that page after a number input"
 
 def browser_floor_ratio(browser: dict[str, float], name: str) -> str:
     """Return "N.Nx the floor" against the trivial page's first open (page loads) or rerun (interactions)."""
-    floor = browser[FLOOR_OPEN] if ("first open" in name or "page" in name.lower()) else browser[FLOOR_RERUN]
+    page_load = "first open" in name or "from the page list" in name
+    floor = browser[FLOOR_OPEN] if page_load else browser[FLOOR_RERUN]
     return f"{browser[name] / floor:.1f}x the floor"
 
 
