@@ -10,9 +10,11 @@ component (Streamlit's components v2, in the app's own page) keeps one id per ke
 keeps the zoom and a drawn lasso while only the colouring changes, and sends back the drawn box or lasso in the
 shape ``st.plotly_chart``'s selection event has.
 
-plotly.js is the copy the plotly package ships (so chart and figure JSON always match). The browser loads it once
-per tab from a folder served through Streamlit's component file route (a components v1 declaration, never drawn),
-assembled once per plotly version under the system's temporary directory.
+plotly.js is the copy the plotly package ships (so chart and figure JSON always match), kept by the browser as
+``window.saliencyAtlasPlotly``, apart from the other plotly.js Streamlit bundles for ``st.plotly_chart`` (which takes
+``window.Plotly``). The browser loads it once per tab from a folder served through Streamlit's component file route
+(a components v1 declaration, never drawn), assembled once per plotly version under the system's temporary
+directory.
 """
 from __future__ import annotations
 

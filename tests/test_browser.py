@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import plotly
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -135,6 +136,11 @@ def test_every_page_in_a_browser(server):
         sizes = ".saliency-atlas-chart[data-chart=cluster_sizes]"
         page.locator(f"{sizes} .bars").first.wait_for(timeout=60_000)
         page.evaluate(f"() => {{ document.querySelector('{sizes}').mountedBeforeRecluster = true; }}")
+        # drawn by the plotly.js the plotly package ships (which wrote the figure), not by the one Streamlit bundles
+        # for st.plotly_chart: the Summary page's charts loaded that one first, as window.Plotly
+        header = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")[:300]
+        assert page.evaluate("async () => (await window.saliencyAtlasPlotly).version") == \
+            re.search(r"plotly\.js v([\d.]+)", header).group(1)
         commit(page, "Number of k-means clusters", "3")
         text = main_text(page)
         assert "3 clusters of 16 examples" in text and "Word clouds" in text

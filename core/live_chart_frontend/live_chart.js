@@ -2,19 +2,30 @@
 // iframe), that stays mounted while the page reruns. Streamlit calls this module's default export again with
 // each new `data`; a new figure is applied to the same chart with Plotly.react, which reuses the WebGL context
 // and keeps the zoom and the drawn lasso, where st.plotly_chart mounts a new chart (Plotly.newPlot) for every new
-// figure. plotly.js (the copy the plotly Python package ships) is loaded once per browser tab and kept as
-// window.Plotly, so a later chart, on any page, costs no new download or compile.
+// figure. plotly.js (the copy the plotly Python package ships, which wrote the figures) is loaded once per browser
+// tab and kept as window.saliencyAtlasPlotly, so a later chart, on any page, costs no new download or compile.
+// Not as window.Plotly: Streamlit's st.plotly_chart code sets that global to the plotly.js it bundles (another
+// version) once a page draws one, before or after these charts.
 
 function loadPlotly(url) {
-  if (window.Plotly) return Promise.resolve(window.Plotly);
   if (!window.saliencyAtlasPlotly) {
     window.saliencyAtlasPlotly = new Promise((resolve, reject) => {
+      const before = Object.getOwnPropertyDescriptor(window, "Plotly");
+      const restore = () => {  // plotly.js's bundle sets window.Plotly: put back what was there
+        if (before) Object.defineProperty(window, "Plotly", before);
+        else delete window.Plotly;
+      };
       const script = document.createElement("script");
       script.src = url;
       script.async = true;
-      script.onload = () => (window.Plotly ? resolve(window.Plotly)
-                                           : reject(new Error(`${url} loaded but defined no Plotly`)));
+      script.onload = () => {
+        const ours = window.Plotly;
+        restore();
+        if (ours && ours !== (before && before.value)) resolve(ours);
+        else reject(new Error(`${url} loaded but defined no Plotly`));
+      };
       script.onerror = () => {
+        restore();
         window.saliencyAtlasPlotly = null;  // the next render tries again
         reject(new Error(`could not load plotly.js from ${url}`));
       };
@@ -106,7 +117,7 @@ export default function ({data, parentElement, setStateValue}) {
   // renders arrive faster than a redraw at times: draw them in order, each after the previous one
   state.queue = state.queue
     .then(() => loadPlotly(payload.plotly_url))
-    .then((Plotly) => draw(chart, Plotly, payload))
+    .then((Plotly) => { state.plotly = Plotly; return draw(chart, Plotly, payload); })
     .catch((error) => {
       chart.textContent = `The map could not be drawn: ${error.message}`;
       state.revision = null;
@@ -115,7 +126,7 @@ export default function ({data, parentElement, setStateValue}) {
   // render superseded before it started right away: purge (freeing the WebGL context) only a chart that has left
   // the page
   return () => {
-    const purge = () => { if (!chart.isConnected && window.Plotly) window.Plotly.purge(chart); };
+    const purge = () => { if (!chart.isConnected && state.plotly) state.plotly.purge(chart); };
     purge();
     setTimeout(purge, 0);
   };
