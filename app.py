@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import analysis, metrics, plots, ui
+from core import analysis, live_chart, metrics, plots, ui
 from core.ui import escape_markdown as md  # names and paths in the manifest come from the user's model and data
 from core.ui import inline_code
 
+SUMMARY_CHART_HEIGHT = 450  # st.plotly_chart's default, which these charts had
 TRUNCATION_WARNING_FRACTION = 0.2  # warn when more than this fraction of the examples was cut at max_length
 STATUS_ICONS = {"warn": ":material/warning:", "info": ":material/info:", "ok": ":material/check_circle:",
                 "skipped": ":material/remove:"}
@@ -161,8 +162,10 @@ else:
                    "undefined (a class the slice never predicts or never holds). Accuracy "
                    f"{sliced['correct'].mean():.1%}.")
     with confusion_col:
-        st.plotly_chart(plots.confusion_figure(analysis.confusion(sliced, run.num_labels), run.label_names),
-                        key="confusion")
+        # the charts of this first page are live charts too: st.plotly_chart would make the browser load
+        # Streamlit's own plotly.js here and the package's again for the Clusters and Map pages' charts
+        live_chart.live_chart(plots.confusion_figure(analysis.confusion(sliced, run.num_labels), run.label_names),
+                              key="confusion", height=SUMMARY_CHART_HEIGHT)
         st.caption("The slice's examples; rows are true labels, columns predictions.")
 
     if run.num_labels == 2:
@@ -189,11 +192,14 @@ else:
             st.caption("ROC and precision-recall curves need examples of both classes in the slice.")
         else:
             roc_col, pr_col = st.columns(2)
-            roc_col.plotly_chart(plots.roc_figure(curves.fpr, curves.tpr, curves.roc_thresholds, curves.roc_auc,
-                                                  (at["fpr"], at["tpr"])), key="roc")
-            pr_col.plotly_chart(plots.precision_recall_figure(curves.precision, curves.recall, curves.pr_thresholds,
-                                                              curves.average_precision,
-                                                              (at["recall"], at["precision"])), key="pr")
+            with roc_col:  # a moved threshold redraws the curves in place (Plotly.react)
+                live_chart.live_chart(plots.roc_figure(curves.fpr, curves.tpr, curves.roc_thresholds, curves.roc_auc,
+                                                       (at["fpr"], at["tpr"])), key="roc", height=SUMMARY_CHART_HEIGHT)
+            with pr_col:
+                live_chart.live_chart(plots.precision_recall_figure(curves.precision, curves.recall,
+                                                                    curves.pr_thresholds, curves.average_precision,
+                                                                    (at["recall"], at["precision"])),
+                                      key="pr", height=SUMMARY_CHART_HEIGHT)
 
 st.subheader("Where to go next")
 guide = st.columns(5)

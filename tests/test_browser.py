@@ -20,6 +20,9 @@ import plotly
 import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
+# the version of the plotly.js the plotly package ships (core/live_chart.py serves it to the browser)
+PLOTLY_JS = re.search(r"plotly\.js v([\d.]+)", (Path(plotly.__file__).parent / "package_data" / "plotly.min.js")
+                      .read_text(encoding="utf-8")[:300]).group(1)
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = REPO / "tests" / "screenshots"
 WIDTH = 1400
@@ -136,11 +139,7 @@ def test_every_page_in_a_browser(server):
         sizes = ".saliency-atlas-chart[data-chart=cluster_sizes]"
         page.locator(f"{sizes} .bars").first.wait_for(timeout=60_000)
         page.evaluate(f"() => {{ document.querySelector('{sizes}').mountedBeforeRecluster = true; }}")
-        # drawn by the plotly.js the plotly package ships (which wrote the figure), not by the one Streamlit bundles
-        # for st.plotly_chart: the Summary page's charts loaded that one first, as window.Plotly
-        header = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")[:300]
-        assert page.evaluate("async () => (await window.saliencyAtlasPlotly).version") == \
-            re.search(r"plotly\.js v([\d.]+)", header).group(1)
+        assert page.evaluate(f"() => document.querySelector('{sizes}').saliencyAtlas.plotly.version") == PLOTLY_JS
         commit(page, "Number of k-means clusters", "3")
         text = main_text(page)
         assert "3 clusters of 16 examples" in text and "Word clouds" in text
@@ -233,6 +232,15 @@ def test_every_page_in_a_browser(server):
         text = main_text(page)
         assert "removal: mask · computed in" in text  # the stored result is drawn (table, curves, caption)
         shoot(page, "checks")
+
+        # Back on the Summary page after pages that drew st.plotly_chart, whose code sets window.Plotly to the
+        # plotly.js Streamlit bundles: the live charts are still drawn by the package's, which wrote the figures.
+        page.get_by_role("link", name="Summary").first.click()
+        settle(page)
+        confusion = ".saliency-atlas-chart[data-chart=confusion]"
+        page.locator(f"{confusion} .main-svg").first.wait_for(timeout=60_000)
+        assert page.evaluate("() => Boolean(window.Plotly)")  # Streamlit's, loaded by the Examples page
+        assert page.evaluate(f"() => document.querySelector('{confusion}').saliencyAtlas.plotly.version") == PLOTLY_JS
 
         # A shared link opens on the same page, slice and settings.
         fresh = browser.new_page(viewport={"width": WIDTH, "height": 900})

@@ -149,7 +149,7 @@ def test_summary_page(run_id, tiny_run_path):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Examples"] == "16"
     assert metrics["Accuracy"].endswith("%")
-    assert at.get("plotly_chart"), "confusion matrix missing"
+    assert live_chart_figure(at, "confusion")["data"], "confusion matrix missing"
     assert at.query_params["run"] == run_id
     assert "16** of 16 examples" in texts(at.sidebar.markdown)
 

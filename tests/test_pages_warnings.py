@@ -13,7 +13,8 @@ from core.precompute import PrecomputeSettings, precompute
 from core.store import open_run
 from tests.conftest import cache_at
 from tests.test_dataset_warnings import _planted_rows
-from tests.test_pages import no_exception, open_page, run_id, table_with, texts  # noqa: F401 - run_id: a fixture
+from tests.test_pages import (live_chart_figure, no_exception, open_page, run_id,  # noqa: F401 - run_id: a fixture
+                              table_with, texts)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,9 @@ def test_summary_slice_metrics_and_threshold(run_id):
     no_exception(at)
     report = table_with(at, "precision").set_index("class")
     assert report.loc[["negative", "positive"], "support"].sum() == 16
-    assert len(at.get("plotly_chart")) == 3  # confusion matrix, ROC and precision-recall curves
+    for chart in ("confusion", "roc", "pr"):  # confusion matrix, ROC and precision-recall curves
+        assert live_chart_figure(at, chart)["data"]
+    assert not at.get("plotly_chart")  # so the browser loads one plotly.js, the package's (core/live_chart.py)
     assert at.slider(key="threshold").value == 0.5
     at.slider(key="threshold").set_value(0.0).run()
     no_exception(at)
