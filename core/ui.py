@@ -1022,8 +1022,8 @@ def cluster_count_input(view: View, where: Any = None) -> View:
 
     The count is kept across pages and in the URL (`clusters`). Pages draw it inside their fragments (Clusters,
     the Map's colour by cluster) rather than in the sidebar: a new count then reruns that block only, and the
-    browser does not re-render the sidebar (a cached recluster of 1,000,000 rows took 0.68-0.93 s in chromium as a
-    full rerun, 0.40-0.49 s as a fragment rerun).
+    browser does not re-render the sidebar (a cached rerun of the Clusters page at 1,000,000 rows took 0.68-0.93 s in
+    chromium as a full rerun, 0.40-0.49 s as a fragment rerun).
     """
     count = synced((st if where is None else where).number_input, "Number of k-means clusters", CLUSTER_COUNT_KEY, DEFAULT_CLUSTERS,
                    min_value=1, max_value=MAX_CLUSTERS, step=1,
