@@ -583,33 +583,27 @@ def prefetch_enabled() -> bool:
     return os.environ.get(PREFETCH_ENV, "1").strip() != "0"
 
 
-def prefetch_cluster_counts(view: View, ranking: str | None, n_terms: int = 8) -> list[int]:
+def prefetch_cluster_counts(view: View, ranking: str | None) -> list[int]:
     """Queue the clusters of the cluster counts next to the view's (one more, then one fewer) for when the user
     is reading the page, and return those counts (empty when prefetching is off).
 
-    Each count's labels go into the caches the pages read, and unless `ranking` is None (the Map needs labels
-    only) its agreement, summary (`ranking`, `n_terms`) and word clouds too, so a step of the cluster count is a
-    cache hit: at 1,000,000 rows a new count costs
-    0.8-1.3 s of server work, a cached one 0.13 s. Each piece is its own job (the longest, k-means, 0.3-0.5 s at
-    1,000,000 rows), so a click made while one runs waits for that piece at most; the queue is replaced by the
-    next call, so counts guessed for a view the user has left are dropped.
+    Each count's labels go into the caches the pages read (through the View's own methods, so the cache keys are
+    the pages'), and unless `ranking` is None (the Map needs labels only) its agreement, summary and word clouds
+    too, so a step of the cluster count is a cache hit: at 1,000,000 rows a new count costs 0.8-1.3 s of server
+    work, a cached one 0.13 s. Each piece is its own job (the longest, k-means, 0.3-0.5 s at 1,000,000 rows), so a
+    click made while one runs waits for that piece at most; the queue is replaced by the next call, so counts
+    guessed for a view the user has left are dropped.
     """
     if not prefetch_enabled():
         return []
     counts = [k for k in (view.n_clusters + 1, view.n_clusters - 1) if 2 <= k <= min(MAX_CLUSTERS, len(view.rows))]
-    path, stamp, key, vocab_key, spec = view.path, view.stamp, key_tuple(view.key), key_tuple(view.vocab_key), \
-        view.spec_json
-    jobs: list[Callable[[], None]] = []
+    jobs: list[Callable[[], Any]] = []
     for k in counts:
-        jobs.append(lambda k=k: _cluster_labels(path, stamp, key, spec, k, CLUSTER_SEED))
-        if ranking is None:
-            continue
-
-        def summary(k: int = k) -> pd.DataFrame:
-            return _cluster_summary(path, stamp, key, vocab_key, spec, k, CLUSTER_SEED, n_terms, ranking)
-
-        jobs += [lambda k=k: _label_agreement(path, stamp, key, spec, k, CLUSTER_SEED), summary,
-                 lambda summary=summary: cluster_cloud_cards(summary(), ranking)]
+        ahead = replace(view, n_clusters=k)
+        jobs.append(ahead.cluster_labels)
+        if ranking is not None:
+            summary = functools.partial(ahead.cluster_summary, ranking=ranking)
+            jobs += [ahead.label_agreement, summary, lambda summary=summary: cluster_cloud_cards(summary(), ranking)]
     _PREFETCH.submit(jobs)
     return counts
 
@@ -1025,8 +1019,8 @@ def cluster_count_input(view: View, where: Any = None) -> View:
     browser does not re-render the sidebar (a cached rerun of the Clusters page at 1,000,000 rows took 0.68-0.93 s in
     chromium as a full rerun, 0.40-0.49 s as a fragment rerun).
     """
-    count = synced((st if where is None else where).number_input, "Number of k-means clusters", CLUSTER_COUNT_KEY, DEFAULT_CLUSTERS,
-                   min_value=1, max_value=MAX_CLUSTERS, step=1,
+    count = synced((st if where is None else where).number_input, "Number of k-means clusters", CLUSTER_COUNT_KEY,
+                   DEFAULT_CLUSTERS, min_value=1, max_value=MAX_CLUSTERS, step=1,
                    help="Shared by the Clusters page, the Map's colour by cluster and the Compare page. The counts "
                         "one step away are computed while you read the page, so +/- answers at once.")
     return replace(view, n_clusters=int(count))
