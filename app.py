@@ -15,7 +15,6 @@ from core import analysis, live_chart, metrics, plots, ui
 from core.ui import escape_markdown as md  # names and paths in the manifest come from the user's model and data
 from core.ui import inline_code
 
-SUMMARY_CHART_HEIGHT = 450  # st.plotly_chart's default, which these charts had
 TRUNCATION_WARNING_FRACTION = 0.2  # warn when more than this fraction of the examples was cut at max_length
 STATUS_ICONS = {"warn": ":material/warning:", "info": ":material/info:", "ok": ":material/check_circle:",
                 "skipped": ":material/remove:"}
@@ -165,7 +164,7 @@ else:
         # the charts of this first page are live charts too: st.plotly_chart would make the browser load
         # Streamlit's own plotly.js here and the package's again for the Clusters and Map pages' charts
         live_chart.live_chart(plots.confusion_figure(analysis.confusion(sliced, run.num_labels), run.label_names),
-                              key="confusion", height=SUMMARY_CHART_HEIGHT)
+                              key="confusion")
         st.caption("The slice's examples; rows are true labels, columns predictions.")
 
     if run.num_labels == 2:
@@ -194,12 +193,12 @@ else:
             roc_col, pr_col = st.columns(2)
             with roc_col:  # a moved threshold redraws the curves in place (Plotly.react)
                 live_chart.live_chart(plots.roc_figure(curves.fpr, curves.tpr, curves.roc_thresholds, curves.roc_auc,
-                                                       (at["fpr"], at["tpr"])), key="roc", height=SUMMARY_CHART_HEIGHT)
+                                                       (at["fpr"], at["tpr"])), key="roc")
             with pr_col:
                 live_chart.live_chart(plots.precision_recall_figure(curves.precision, curves.recall,
                                                                     curves.pr_thresholds, curves.average_precision,
                                                                     (at["recall"], at["precision"])),
-                                      key="pr", height=SUMMARY_CHART_HEIGHT)
+                                      key="pr")
 
 st.subheader("Where to go next")
 guide = st.columns(5)

@@ -100,6 +100,9 @@ def _declared() -> tuple[Any, str]:
     return _components["chart"], _components["plotly_url"]
 
 
+DEFAULT_HEIGHT = 450  # pixels: st.plotly_chart's default for a figure without a height
+
+
 def chart_payload(figure: Any, *, name: str, scope: str, height: int, selectable: bool, send_points: bool,
                   plotly_url: str) -> tuple[bytes, str]:
     """Return (the component's data: UTF-8 JSON of the settings and the figure, the figure's revision).
@@ -116,7 +119,7 @@ def chart_payload(figure: Any, *, name: str, scope: str, height: int, selectable
     return (settings[:-1] + ', "figure": ' + figure_json + "}").encode("utf-8"), revision
 
 
-def live_chart(figure: Any, *, key: str, height: int, scope: str = "", selectable: bool = False,
+def live_chart(figure: Any, *, key: str, height: int = DEFAULT_HEIGHT, scope: str = "", selectable: bool = False,
                send_points: bool = False) -> dict | None:
     """Draw `figure` in the component (its element in the page carries ``data-chart=<key>``) and return the user's
     last box or lasso selection on it, or None (always None unless `selectable`, which also shows the chart's tools

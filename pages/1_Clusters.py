@@ -43,7 +43,7 @@ def clusters_view(view: ui.View) -> None:
     chart, clouds_intro = st.columns([3, 2], gap="large")
     with chart:
         # redrawn in place on a recluster (Plotly.react), not mounted anew as st.plotly_chart would
-        live_chart.live_chart(plots.cluster_size_bar(summary), key="cluster_sizes", height=450)
+        live_chart.live_chart(plots.cluster_size_bar(summary), key="cluster_sizes")
     with clouds_intro:
         st.markdown(f"**{len(summary)} clusters** of {len(view.rows):,} examples.")
         largest = summary.iloc[0]
