@@ -124,7 +124,8 @@ def test_a_new_cluster_count_reruns_only_the_fragment(run_id, counts, monkeypatc
         "cluster 0", "cluster 1", "cluster 2"}
 
 
-def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit(run_id, counts, monkeypatch):  # noqa: F811
+def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit(  # noqa: F811
+        run_id, counts, monkeypatch):
     from core import plots
 
     monkeypatch.setenv(ui.PREFETCH_ENV, "1")

@@ -40,7 +40,8 @@ def test_a_truncated_copy_is_replaced(tmp_path):
 
 
 def test_the_payload_holds_the_settings_and_the_figure_and_its_revision_follows_the_colours():
-    kwargs = {"name": "map", "scope": "s", "height": 500, "selectable": True, "send_points": True, "plotly_url": "/component/x/plotly.min.js"}
+    kwargs = {"name": "map", "scope": "s", "height": 500, "selectable": True, "send_points": True,
+              "plotly_url": "/component/x/plotly.min.js"}
     first, first_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
     again, again_revision = live_chart.chart_payload(_figure("true label"), **kwargs)
     _, other_revision = live_chart.chart_payload(_figure("prediction"), **kwargs)
