@@ -1,11 +1,11 @@
-"""Why no cluster of the discovery run reaches precision .9: do the saliency maps tell ratings from other numbers?
+"""Do the saliency maps of a discovery run tell ratings from other numbers (what bounds its clusters' precision)?
 
     python -m bench.discovery_diagnosis [--discovery discovery] [--m 200]
 
-Runs after `python -m bench.discovery --out NAME` and reuses its cached model, test sample and settings (read
-from bench/results/NAME.json; `--discovery NAME`, default discovery). It precomputes one more run of the same test sample with Grad-L2 and Gradient x Input (the first is the
-discovery run's method; the second is signed, so it can tell evidence for the predicted class from evidence
-against it), then measures on the reviews predicted negative:
+Runs after `python -m bench.discovery --out NAME` and reuses its cached model, test sample and settings
+(read from bench/results/NAME.json; `--discovery NAME`, default discovery). It precomputes one more run of the
+same test sample with Grad-L2 and Gradient x Input (the first is the discovery run's method; the second is
+signed, so it can tell evidence for the predicted class from evidence against it), then measures on the reviews predicted negative:
 
 1. behaviour: appending a rating, a bare number, or a number that is no rating (a running time, a year, a count)
    to reviews predicted positive; which of them does the model read as a rating?
@@ -40,6 +40,7 @@ APPENDED = [("1/10", "rating"), ("4/10", "rating"), ("I give it a 3.", "rating i
             ("Set in the 80s.", "decade"), ("10 people were in the theatre.", "count"),
             ("It was released on DVD.", "no number (control)")]
 TOP_K = (1, 3, 5)
+MIN_RECALL = 0.25  # the purest cluster quoted must hold at least this share of the slice's rating reviews
 DROP_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3)
 
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.report_only:
         res = json.loads(out_json.read_text(encoding="utf-8"))
         res["discovery"] = name
+        discovery = json.loads((RESULTS / f"{name}.json").read_text(encoding="utf-8"))
+        res["best_clusters"] = best_discovery_clusters(discovery)
+        out_json.write_text(json.dumps(res, indent=2), encoding="utf-8")
         out_md.write_text(write_report(res), encoding="utf-8")
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
            "rated_in_view": n_truth, "behaviour": behaviour, "ceiling": ceiling, "deletion": deletion,
            "deletion_candidates": int(len(cand)), "audit": audit,
            "model": {"train_reviews": discovery["data"]["n_train"], "max_length": max_length,
-                     "truncation": truncation, "epochs": d_args["epochs"], "device": discovery["training"].get("device")},
+                     "truncation": truncation, "epochs": d_args["epochs"],
+                     "device": discovery["training"].get("device")},
            "seconds": {"precompute": round(precompute_seconds, 1), "checks": round(check_seconds, 1)},
            "machine": f"{gpu}, {os.cpu_count()} CPUs" if gpu else f"{platform.machine()}, {os.cpu_count()} CPUs",
            "machine_shared": gpu is None}
@@ -188,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def best_discovery_clusters(discovery: dict) -> dict:
-    """Return the discovery results' purest cluster (mean precision over k-means seeds) of a saliency representation
-    and of any representation: {"saliency"|"any": {"representation", "clusters", "precision", "recall"}}."""
+    """Return the discovery results' purest cluster (mean precision over k-means seeds, among clusters holding at
+    least `MIN_RECALL` of the rating reviews) of a saliency representation and of any representation:
+    {"saliency"|"any": {"representation", "clusters", "precision", "recall"}}."""
     rows = discovery["clusters"]
 
     def best(candidates: list[dict]) -> dict:
-        row = max(candidates, key=lambda r: r["rated_seen"]["precision"])
+        # a cluster must hold a quarter of the rating reviews to count: ten reviews that all say "4/10" are pure
+        # but not the finding
+        held = [r for r in candidates if r["rated_seen"]["recall"] >= MIN_RECALL] or candidates
+        row = max(held, key=lambda r: r["rated_seen"]["precision"])
         return {"representation": row["representation"], "clusters": row["clusters"],
                 "precision": row["rated_seen"]["precision"], "recall": row["rated_seen"]["recall"],
                 "terms": row["distinctive_terms"]}
@@ -271,13 +280,14 @@ def conclusion(res: dict) -> str:
                f"{'on a GPU' if str(model.get('device', '')).startswith('cuda') else 'on the CPU'})"
                if model else "this model")
     reads = behaviour["4/10"]["flipped"] >= 0.5
+    tell_apart = "Its gradients do not tell ratings from other numbers"
     lines = [
         (f"- **The model {'does' if reads else 'barely'} read{'' if reads else 's'} ratings.** Appending `4/10` "
          f"turns {behaviour['4/10']['flipped']:.0%} of positive predictions negative; a running time (`It runs 90 "
          f"minutes.`) {behaviour['It runs 90 minutes.']['flipped']:.0%}, a year "
          f"{behaviour['It came out in 1963.']['flipped']:.0%}, a trailing bare `4` {behaviour['4']['flipped']:.0%}, "
          f"a sentence with no number {behaviour['It was released on DVD.']['flipped']:.0%}."),
-        (f"- **{'Its gradients single the ratings out' if top3['precision'] >= 0.8 else 'Its gradients do not tell ratings from other numbers'}.** "
+        (f"- **{'Its gradients single the ratings out' if top3['precision'] >= 0.8 else tell_apart}.** "
          f"A number is among the 3 most salient Grad-L2 tokens of {top3['rows']} predicted-negative reviews, and "
          f"{top3['precision']:.0%} of them carry a rating ({top3['precision_broad']:.0%} with the broad regex; "
          f"recall {top3['recall']:.0%}). Signed Gradient x Input, counting only evidence for the prediction: "

@@ -9,8 +9,9 @@
    positive, its own fine-tuned MiniLM, 800 test rows), clustered into 4; adjusted Rand index against the classes.
    Built on first use (about 5 minutes of CPU).
 3. **Real-data discovery** (the paper's Table 3): when `bench.discovery` has left an IMDB run
-   (`bench/results/discovery-tail64.json`, the run the committed table used), its predicted-negative slice clustered into 5; precision and recall of the
-   highest-precision cluster against the reviews whose visible text carries a numeric rating.
+   (`bench/results/discovery-tail64.json`, the run the committed table used), its predicted-negative slice
+   clustered into 5; precision and recall of the highest-precision cluster against the reviews whose visible text
+   carries a numeric rating.
 
 Each cell is the mean over `--seeds` k-means seeds (the dashboard's own `cluster_rows`). The default is the
 candidate with the best mean of: shortcut F1 at 3 clusters, shortcut F1 at 20 clusters and ARI (and discovery F1
