@@ -215,3 +215,6 @@ guide[4].page_link(ui.PAGE_FILES["seed_terms"], label="Seed terms", icon=":mater
 
 with st.expander("Run settings, versions and timings"):
     st.json({k: manifest.get(k) for k in ("settings", "versions", "timings", "fingerprint")}, expanded=1)
+
+# the page most users open next: its clusters are computed while this one is read
+ui.prefetch_clusters_page(view)

@@ -95,6 +95,8 @@ _WARNINGS_LOCK = threading.Lock()
 
 _INITIAL_QUERY = "_atlas_initial_query"
 _KEEP = "_atlas_keep"
+TERM_RANKING_KEY = "term_rank"  # the Clusters page's "Rank terms by", kept across pages and in the URL
+DEFAULT_TERM_RANKING = "distinctive"
 _SIDEBAR_PARAMS = "_atlas_sidebar_params"
 
 
@@ -583,9 +585,10 @@ def prefetch_enabled() -> bool:
     return os.environ.get(PREFETCH_ENV, "1").strip() != "0"
 
 
-def prefetch_cluster_counts(view: View, ranking: str | None) -> list[int]:
+def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bool = False) -> list[int]:
     """Queue the clusters of the cluster counts next to the view's (one more, then one fewer) for when the user
-    is reading the page, and return those counts (empty when prefetching is off).
+    is reading the page, and return those counts (empty when prefetching is off). `include_current` queues the
+    view's own count first (a page other than the Clusters page, so that page's first visit is a cache hit).
 
     Each count's labels go into the caches the pages read (through the View's own methods, so the cache keys are
     the pages'), and unless `ranking` is None (the Map needs labels only) its agreement, summary and word clouds
@@ -596,7 +599,8 @@ def prefetch_cluster_counts(view: View, ranking: str | None) -> list[int]:
     """
     if not prefetch_enabled():
         return []
-    counts = [k for k in (view.n_clusters + 1, view.n_clusters - 1) if 2 <= k <= min(MAX_CLUSTERS, len(view.rows))]
+    wanted = ((view.n_clusters,) if include_current else ()) + (view.n_clusters + 1, view.n_clusters - 1)
+    counts = [k for k in wanted if 2 <= k <= min(MAX_CLUSTERS, len(view.rows))]
     jobs: list[Callable[[], Any]] = []
     for k in counts:
         ahead = replace(view, n_clusters=k)
@@ -606,6 +610,17 @@ def prefetch_cluster_counts(view: View, ranking: str | None) -> list[int]:
             jobs += [ahead.label_agreement, summary, lambda summary=summary: cluster_cloud_cards(summary(), ranking)]
     _PREFETCH.submit(jobs)
     return counts
+
+
+def prefetch_clusters_page(view: View) -> list[int]:
+    """Queue, from another page, what the Clusters page draws first for this view (its clusters, table and word
+    clouds at the view's count and the term ranking it last showed, else its default) and then the counts one step
+    away, for when the user is reading this page. Returns the counts queued (empty when prefetching is off). At
+    1,000,000 rows the Clusters page's first visit otherwise computes k-means and its table while the user waits
+    (0.6-0.8 s)."""
+    kept = st.session_state.get(_KEEP, {}).get(TERM_RANKING_KEY)
+    ranking = kept if kept in analysis.TERM_RANKINGS else DEFAULT_TERM_RANKING
+    return prefetch_cluster_counts(view, ranking, include_current=True)
 
 
 # ============================================================================ the view

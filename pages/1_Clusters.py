@@ -26,8 +26,8 @@ def clusters_view(view: ui.View) -> None:
     ranking or a picked cluster reruns only this block (the sidebar is neither rerun nor re-sent)."""
     count_column, ranking_column = st.columns([1, 3], gap="large")
     view = ui.cluster_count_input(view, count_column)
-    ranking = ui.synced(ranking_column.radio, "Rank terms by", "term_rank", "distinctive", options=list(RANKINGS),
-                        format_func=RANKINGS.get, horizontal=True,
+    ranking = ui.synced(ranking_column.radio, "Rank terms by", ui.TERM_RANKING_KEY, ui.DEFAULT_TERM_RANKING,
+                        options=list(RANKINGS), format_func=RANKINGS.get, horizontal=True,
                         help="distinctive: (mean salience in the cluster minus in the rest of the slice) x idf, "
                              "log((1 + n) / (1 + examples containing the term)): terms salient or present everywhere "
                              "fall out. mean salience: the paper's mean over the cluster.")

@@ -156,3 +156,34 @@ def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit( 
     run_fragments(at, monkeypatch)
     no_exception(at)
     assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 5
+
+
+def test_the_summary_page_computes_the_clusters_pages_first_view_ahead(run_id, counts, monkeypatch):  # noqa: F811
+    """While the Summary page is read, the Clusters page's clusters, table and word clouds for the same view (its
+    count, the default term ranking) are computed, so its first visit runs no k-means and draws no cloud."""
+    from core import plots
+
+    monkeypatch.setenv(ui.PREFETCH_ENV, "1")
+    clouds = {"drawn": 0}
+    wordcloud_image = plots.wordcloud_image
+
+    def counted_cloud(*args, **kwargs):
+        clouds["drawn"] += 1
+        return wordcloud_image(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
+    ui.wordcloud_png.clear()  # the clouds' cache is keyed by terms alone, so an earlier test's clouds would hit
+    at = open_page("summary", clusters="3")
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60)
+    assert counts["kmeans"] == 3  # the page's own count first, then 4 and 2
+    assert clouds["drawn"] > 0
+    drawn = clouds["drawn"]
+
+    at.switch_page(ui.PAGE_FILES["clusters"])
+    at.run()
+    no_exception(at)
+    assert len(at.dataframe(key="cluster_table").value) == 3
+    assert at.radio(key=ui.TERM_RANKING_KEY).value == ui.DEFAULT_TERM_RANKING
+    assert counts["kmeans"] == 3 and clouds["drawn"] == drawn, "the first visit recomputed what was computed ahead"
+    assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 3  # 4 and 2 were computed from the Summary
