@@ -47,6 +47,24 @@ def counts(monkeypatch) -> dict[str, int]:
     return calls
 
 
+@pytest.fixture
+def clouds(monkeypatch) -> dict[str, int]:
+    """Count the word clouds drawn, starting from an empty cloud cache (it is keyed by terms alone, so an earlier
+    test's clouds would be hits)."""
+    from core import plots
+
+    drawn = {"drawn": 0}
+    wordcloud_image = plots.wordcloud_image
+
+    def counted_cloud(*args, **kwargs):
+        drawn["drawn"] += 1
+        return wordcloud_image(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
+    ui.wordcloud_png.clear()
+    return drawn
+
+
 def legend_title(at: AppTest) -> str:
     return json.dumps(map_figure(at))
 
@@ -125,18 +143,8 @@ def test_a_new_cluster_count_reruns_only_the_fragment(run_id, counts, monkeypatc
 
 
 def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit(  # noqa: F811
-        run_id, counts, monkeypatch):
-    from core import plots
-
+        run_id, counts, clouds, monkeypatch):
     monkeypatch.setenv(ui.PREFETCH_ENV, "1")
-    clouds = {"drawn": 0}
-    wordcloud_image = plots.wordcloud_image
-
-    def counted_cloud(*args, **kwargs):
-        clouds["drawn"] += 1
-        return wordcloud_image(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
     at = open_page("clusters", clusters="3")
     no_exception(at)
     assert ui._PREFETCH.wait_until_done(60)
@@ -158,21 +166,11 @@ def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit( 
     assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 5
 
 
-def test_the_summary_page_computes_the_clusters_pages_first_view_ahead(run_id, counts, monkeypatch):  # noqa: F811
+def test_the_summary_page_computes_the_clusters_pages_first_view_ahead(  # noqa: F811
+        run_id, counts, clouds, monkeypatch):
     """While the Summary page is read, the Clusters page's clusters, table and word clouds for the same view (its
     count, the default term ranking) are computed, so its first visit runs no k-means and draws no cloud."""
-    from core import plots
-
     monkeypatch.setenv(ui.PREFETCH_ENV, "1")
-    clouds = {"drawn": 0}
-    wordcloud_image = plots.wordcloud_image
-
-    def counted_cloud(*args, **kwargs):
-        clouds["drawn"] += 1
-        return wordcloud_image(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
-    ui.wordcloud_png.clear()  # the clouds' cache is keyed by terms alone, so an earlier test's clouds would hit
     at = open_page("summary", clusters="3")
     no_exception(at)
     assert ui._PREFETCH.wait_until_done(60)
