@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -256,12 +257,30 @@ def ensure_model(train: pd.DataFrame, args, model_dir: Path) -> dict:
         info["reused"] = True
         return info
     torch_threads(args)
+    hours = cpu_training_hours(len(train), args.max_length, args.epochs)
+    if hours > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"warning: no GPU; fine-tuning {len(train):,} reviews at up to {args.max_length} tokens for "
+                  f"{args.epochs} epoch(s) on the CPU may take up to about {hours:.0f} h (measured on a 2-core "
+                  "machine). The configurations sized for the CPU are in `python -m bench.discovery --help`'s "
+                  "module docstring (bench/discovery.py).", file=sys.stderr, flush=True)
     base = Path(args.base_model) if args.base_model else base_model_dir()
     info = train_classifier(train[["text", "label"]], base, model_dir, epochs=args.epochs,
                             max_length=args.max_length, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             truncation=args.truncation, progress=not args.quiet)
     info["reused"] = False
     return info
+
+
+CPU_TRAINING_TOKENS_PER_SECOND = 370  # headtail128: 2,000 reviews x 128 tokens, 1 epoch, in 697 s on 2 cores
+
+
+def cpu_training_hours(n_reviews: int, max_length: int, epochs: int) -> float:
+    """Return an upper bound of the hours fine-tuning takes on this project's 2-core CPU (every review at
+    `max_length` tokens), from the CPU configurations' measured rate."""
+    return n_reviews * max_length * epochs / CPU_TRAINING_TOKENS_PER_SECOND / 3600
 
 
 def _repo_relative(path: Path) -> str:

@@ -81,3 +81,25 @@ def test_the_purest_cluster_quoted_must_hold_a_quarter_of_the_rated_reviews():
     assert best["any"]["representation"] == "B3"
     only_small = best_discovery_clusters({"clusters": [row("S1 small", 10, 1.0, 0.14), row("S1 tiny", 5, 0.5, 0.1)]})
     assert only_small["saliency"]["representation"] == "S1 small"  # none holds a quarter: the purest of all
+
+
+def test_fine_tuning_the_papers_setting_on_the_cpu_warns_of_hours(tmp_path, monkeypatch, capsys):
+    from argparse import Namespace
+
+    import torch
+
+    from core import demo
+
+    trained = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(demo, "train_classifier", lambda *a, **k: trained.append(k) or {"seconds": 0})
+    train = pd.DataFrame({"text": ["a review"] * 20000, "label": [0, 1] * 10000})
+    args = Namespace(force=False, threads=0, base_model=str(tmp_path), epochs=2, max_length=512, batch_size=32,
+                     lr=1e-4, seed=0, truncation="head+tail", quiet=True)
+    discovery.ensure_model(train, args, tmp_path / "model")
+    assert trained and "no GPU" in capsys.readouterr().err
+    assert discovery.cpu_training_hours(20000, 512, 2) > 10 > 1 > discovery.cpu_training_hours(2000, 128, 1)
+
+    discovery.ensure_model(train.iloc[:2000], Namespace(**{**vars(args), "max_length": 128, "epochs": 1}),
+                           tmp_path / "small")
+    assert "no GPU" not in capsys.readouterr().err  # a configuration sized for the CPU trains without a warning
