@@ -683,7 +683,9 @@ def conclusion(res: dict) -> str:
                  f"clusters): the purest cluster holds {t['size']:.0%} of the slice at precision "
                  f"{t['precision']:.2f} ± {t['precision_std']:.2f} (seeds {seeds}) and recall {t['recall']:.2f}; "
                  f"{b.get('precision', float('nan')):.2f} / {b.get('recall', float('nan')):.2f} against the broad "
-                 f"regex; its terms: {', '.join(default['distinctive_terms'][:8])}. ")
+                 f"regex; its most distinctive {'word pieces' if 'pieces' in default['representation'] else 'terms'}"
+                 f": {', '.join(default['distinctive_terms'][:8])}"
+                 + (" (the page names whole words)" if "pieces" in default["representation"] else "") + ". ")
     if good:
         text += f"Representations reaching the target precision ≥ .9 with 5 clusters: {', '.join(good)}."
     else:
