@@ -25,6 +25,7 @@ SHIFT_COLUMNS = {"term": "term", "higher_in": "more salient in", "mean_train": "
 BUTTONS_PER_CHECK = 3  # more findings than this: pick one in a list
 
 view = ui.current_view()
+ui.prefetch_clusters_page(view)  # the page most users open next, computed while this one is read
 run, manifest = view.run, view.run.manifest
 counts, accuracy = manifest.get("counts", {}), manifest.get("accuracy", {})
 
@@ -215,6 +216,3 @@ guide[4].page_link(ui.PAGE_FILES["seed_terms"], label="Seed terms", icon=":mater
 
 with st.expander("Run settings, versions and timings"):
     st.json({k: manifest.get(k) for k in ("settings", "versions", "timings", "fingerprint")}, expanded=1)
-
-# the page most users open next: its clusters are computed while this one is read
-ui.prefetch_clusters_page(view)

@@ -166,12 +166,13 @@ def test_the_counts_one_step_away_are_computed_ahead_and_a_step_is_a_cache_hit( 
     assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 5
 
 
-def test_the_summary_page_computes_the_clusters_pages_first_view_ahead(  # noqa: F811
-        run_id, counts, clouds, monkeypatch):
-    """While the Summary page is read, the Clusters page's clusters, table and word clouds for the same view (its
+@pytest.mark.parametrize("first_page", ["summary", "examples"])
+def test_another_page_computes_the_clusters_pages_first_view_ahead(  # noqa: F811
+        run_id, counts, clouds, monkeypatch, first_page):
+    """While another page is read, the Clusters page's clusters, table and word clouds for the same view (its
     count, the default term ranking) are computed, so its first visit runs no k-means and draws no cloud."""
     monkeypatch.setenv(ui.PREFETCH_ENV, "1")
-    at = open_page("summary", clusters="3")
+    at = open_page(first_page, clusters="3")
     no_exception(at)
     assert ui._PREFETCH.wait_until_done(60)
     assert counts["kmeans"] == 3  # the page's own count first, then 4 and 2
@@ -184,4 +185,4 @@ def test_the_summary_page_computes_the_clusters_pages_first_view_ahead(  # noqa:
     assert len(at.dataframe(key="cluster_table").value) == 3
     assert at.radio(key=ui.TERM_RANKING_KEY).value == ui.DEFAULT_TERM_RANKING
     assert counts["kmeans"] == 3 and clouds["drawn"] == drawn, "the first visit recomputed what was computed ahead"
-    assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 3  # 4 and 2 were computed from the Summary
+    assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 3  # 4 and 2 were computed from that page
