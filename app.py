@@ -25,7 +25,6 @@ SHIFT_COLUMNS = {"term": "term", "higher_in": "more salient in", "mean_train": "
 BUTTONS_PER_CHECK = 3  # more findings than this: pick one in a list
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the page most users open next, computed while this one is read
 run, manifest = view.run, view.run.manifest
 counts, accuracy = manifest.get("counts", {}), manifest.get("accuracy", {})
 

@@ -802,13 +802,17 @@ def current_view() -> View:
     """Set up the page (wide layout) and draw the shared sidebar; return the view it selects.
 
     Every page calls this once, first: pages are standalone scripts (Streamlit's pages/ convention), so a
-    page opened straight from a shared link builds the same view as one reached through the app.
+    page opened straight from a shared link builds the same view as one reached through the app. It also queues
+    the Clusters page's first view of it (`prefetch_clusters_page`), computed while the page is read; the pages
+    that queue other work later in their run (Clusters, the Map's colour by cluster) replace that queue.
     """
     st.set_page_config(page_title="Saliency Atlas", page_icon=page_icon(), layout="wide")
     # Once per server process, in a daemon thread that waits until no page is running: numba compiles UMAP's code
     # (15-25 s) before a map is asked for.
     warm_up_in_background()
-    return render_sidebar()
+    view = render_sidebar()
+    prefetch_clusters_page(view)
+    return view
 
 
 # ============================================================================ widgets synced with the URL

@@ -11,7 +11,6 @@ COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "
 PROJECTIONS = {"umap": "UMAP", "tsne": "t-SNE"}
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 ui.page_header("Map", view,
                "Nearby points have similar representations. Hover a point to read it; draw a **lasso** or **box** "
                "around a region to list its examples and their aggregate top terms.")

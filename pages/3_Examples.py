@@ -17,7 +17,6 @@ SORTS = {
 MAX_TABLE_ROWS = 2000
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 ui.page_header("Examples", view, "Search the slice, select a row, and read the example with each token shaded "
                                  "by its saliency for the prediction.")
 

@@ -6,7 +6,6 @@ from core import ui
 from core.ui import escape_markdown as md  # label names, split names and terms come from the data
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 run = view.run
 names = run.label_names
 ui.page_header("Neighbours", view,

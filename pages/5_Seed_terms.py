@@ -10,7 +10,6 @@ SALIENT_RANKINGS = {"distinctive": "distinctive (vs other classes)", "mean": "me
 ASSOCIATION_RANKINGS = {"log_odds": "log-odds (z-score)", "pmi": "PMI"}
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 run = view.run
 names = run.label_names
 ui.page_header("Seed terms", view,

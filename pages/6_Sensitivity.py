@@ -13,7 +13,6 @@ from core.models import ModelLoadError, load_classifier
 from core.store import stat_signature
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 run = view.run
 names = run.label_names
 splits = run.splits

@@ -14,7 +14,6 @@ from core.models import ModelLoadError, load_classifier
 from core.saliency import ATTRIBUTION_METHODS, get_method
 
 view = ui.current_view()
-ui.prefetch_clusters_page(view)  # the Clusters page's first view, computed while this page is read
 run = view.run
 ui.page_header(
     "Checks", view,
