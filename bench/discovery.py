@@ -637,6 +637,12 @@ def unit_note(res: dict) -> list[str]:
     return ["## Note", "", note, ""]
 
 
+def held_clusters(records: list[dict]) -> list[dict]:
+    """Return the cluster records that hold at least `MIN_RECALL` of the slice's rated reviews (all of them when
+    none does): ten reviews that all say "4/10" make a pure cluster, but not the finding."""
+    return [r for r in records if r["rated_seen"]["recall"] >= MIN_RECALL] or records
+
+
 def uses_ratings(res: dict) -> bool:
     """Return whether the model relies on the ratings by the sensitivity figures: deleting the rating from
     negative-rated reviews flips at least a fifth of them or lowers p(negative) by 0.15 on average, or appending
@@ -692,7 +698,7 @@ def conclusion(res: dict) -> str:
         text += "No representation reaches the target precision ≥ .9 with 5 clusters"
         if uses:
             ten = [r for r in res["clusters"] if r["clusters"] == 10]
-            held = [r for r in ten if r["rated_seen"]["recall"] >= MIN_RECALL] or ten
+            held = held_clusters(ten)
             best10 = max(held, key=lambda r: (r["rated_seen"]["precision"], r["rated_seen"]["recall"]))
             broad = best10.get("broad_rating_seen", {}).get("precision", float("nan"))
             text += (f" (with 10 clusters, among clusters holding at least {MIN_RECALL:.0%} of the rated reviews: "

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.discovery import CACHE, broad_rating_spans, data_tag, model_tag, rating_spans, seen_spans
+from bench.discovery import (CACHE, broad_rating_spans, data_tag, held_clusters, model_tag, rating_spans,
+                             seen_spans)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # appended to reviews predicted positive; (phrase, what it is)
@@ -40,7 +41,6 @@ APPENDED = [("1/10", "rating"), ("4/10", "rating"), ("I give it a 3.", "rating i
             ("Set in the 80s.", "decade"), ("10 people were in the theatre.", "count"),
             ("It was released on DVD.", "no number (control)")]
 TOP_K = (1, 3, 5)
-MIN_RECALL = 0.25  # the purest cluster quoted must hold at least this share of the slice's rating reviews
 DROP_THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.3)
 
 
@@ -194,15 +194,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def best_discovery_clusters(discovery: dict) -> dict:
     """Return the discovery results' purest cluster (mean precision over k-means seeds, among clusters holding at
-    least `MIN_RECALL` of the rating reviews) of a saliency representation and of any representation:
+    least bench.discovery.MIN_RECALL of the rating reviews) of a saliency representation and of any representation:
     {"saliency"|"any": {"representation", "clusters", "precision", "recall"}}."""
     rows = discovery["clusters"]
 
     def best(candidates: list[dict]) -> dict:
-        # a cluster must hold a quarter of the rating reviews to count: ten reviews that all say "4/10" are pure
-        # but not the finding
-        held = [r for r in candidates if r["rated_seen"]["recall"] >= MIN_RECALL] or candidates
-        row = max(held, key=lambda r: r["rated_seen"]["precision"])
+        row = max(held_clusters(candidates), key=lambda r: r["rated_seen"]["precision"])
         return {"representation": row["representation"], "clusters": row["clusters"],
                 "precision": row["rated_seen"]["precision"], "recall": row["rated_seen"]["recall"],
                 "terms": row["distinctive_terms"]}
