@@ -1556,6 +1556,24 @@ def to_text(terms: Iterable[str | tuple[str, float]]) -> str:
 # --------------------------------------------------------------------------- metrics
 
 
+def split_label_counts(splits: pd.Series, labels: np.ndarray) -> pd.DataFrame:
+    """Return the number of examples per split (rows, sorted by name; index named "split") and true label id
+    (columns, the ids present, ascending; named "label"), as ``groupby(["split", "label"]).size().unstack(0)``
+    gives it; rows without a split are left out. One bincount over codes: the groupby took 0.1-0.3 s at
+    1,000,000 rows, on the first open of a run."""
+    codes, names = pd.factorize(splits, sort=True)
+    labels = np.asarray(labels, dtype=np.int64)
+    kept = codes >= 0
+    codes, labels = codes[kept], labels[kept]
+    present = np.bincount(labels) > 0 if len(labels) else np.zeros(0, dtype=bool)
+    position = np.cumsum(present) - 1
+    n_labels = int(present.sum())
+    counts = np.bincount(codes * n_labels + position[labels], minlength=len(names) * n_labels)
+    return pd.DataFrame(counts.reshape(len(names), n_labels),
+                        index=pd.Index(np.asarray(names, dtype=object), name="split"),
+                        columns=pd.Index(np.flatnonzero(present), name="label"))
+
+
 def confusion(examples: pd.DataFrame, n_classes: int) -> np.ndarray:
     """Return the (n_classes, n_classes) int64 confusion matrix: rows true label, columns prediction.
 

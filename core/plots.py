@@ -171,27 +171,38 @@ def confusion_figure(cm: np.ndarray, label_names: Sequence[str]) -> go.Figure:
     return fig
 
 
+ACCURACY_COLOURSCALE = "RdYlGn"
+
+
 def cluster_size_bar(summary: pd.DataFrame) -> go.Figure:
     """Return a bar chart of cluster sizes (% of the slice) from ``analysis.cluster_summary`` output.
 
-    Bars are coloured by accuracy; hovering shows the top terms.
+    Bars are coloured by accuracy (red 0 to green 1, named in the title); hovering shows the top terms.
     """
+    from plotly.colors import sample_colorscale
+
+    accuracy = np.clip(summary["accuracy"].to_numpy(dtype=float), 0.0, 1.0)
+    # Colours as CSS strings and fixed margins: the browser redraws this chart on every recluster, and a colour
+    # bar (numbers through a colour scale) makes plotly.js measure and re-lay the margins (doAutoMargin), with a
+    # warning logged per bar: 0.2 s of the browser's CPU per redraw on a 2-core machine, against about 0.05 s.
+    colours = sample_colorscale(ACCURACY_COLOURSCALE, list(accuracy)) if len(accuracy) else []
     fig = go.Figure(
         go.Bar(
-            x=[f"cluster {c}" for c in summary["cluster"]],
+            x=[str(c) for c in summary["cluster"]],
             y=summary["size_pct"],
             customdata=summary[["size", "accuracy", "top_terms"]].to_numpy(dtype=object),
             hovertemplate=(
-                "%{x}: %{customdata[0]} examples (%{y:.1f}%)<br>"
+                "cluster %{x}: %{customdata[0]} examples (%{y:.1f}%)<br>"
                 "accuracy %{customdata[1]:.2f}<br>%{customdata[2]}<extra></extra>"
             ),
-            marker={"color": summary["accuracy"], "colorscale": "RdYlGn", "cmin": 0, "cmax": 1,
-                    "showscale": True, "colorbar": {"title": "accuracy"}},
+            marker={"color": colours, "line": {"width": 0}},
         )
     )
     fig.update_layout(
-        title="Cluster sizes", yaxis_title="% of slice",
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title="Cluster sizes · colour: accuracy (red 0 → green 1)",
+        xaxis={"title": "cluster", "type": "category", "tickangle": 0, "automargin": False},
+        yaxis={"title": "% of slice", "automargin": False},
+        margin={"l": 55, "r": 10, "t": 40, "b": 45},
     )
     return fig
 

@@ -94,7 +94,7 @@ _PROJECTION_LOCK = PROJECTION_LOCK
 _WARNINGS_LOCK = threading.Lock()
 
 _INITIAL_QUERY = "_atlas_initial_query"
-_KEEP = "_atlas_keep"
+_KEEP = KEEP_KEY = "_atlas_keep"  # values of widgets kept across pages
 TERM_RANKING_KEY = "term_rank"  # the Clusters page's "Rank terms by", kept across pages and in the URL
 DEFAULT_TERM_RANKING = "distinctive"
 _SIDEBAR_PARAMS = "_atlas_sidebar_params"
@@ -532,7 +532,8 @@ def _binary_curves(path: str, stamp: int, spec_json: str, positive: int) -> metr
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def _split_label_counts(path: str, stamp: int) -> pd.DataFrame:
-    return _open_run(path, stamp).examples.groupby(["split", "label"]).size().unstack(fill_value=0)
+    examples = _open_run(path, stamp).examples
+    return analysis.split_label_counts(examples["split"], examples["label"].to_numpy())
 
 
 @st.cache_data(show_spinner=False, ttl=120)

@@ -590,3 +590,34 @@ def test_assign_to_centres_picks_the_nearest_centre_as_a_dense_computation_does(
     np.testing.assert_array_equal(got, distances.argmin(axis=1))
     assert (got[:50] == 3).all()
     np.testing.assert_array_equal(analysis.assign_to_centres(dense, centres), got)  # the dense path agrees
+
+
+def test_nearest_centre_split_between_cores_gives_the_serial_answer(monkeypatch):
+    """The rows of a large matrix are split between threads; every row's centre must be the one the single
+    kernel finds, whatever the split (here three blocks of a small matrix)."""
+    from core import kernels
+
+    rng = np.random.default_rng(3)
+    X = sp.random(500, 60, density=0.1, format="csr", dtype=np.float32, random_state=rng)
+    centres = rng.random((7, 60), dtype=np.float32)
+    serial = kernels.csr_nearest_centre(X.indptr, X.indices, X.data, centres)
+    expected = (X @ centres.T - 0.5 * (centres * centres).sum(axis=1)).argmax(axis=1)
+    assert (serial == np.asarray(expected).ravel()).all()
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 100)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 3)
+    assert len(kernels._row_blocks(X.indptr)) == 4
+    assert (kernels.csr_nearest_centre(X.indptr, X.indices, X.data, centres) == serial).all()
+
+
+def test_split_label_counts_equal_pandas_groupby():
+    from core.analysis import split_label_counts
+
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"split": rng.choice(["train", "test", "dev", None], 400),
+                          "label": rng.choice([0, 2, 3], 400)})
+    frame.loc[frame["split"] == "dev", "label"] = 3  # a label that one split lacks: a zero, as unstack fills
+    expected = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+    got = split_label_counts(frame["split"], frame["label"].to_numpy())
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_index_type=False,
+                                  check_column_type=False)
+    assert got.loc["dev", 0] == 0 and got.to_numpy().sum() == frame["split"].notna().sum()

@@ -253,7 +253,7 @@ def hostile_data_run(tiny_run_path, isolated_cache) -> str:
 
 @pytest.mark.parametrize(("page", "query"), [
     ("summary", {}),
-    ("clusters", {"clusters": "2", "terms": "piece"}),
+    ("clusters", {"clusters": "2", "terms": "piece", "cluster_pick": "0"}),  # a picked cluster: its classes
     ("examples", {"terms": "piece", "row": "0"}),
     ("neighbours", {"terms": "piece", "row": "0"}),
     ("seed_terms", {"terms": "piece", "min_count": "1"}),
@@ -308,7 +308,7 @@ def test_tables_reach_streamlit_with_formulas_escaped(tiny_run_path, isolated_ca
     no_exception(at)
     shown = at.dataframe(key="examples_table").value
     assert shown["text"].str.startswith("'" + FORMULA).all()
-    at = open_page("clusters", clusters="2")
+    at = open_page("clusters", clusters="2", cluster_pick="0")  # a picked cluster lists its examples
     no_exception(at)
     members = next(frame.value for frame in at.dataframe if "text" in frame.value.columns)
     assert len(members) and members["text"].str.startswith("'=").all()

@@ -155,9 +155,12 @@ def test_confusion_probability_and_cluster_figures():
          "accuracy": [0.5, 1.0], "top_terms": ["a, b", "c"]}
     )
     sizes = cluster_size_bar(summary)
-    assert list(sizes.data[0].x) == ["cluster 2", "cluster 0"]
+    assert list(sizes.data[0].x) == ["2", "0"]
     assert list(sizes.data[0].y) == [60.0, 40.0]
     assert sizes.data[0].customdata[0][2] == "a, b"
+    # coloured by accuracy on red (0) to green (1), as CSS colours: the accurate cluster's bar is the greener
+    half, full = ([int(v) for v in c[c.index("(") + 1:-1].split(",")] for c in sizes.data[0].marker.color)
+    assert full[1] > full[0] and half[0] > full[0]
 
 
 def test_roc_and_precision_recall_curves_of_a_million_distinct_scores_are_thinned_without_changing_their_shape():
