@@ -93,6 +93,11 @@ def test_wordcloud_image_size_and_empty():
     image = wordcloud_image({"great": 0.9, "##ing": 0.4, "bad": 0.2})
     assert image is not None and image.size == (400, 250)
     assert wordcloud_image({"a": 1.0}, width=200, height=120).size == (200, 120)
+    assert wordcloud_image({"a": 1.0}, width=201, height=121).size == (201, 121)  # odd: laid out at full size
+    # laid out on a half-size canvas, drawn at full size: the largest word still fills its share of the height
+    pixels = np.asarray(wordcloud_image({"great": 1.0}, width=400, height=220).convert("L"))
+    inked_rows = np.flatnonzero((pixels < 200).any(axis=1))
+    assert inked_rows.max() - inked_rows.min() >= 0.25 * 220
     assert wordcloud_image({}) is None
     assert wordcloud_image({"zero": 0.0, " ": 1.0}) is None
 
