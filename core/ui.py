@@ -94,7 +94,7 @@ _PROJECTION_LOCK = PROJECTION_LOCK
 _WARNINGS_LOCK = threading.Lock()
 
 _INITIAL_QUERY = "_atlas_initial_query"
-_KEEP = KEEP_KEY = "_atlas_keep"  # values of widgets kept across pages
+_KEEP = "_atlas_keep"
 TERM_RANKING_KEY = "term_rank"  # the Clusters page's "Rank terms by", kept across pages and in the URL
 DEFAULT_TERM_RANKING = "distinctive"
 _SIDEBAR_PARAMS = "_atlas_sidebar_params"
@@ -880,6 +880,13 @@ def synced(widget: Callable[..., T], label: str, key: str, default: T, *, option
         except st.errors.StreamlitAPIException:  # a parameter bound elsewhere: leave the URL alone
             pass
     return value
+
+
+def forget(key: str) -> None:
+    """Drop the value of the `synced` widget `key` (its current and its remembered value), so that it is drawn
+    next with its default."""
+    st.session_state.pop(key, None)
+    st.session_state.get(_KEEP, {}).pop(key, None)
 
 
 def _publish_sidebar_params(always: Sequence[str] = ("run",)) -> None:

@@ -131,8 +131,7 @@ def clusters_view(view: ui.View) -> None:
     # a recluster then sends no 1,000-row table to the browser: 0.1-0.4 s of a 2-core machine's time at 1M rows).
     clustering = f"{ui.slice_hash(view.spec)}|{ui.key_tuple(view.key)}|{view.n_clusters}"
     if st.session_state.get(PICK_OF, clustering) != clustering:
-        st.session_state.pop(PICK_KEY, None)
-        st.session_state.get(ui.KEEP_KEY, {}).pop(PICK_KEY, None)
+        ui.forget(PICK_KEY)
     st.session_state[PICK_OF] = clustering
     pick = ui.synced(st.selectbox, "Cluster", PICK_KEY, NO_PICK, options=[NO_PICK, *clusters],
                      format_func=lambda c: ("— pick a cluster, or select a row of the table —" if c == NO_PICK
