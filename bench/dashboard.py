@@ -295,15 +295,16 @@ st.dataframe({"a": list(range(n))})
 """
 
 
-def _start_server(script: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
-    """Start `streamlit run script`; return (process, base URL, seconds until it answered its health check)."""
+def _start_server(script: Path, env_extra: dict[str, str], cwd: Path = REPO) -> tuple[subprocess.Popen, str, float]:
+    """Start `streamlit run script` in `cwd` (the checkout whose `core` it imports); return (process, base URL,
+    seconds until it answered its health check)."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env_extra}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true",
                              "--server.port", str(port), "--browser.gatherUsageStats", "false",
                              "--server.fileWatcherType", "none"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     while True:
         try:
