@@ -723,15 +723,19 @@ class View:
 
     # ---- cached analyses of this view
 
+    @property
+    def clustering_key(self) -> tuple:
+        """Return what identifies this view's k-means clustering (run, representation, slice, count, seed): two
+        views with the same key have the same clusters, numbered alike."""
+        return self.path, self.stamp, key_tuple(self.key), self.spec_json, self.n_clusters, CLUSTER_SEED
+
     def cluster_labels(self) -> np.ndarray:
         """Return the k-means cluster of each slice row (aligned with `rows`)."""
-        return _cluster_labels(self.path, self.stamp, key_tuple(self.key), self.spec_json, self.n_clusters,
-                               CLUSTER_SEED)
+        return _cluster_labels(*self.clustering_key)
 
     def label_agreement(self) -> float:
         """Return the adjusted Rand index of the slice's clusters against its true labels (analysis.label_agreement)."""
-        return _label_agreement(self.path, self.stamp, key_tuple(self.key), self.spec_json, self.n_clusters,
-                                CLUSTER_SEED)
+        return _label_agreement(*self.clustering_key)
 
     def cluster_summary(self, n_terms: int = 8, ranking: str = "distinctive") -> pd.DataFrame:
         """Return analysis.cluster_summary of the slice's clusters (largest first), terms ranked by `ranking`."""
@@ -883,10 +887,11 @@ def synced(widget: Callable[..., T], label: str, key: str, default: T, *, option
 
 
 def forget(key: str) -> None:
-    """Drop the value of the `synced` widget `key` (its current and its remembered value), so that it is drawn
-    next with its default."""
+    """Drop the value of the `synced` widget `key` (its current value, its remembered value and the shared link's),
+    so that it is drawn next with its default."""
     st.session_state.pop(key, None)
     st.session_state.get(_KEEP, {}).pop(key, None)
+    _initial_query().pop(key, None)
 
 
 def _publish_sidebar_params(always: Sequence[str] = ("run",)) -> None:

@@ -126,10 +126,10 @@ def clusters_view(view: ui.View) -> None:
     st.subheader("Examples of a cluster")
     clusters = [int(c) for c in summary["cluster"]]
     top_terms = summary.set_index("cluster")["top_terms"]
-    # A cluster's number names a group of this clustering only: after a new count, slice or representation the
-    # same number is another group, so the pick is cleared rather than listing an unrelated group's examples (and
-    # a recluster then sends no 1,000-row table to the browser: 0.1-0.4 s of a 2-core machine's time at 1M rows).
-    clustering = f"{ui.slice_hash(view.spec)}|{ui.key_tuple(view.key)}|{view.n_clusters}"
+    # A cluster's number names a group of this clustering only: after a new count, slice, representation or run
+    # the same number is another group, so the pick is cleared rather than listing an unrelated group's examples
+    # (and a recluster then sends no 1,000-row table to the browser: 0.1-0.4 s of a 2-core machine's time at 1M).
+    clustering = view.clustering_key
     if st.session_state.get(PICK_OF, clustering) != clustering:
         ui.forget(PICK_KEY)
     st.session_state[PICK_OF] = clustering

@@ -320,3 +320,19 @@ def test_tables_reach_streamlit_with_formulas_escaped(tiny_run_path, isolated_ca
             if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
                 assert not values.astype(str).str.startswith(("=", "+", "-", "@")).any(), column
     assert any("'=movie" in frame.value.get("term", pd.Series(dtype=str)).tolist() for frame in at.dataframe)
+
+
+def test_another_run_clears_the_picked_cluster(tiny_run_path, isolated_cache):
+    """A cluster's number names a group of one run's clustering: on another run with the same slice,
+    representation and count the pick is cleared, not carried over to an unrelated group."""
+    first = _copy_run(tiny_run_path, isolated_cache)
+    second = isolated_cache / "runs" / f"{first.name}-b"
+    shutil.copytree(first, second)
+    at = open_page("clusters", run=first.name, clusters="2", cluster_pick="0")
+    no_exception(at)
+    assert at.selectbox(key="cluster_pick").value == 0
+    assert any("text" in frame.value.columns for frame in at.dataframe)
+    at.selectbox(key="run").set_value(second.name).run()
+    no_exception(at)
+    assert at.selectbox(key="cluster_pick").value == -1
+    assert not any("text" in frame.value.columns for frame in at.dataframe)
