@@ -8,7 +8,8 @@ measures what the pages do on it:
 
 - first open of the run in a fresh process (what the Summary page needs);
 - slice changes (`analysis.apply_slice`);
-- recluster (`analysis.cluster_rows` + `cluster_summary`) on S1 with KMeans vs MiniBatchKMeans, timing and inertia;
+- recluster (`analysis.cluster_rows` + `cluster_summary`) on S1, the product against scikit-learn's KMeans, timing
+  and inertia;
 - nearest-neighbour lookups (`NeighbourIndex`), sparse S1 and dense S2/B3;
 - redrawing the map from stored coordinates (`plots.scatter_map` + the JSON Streamlit sends), with and without
   per-point hover texts;
@@ -283,9 +284,48 @@ def _wait_until_drawn(page, ready: str, timeout_s: float = 300) -> None:
     """Wait until `ready` (a selector for content only the finished run draws) is on screen and the script is idle.
 
     The app's running/idle attribute alone is not enough: a fast rerun can start and end between two frames.
+    Playwright checks a selector at 0, 20, 70, 170, 270, 770, 1270 ms ... after the call (its back-off, 500 ms
+    apart after the fifth check), so the time this returns can trail the page by up to half a second: latencies
+    are read from the page's own clock instead (PAGE_CLOCK_JS, page_latency).
     """
     page.wait_for_selector(ready, timeout=timeout_s * 1000)
     page.wait_for_function(f"() => ({_STATE}) === 'notRunning'", timeout=timeout_s * 1000, polling=10)
+
+
+# The page's own stopwatch, installed in every document the page opens (page.add_init_script). `arm()` starts it at
+# the next key press or click (capture phase: before Streamlit's handlers see the event). Every change to the page
+# (elements, text, attributes: the script state among them) moves its end to the next animation frame, the frame
+# that shows the change, until `cut()` freezes it once Playwright has seen the finished run. A fast rerun can leave
+# the script state attribute unchanged (running and idle in one render), so the last change is what counts, not the
+# state's. A new document starts at 0, its navigation start (performance.now's origin): the first open of a page.
+PAGE_CLOCK_JS = """(() => {
+  const clock = window.__atlasClock = {start: 0, armed: false, last: null, frame: null, cut: null,
+    arm() { this.armed = true; this.start = null; this.last = null; this.frame = null; this.cut = null; }};
+  const mark = () => { if (clock.armed) { clock.armed = false; clock.start = performance.now(); } };
+  document.addEventListener('keydown', mark, true);
+  document.addEventListener('click', mark, true);
+  new MutationObserver(() => {
+    if (clock.cut !== null || clock.start === null) return;
+    const at = clock.last = performance.now();
+    requestAnimationFrame(() => { if (clock.last === at) clock.frame = performance.now(); });
+  }).observe(document, {attributes: true, childList: true, characterData: true, subtree: true});
+})();"""
+
+
+def arm_page_clock(page) -> None:
+    """Start the page's stopwatch (PAGE_CLOCK_JS) at the next key press or click: call it right before the action
+    a user would feel the wait from (the Enter after typing, the click on the option)."""
+    page.evaluate("window.__atlasClock.arm()")
+
+
+def page_latency(page, timeout_s: float = 300) -> float:
+    """Return the seconds, on the page's clock, from the armed key press or click (or, after a navigation, from its
+    start) to the frame that drew the page's last change; call it once `_wait_until_drawn` has returned (changes
+    after that call are not counted)."""
+    page.evaluate("window.__atlasClock.cut = performance.now()")
+    page.wait_for_function("() => { const c = window.__atlasClock; return c.start !== null && c.last !== null"
+                           " && c.frame !== null && c.frame >= c.last; }", timeout=timeout_s * 1000, polling="raf")
+    return page.evaluate("window.__atlasClock.frame - window.__atlasClock.start") / 1000
 
 
 FLOOR_APP = """import streamlit as st
@@ -328,8 +368,11 @@ def _stop(proc: subprocess.Popen) -> None:
 WARM_SERVER_WAIT_S = 15.0
 
 
-def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_bad: int) -> dict[str, float]:
-    """Return seconds for the browser interactions (see module doc), on servers started here.
+def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_bad: int,
+                    walls: dict[str, float] | None = None) -> dict[str, float]:
+    """Return seconds for the browser interactions (see module doc), on servers started here, on the page's clock
+    (page_latency: from the key press or click to the first frame after the script is idle); `walls`, when given,
+    receives each step's time as Playwright's wait saw it (up to 0.5 s later: _wait_until_drawn).
 
     `other_run_id` is a second run of the same size, opened WARM_SERVER_WAIT_S after the server has served the
     first (its warm-up has run by then): the first open of a run in a warm server. The floor is a
@@ -345,18 +388,23 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.add_init_script(PAGE_CLOCK_JS)
 
         def step(name: str, action: Callable[[], None], ready: str) -> None:
             t = time.perf_counter()
-            action()
+            action()  # arms the page's clock right before the key press or click it times (or navigates)
             _wait_until_drawn(page, ready)
-            out[name] = time.perf_counter() - t
-            print(f"  browser: {name} {out[name]:.2f} s", flush=True)
+            wall = time.perf_counter() - t
+            out[name] = page_latency(page)
+            if walls is not None:
+                walls[name] = wall
+            print(f"  browser: {name} {out[name]:.2f} s (Playwright's wait: {wall:.2f} s)", flush=True)
 
         def type_into(label: str, value: str) -> Callable[[], None]:
             def act() -> None:
                 field = page.locator(f'input[aria-label="{label}"]').first
                 field.fill(value)
+                arm_page_clock(page)
                 field.press("Enter")
             return act
 
@@ -390,8 +438,13 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             def visit(name: str) -> Callable[[], None]:
                 # a click in the sidebar's page list, as a user moves between pages: the browser keeps its
                 # session and scripts (a reload of the page is the "first open" above)
-                return lambda: page.locator("[data-testid=stSidebar] [data-testid=stPageLink-NavLink]").filter(
-                    has_text=name).first.click()
+                def act() -> None:
+                    link = page.locator("[data-testid=stSidebar] [data-testid=stPageLink-NavLink]").filter(
+                        has_text=name).first
+                    link.wait_for()
+                    arm_page_clock(page)
+                    link.click()
+                return act
 
             # a user reads the Summary page first; meanwhile the dashboard computes the Clusters page's clusters
             # (ui.prefetch_clusters_page), as it computes the counts one step away while the Clusters page is read
@@ -414,8 +467,13 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                 seconds for name, seconds in out.items() if name.startswith("recluster:"))
 
             def step_up(label: str) -> Callable[[], None]:
-                return lambda: page.locator("[data-testid=stNumberInput]").filter(has_text=label).locator(
-                    "[data-testid=stNumberInputStepUp]").click()
+                def act() -> None:
+                    button = page.locator("[data-testid=stNumberInput]").filter(has_text=label).locator(
+                        "[data-testid=stNumberInputStepUp]")
+                    button.wait_for()
+                    arm_page_clock(page)
+                    button.click()
+                return act
 
             # a user reading the clusters, then stepping the count with its +: the counts one step away were
             # computed while the page was read (ui.prefetch_cluster_counts); 13-15 were not asked for above
@@ -433,7 +491,10 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
             def recolour(option: str) -> Callable[[], None]:
                 def act() -> None:
                     page.locator("[data-testid=stSelectbox]").filter(has_text="Colour by").first.click()
-                    page.get_by_role("option", name=option, exact=True).click()
+                    choice = page.get_by_role("option", name=option, exact=True)
+                    choice.wait_for()
+                    arm_page_clock(page)
+                    choice.click()
                 return act
 
             for i, option in enumerate(("prediction", "correctness", "true label", "prediction", "correctness")):
@@ -452,6 +513,11 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
 
 
 RECLUSTER_MEDIAN = "recluster, median of the five above"
+CLOCK_NOTE = ("Timed on the page's own clock (`page_latency`): from the key press or click (for a first open, the "
+              "navigation's start) to the animation frame that drew the page's last change, once the content only "
+              "the finished run draws is on screen and the script is idle. Playwright's wait for that content, "
+              "the clock of earlier passes, is shown beside it: Playwright checks a selector at 0, 20, 70, 170, "
+              "270 ms and then every 500 ms, so it can trail the page by up to half a second.")
 READ_BEFORE_STEP_S = 3.0
 STEP_PREFIX = f"recluster by the count's + after reading the page {READ_BEFORE_STEP_S:g} s:"
 STEP_MEDIAN = "recluster by the count's +, median of the three above"
@@ -465,6 +531,16 @@ def browser_floor_ratio(browser: dict[str, float], name: str) -> str:
     page_load = "first open" in name or "from the page list" in name
     floor = browser[FLOOR_OPEN] if page_load else browser[FLOOR_RERUN]
     return f"{browser[name] / floor:.1f}x the floor"
+
+
+def browser_rows(browser: dict[str, float], waits: dict[str, float]) -> list[str]:
+    """Return the table rows of the browser steps: page-clock seconds, ratio to the floor, Playwright's wait."""
+    rows = []
+    for name, seconds in browser.items():
+        ratio = "" if name == "server start" or name.startswith("floor") else browser_floor_ratio(browser, name)
+        wait = f"{waits[name]:.2f}" if name in waits else ""
+        rows.append(f"| {name} | {seconds:.2f} | {ratio} | {wait} |")
+    return rows
 
 
 def verdict(seconds: float, target: float) -> str:
@@ -516,10 +592,12 @@ def write_report(core: dict, browser: dict | None, args: argparse.Namespace, sta
         lines.append(f"| {label} | {rows:,} | {seconds:.3f} |")
 
     lines += ["", "## Reclustering S1 (Grad-L2, k = all, sparse)", "",
-              f"The product (`analysis.cluster_rows`) uses MiniBatchKMeans (batch {analysis.MINIBATCH_SIZE}, "
-              f"stopping after {analysis.MINIBATCH_PATIENCE} mini-batches without improvement) above "
-              f"{analysis.MINIBATCH_THRESHOLD:,} rows, on the vocabulary columns the rows use, and full KMeans "
-              "below; the baseline is scikit-learn's KMeans on the full matrix. Inertia is the k-means objective "
+              f"The product (`analysis.cluster_rows`) above {analysis.MINIBATCH_THRESHOLD:,} sparse rows runs "
+              "compiled k-means (`analysis._cluster_sparse_rows`, `core/kernels.py`): k-means++ seeds and Lloyd "
+              f"passes on {analysis.SEED_ROWS:,} rows, at most {analysis.FIT_PASSES} passes on a seeded sample of "
+              f"{analysis.CLUSTER_FIT_ROWS:,} rows (all rows below that), then every row to its nearest centre, on "
+              "the vocabulary columns the sample uses; full KMeans below. The baseline is scikit-learn's KMeans on "
+              "the full matrix. Inertia is the k-means objective "
               "of the final assignment (squared distances to the cluster means; lower is better); KMeans with "
               "another seed shows how much it varies anyway.", "",
               "| clusters | product, s | cluster table, s | full KMeans, s | speed-up | "
@@ -580,8 +658,7 @@ def write_report(core: dict, browser: dict | None, args: argparse.Namespace, sta
 
     if browser:
         lines += ["", "## Through the browser (Debian chromium, headless, software rendering)", "",
-                  "Timed from the action until the content only the finished run draws is on screen and the script "
-                  "is idle. The server is started cold; the projections, the dataset warnings and the record of "
+                  f"{CLOCK_NOTE} The server is started cold; the projections, the dataset warnings and the record of "
                   "the hashed files (what a precompute leaves) are stored, and numba's disk cache holds UMAP's "
                   "and `core/kernels.py`'s compiled code (the server's warm-up, `projection.warm_up_stages`, loads "
                   "them, sklearn and the word-cloud fonts once no page has run for 2 s). Page visits are clicks in "
@@ -595,10 +672,8 @@ def write_report(core: dict, browser: dict | None, args: argparse.Namespace, sta
                   "its competition with the server for the CPU; the floor rows (a three-element Streamlit page in "
                   "the same browser) show that fixed cost. The dashboard caps the native thread pools of k-means "
                   "and the projections at all cores but one (`ui.leave_a_core_for_the_browser`).", "",
-                  "| step | seconds | against the floor |", "|---|---|---|"]
-        for name, seconds in browser.items():
-            ratio = "" if name == "server start" or name.startswith("floor") else browser_floor_ratio(browser, name)
-            lines.append(f"| {name} | {seconds:.2f} | {ratio} |")
+                  "| step | seconds | against the floor | Playwright's wait, s |", "|---|---|---|---|"]
+        lines += browser_rows(browser, core.get("browser_wait") or {})
     return "\n".join(lines) + "\n"
 
 
@@ -972,7 +1047,7 @@ def scale_report(results: dict, rows: int) -> str:
         if core.get("cluster_samples"):
             lines += [f"k-means above {analysis.CLUSTER_FIT_ROWS:,} rows is fitted on a seeded sample "
                       f"(`analysis.CLUSTER_FIT_ROWS` = {analysis.CLUSTER_FIT_ROWS:,}) and every row is then assigned "
-                      "to its nearest centre; fitting MiniBatchKMeans on all rows took 40 s. Sample size against "
+                      "to its nearest centre (fitting MiniBatchKMeans on all rows took 40 s). Sample size against "
                       "time and the inertia over all rows (lower is better):", "",
                       "| sample | clusters | seconds | inertia |", "|---|---|---|---|"]
             for name, (seconds, value) in core["cluster_samples"].items():
@@ -1070,10 +1145,9 @@ def scale_report(results: dict, rows: int) -> str:
                   + (f" Load average (1, 5, 15 min) at the end: {', '.join(f'{x:.1f}' for x in load)}."
                      if load else ""),
                   "",
-                  "| step | seconds | against the floor |", "|---|---|---|"]
-        for name, seconds in browser.items():
-            ratio = "" if name == "server start" or name.startswith("floor") else browser_floor_ratio(browser, name)
-            lines.append(f"| {name} | {seconds:.2f} | {ratio} |")
+                  CLOCK_NOTE, "",
+                  "| step | seconds | against the floor | Playwright's wait, s |", "|---|---|---|---|"]
+        lines += browser_rows(browser, results.get("browser_wait") or {})
         lines.append("")
         if results.get("browser_note"):  # what earlier passes measured (written by hand into the JSON)
             lines += [results["browser_note"], ""]
@@ -1115,8 +1189,10 @@ def scale_main(args: argparse.Namespace) -> int:
         elif step == "tsne":
             results["tsne"] = scale_tsne(run_path)
         elif step == "browser":
+            results["browser_wait"] = {}
             results["browser"] = browser_timings(run_path.name, linked_copy(run_path).name, args.rows,
-                                                 results["core"]["slices"]["contains the word “bad”"][1])
+                                                 results["core"]["slices"]["contains the word “bad”"][1],
+                                                 walls=results["browser_wait"])
             results["browser_loadavg"] = list(os.getloadavg())
         results.setdefault("step_runs", {})[step] = {
             "at": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "loadavg": list(os.getloadavg())}
@@ -1156,8 +1232,9 @@ def main(argv: list[str] | None = None) -> int:
     browser = None
     if args.browser:
         other = ensure_scaled_run(args.rows, seed=1)
+        core["browser_wait"] = {}
         browser = browser_timings(run_path.name, other.name, core["rows"],
-                                  core["slices"]["contains the word “bad”"][1])
+                                  core["slices"]["contains the word “bad”"][1], walls=core["browser_wait"])
     report = write_report(core, browser, args, started)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(report.rstrip("\n") + "\n\n" + large_run_sections(), encoding="utf-8")

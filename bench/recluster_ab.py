@@ -8,7 +8,8 @@ is a checkout of the other version (e.g. `git worktree add /tmp/wt-base HEAD~3`)
 checkout's cache/bench (the scaled runs of bench/dashboard.py, built there first). Each pass starts a server from
 its tree, opens the Clusters page of the `--rows` run, waits `--settle` seconds (the warm-up and the counts one step
 away), then types each of `--counts` into the cluster count, back to back, each timed until the page shows the new
-count's line and the script is idle. Per pass it prints the times, their median and sum, and the CPU seconds of the
+count's line and the script is idle, on the page's clock (bench.dashboard.page_latency: from the Enter to the first
+frame after the script is idle; Playwright's own wait, which can trail by up to 0.5 s, is printed beside). Per pass it prints the times, their median and sum, and the CPU seconds of the
 server and of each kind of chromium process over the typed reclusters (the two share the cores). Nothing is written.
 """
 from __future__ import annotations
@@ -59,7 +60,8 @@ def one_pass(tree: Path, run_id: str, rows: int, counts: list[int], settle_s: fl
     """Serve `tree`'s app.py on this checkout's bench cache and time typed reclusters to `counts` in chromium."""
     from playwright.sync_api import sync_playwright
 
-    from bench.dashboard import CHROMIUM, _start_server, _stop, _wait_until_drawn
+    from bench.dashboard import (CHROMIUM, PAGE_CLOCK_JS, _start_server, _stop, _wait_until_drawn,
+                                 arm_page_clock, page_latency)
 
     proc, base, _ = _start_server(tree / "app.py", {"SALIENCY_ATLAS_CACHE": str(CACHE)}, cwd=tree)
 
@@ -67,12 +69,14 @@ def one_pass(tree: Path, run_id: str, rows: int, counts: list[int], settle_s: fl
         return f"[data-testid=stMarkdownContainer]:has-text('{k} clusters of {rows:,} examples')"
 
     seconds: list[float] = []
+    walls: list[float] = []
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"])
             page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.add_init_script(PAGE_CLOCK_JS)
             page.goto(f"{base}/Clusters?run={run_id}")
             _wait_until_drawn(page, line(5))
             time.sleep(settle_s)
@@ -81,14 +85,16 @@ def one_pass(tree: Path, run_id: str, rows: int, counts: list[int], settle_s: fl
                 field = page.locator('input[aria-label="Number of k-means clusters"]').first
                 started = time.perf_counter()
                 field.fill(str(k))
+                arm_page_clock(page)
                 field.press("Enter")
                 _wait_until_drawn(page, line(k))
-                seconds.append(time.perf_counter() - started)
+                walls.append(time.perf_counter() - started)
+                seconds.append(page_latency(page))
             after = process_cpu(proc.pid)
             browser.close()
     finally:
         _stop(proc)
-    return {"seconds": seconds, "cpu": {name: after[name] - before.get(name, 0.0) for name in after}}
+    return {"seconds": seconds, "walls": walls, "cpu": {name: after[name] - before.get(name, 0.0) for name in after}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = result["seconds"]
             cpu = ", ".join(f"{name} {value:.2f}" for name, value in sorted(result["cpu"].items()) if value > 0.05)
             print(f"{label} ({tree}): " + " ".join(f"{k}:{s:.2f}" for k, s in zip(counts, seconds))
-                  + f" | median {statistics.median(seconds):.2f} s, sum {sum(seconds):.2f} s | CPU s: {cpu}",
+                  + f" | median {statistics.median(seconds):.2f} s, sum {sum(seconds):.2f} s (Playwright's wait: "
+                  f"median {statistics.median(result['walls']):.2f} s, sum {sum(result['walls']):.2f} s) | CPU s: {cpu}",
                   flush=True)
     print(f"load average at the end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

@@ -36,8 +36,9 @@ ProjectionMethod = Literal["umap", "tsne"]
 
 CORRECTNESS_VALUES: tuple[str, ...] = ("all", "correct", "misclassified")
 PROJECTION_METHODS: tuple[str, ...] = ("umap", "tsne")
-# Above this many rows MiniBatchKMeans replaces full-batch KMeans: on 100,000 S1 rows it is 2-6x faster at an
-# inertia within 0.7% of KMeans (seed-to-seed KMeans varies as much); see bench/results/dashboard.md.
+# Above this many rows full-batch KMeans gives way: dense rows to MiniBatchKMeans (on 100,000 S1 rows 2-6x faster
+# at an inertia within 0.7% of KMeans, as much as KMeans varies from seed to seed), sparse rows to the compiled
+# passes of _cluster_sparse_rows; see bench/results/dashboard.md.
 MINIBATCH_THRESHOLD = 20_000
 MINIBATCH_SIZE = 2048
 MINIBATCH_PATIENCE = 5  # mini-batches without improvement before stopping (scikit-learn's default is 10)
@@ -50,6 +51,13 @@ MINIBATCH_INIT_SIZE = 2048
 # the assignment 0.6-1 s, at an inertia over all rows within the spread of samples of 25,000 to 100,000
 # (bench/results/dashboard.md, 1M section).
 CLUSTER_FIT_ROWS = 50_000
+# Sparse rows above MINIBATCH_THRESHOLD (_cluster_sparse_rows): k-means++ seeds and the first Lloyd passes on this
+# many of the fit rows, at most SEED_PASSES of them; then at most FIT_PASSES on all fit rows. On 1,000,000 S1 rows
+# (fit on 50,000) the inertia over all rows was within -0.35%..+0.05% of MiniBatchKMeans' at 5-20 clusters, in
+# 0.18-0.29 s instead of 0.33-0.64 s; 8,192 seed rows gave -0.3%..+0.2% in 0.22-0.38 s.
+SEED_ROWS = 4096
+SEED_PASSES = 40
+FIT_PASSES = 3
 SPECTRAL_INIT_MIN_ROWS = 16
 # t-SNE embeds at most this many rows (a seeded sample); openTSNE places the others with `transform`.
 TSNE_MAX_POINTS = 20_000
@@ -339,11 +347,12 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     """Return k-means cluster labels (int64, one per row of ``X``).
 
     Uses ``KMeans(n_init="auto")``; inputs above ``MINIBATCH_THRESHOLD`` rows
-    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``); above
-    ``CLUSTER_FIT_ROWS`` rows the centres are fitted on a seeded sample of that
-    many rows and every row is assigned to its nearest centre. Works on dense
-    arrays (memory-mapped too) and sparse CSR matrices. Deterministic for a
-    given ``seed``.
+    use ``MiniBatchKMeans`` (batch size ``MINIBATCH_SIZE``) when dense and the
+    compiled k-means++ and Lloyd passes of ``_cluster_sparse_rows`` when sparse;
+    above ``CLUSTER_FIT_ROWS`` rows the centres are fitted on a seeded sample of
+    that many rows and every row is assigned to its nearest centre. Works on
+    dense arrays (memory-mapped too) and sparse CSR matrices. Deterministic for
+    a given ``seed``.
     """
     n = _n_rows(X)
     if n_clusters < 1:
@@ -357,6 +366,8 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     X = _as_float32(X)
+    if sp.issparse(X) and n > MINIBATCH_THRESHOLD:
+        return _cluster_sparse_rows(sp.csr_matrix(X), n_clusters, seed)
     if n > CLUSTER_FIT_ROWS:
         fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=CLUSTER_FIT_ROWS, replace=False))
         sample = X[fit_rows]
@@ -376,6 +387,44 @@ def cluster_rows(X: Matrix, n_clusters: int, seed: int = 0) -> np.ndarray:
     else:
         model = KMeans(n_clusters=n_clusters, n_init="auto", random_state=seed)
     return model.fit_predict(X).astype(np.int64)
+
+
+def _cluster_sparse_rows(X: sp.csr_matrix, n_clusters: int, seed: int) -> np.ndarray:
+    """Return k-means labels of the float32 CSR rows ``X`` (more than MINIBATCH_THRESHOLD of them) through the
+    compiled passes of core.kernels: k-means++ seeds on SEED_ROWS rows, Lloyd passes on those rows until at most
+    0.1% of them change cluster (SEED_PASSES at most), FIT_PASSES more on the fit rows (all rows, or a seeded sample
+    of CLUSTER_FIT_ROWS), then every row to its nearest centre. Cluster ids are renumbered over the non-empty
+    clusters.
+
+    scikit-learn's MiniBatchKMeans spent most of a recluster's server time here: 0.2-0.5 s on a 50,000-row sample
+    of 1,000,000 S1 rows, most of it assigning 2,048-row batches (3 ms each); these passes give an inertia as low
+    or lower in a third to a half of the time (bench/results/dashboard.md).
+    """
+    from core import kernels
+
+    n = X.shape[0]
+    rng = np.random.default_rng(seed)
+    fit = X
+    if n > CLUSTER_FIT_ROWS:
+        fit = X[np.sort(rng.choice(n, size=CLUSTER_FIT_ROWS, replace=False))]
+    # columns none of the fit rows uses are zero in every centre: the passes work on the used ones only
+    used = np.flatnonzero(np.bincount(fit.indices, minlength=X.shape[1]))
+    if len(used) == 0:  # every row is all zero: one cluster
+        return np.zeros(n, dtype=np.int64)
+    position = np.zeros(X.shape[1], dtype=fit.indices.dtype)
+    position[used] = np.arange(len(used), dtype=fit.indices.dtype)  # a lookup: np.searchsorted took 0.07-0.1 s
+    fit = sp.csr_matrix((fit.data, position[fit.indices], fit.indptr), shape=(fit.shape[0], len(used)))
+    seed_rows = fit[np.sort(rng.choice(fit.shape[0], size=min(fit.shape[0], SEED_ROWS), replace=False))]
+    first = kernels.csr_kmeans_plusplus(seed_rows.indptr, seed_rows.indices, seed_rows.data, len(used),
+                                        n_clusters, rng)
+    _, centres, _ = kernels.csr_lloyd(seed_rows.indptr, seed_rows.indices, seed_rows.data,
+                                      seed_rows[first].toarray(), SEED_PASSES, seed_rows.shape[0] // 1000)
+    fitted, centres, _ = kernels.csr_lloyd(fit.indptr, fit.indices, fit.data, centres, FIT_PASSES,
+                                           fit.shape[0] // 1000)
+    present = np.flatnonzero(np.bincount(fitted, minlength=n_clusters))
+    full_centres = np.zeros((len(present), X.shape[1]), dtype=np.float32)
+    full_centres[:, used] = centres[present]
+    return kernels.csr_nearest_centre(X.indptr, X.indices, X.data, full_centres)
 
 
 def _centres(X: Matrix, labels: np.ndarray, n_clusters: int) -> np.ndarray:

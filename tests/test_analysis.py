@@ -609,6 +609,107 @@ def test_nearest_centre_split_between_cores_gives_the_serial_answer(monkeypatch)
     assert (kernels.csr_nearest_centre(X.indptr, X.indices, X.data, centres) == serial).all()
 
 
+def test_column_sums_split_between_cores_give_the_serial_answer(monkeypatch):
+    from core import kernels
+
+    rng = np.random.default_rng(4)
+    R = sp.random(600, 50, density=0.2, format="csr", dtype=np.float32, random_state=rng)
+    member_of = rng.integers(0, 6, size=600)
+    serial = kernels.csr_cluster_column_sums(member_of, 6, R.indptr, R.indices, R.data, 50)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 100)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 3)
+    assert len(kernels._row_blocks(R.indptr)) == 4
+    split = kernels.csr_cluster_column_sums(member_of, 6, R.indptr, R.indices, R.data, 50)
+    np.testing.assert_allclose(split[0], serial[0], rtol=1e-12)
+    np.testing.assert_array_equal(split[1], serial[1])
+
+
+def _dense_lloyd_pass(dense: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One Lloyd pass by hand: each row to its nearest centre (squared euclidean, float64), each centre with rows
+    to their mean, a centre without rows unchanged."""
+    distances = ((dense[:, None, :].astype(np.float64) - centres[None, :, :]) ** 2).sum(axis=2)
+    labels = distances.argmin(axis=1)
+    moved = centres.astype(np.float64).copy()
+    for c in range(len(centres)):
+        if (labels == c).any():
+            moved[c] = dense[labels == c].mean(axis=0)
+    return labels, moved
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_lloyd_passes_equal_a_hand_computed_k_means(split, monkeypatch):
+    from core import kernels
+
+    if split:  # the rows shared between three threads, each summing into its own arrays
+        monkeypatch.setattr(kernels, "LLOYD_PARALLEL_MIN_ENTRIES", 100)
+        monkeypatch.setattr(kernels.os, "cpu_count", lambda: 3)
+    rng = np.random.default_rng(11)
+    dense = rng.random((400, 30)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.75] = 0.0
+    X = sp.csr_matrix(dense)
+    start = dense[[0, 1, 2, 3]].copy()
+    start[3] = 50.0  # far from every row: it gets none and must stay where it is
+    labels, centres, passes = kernels.csr_lloyd(X.indptr, X.indices, X.data, start, max_iter=1)
+    expected_labels, expected_centres = _dense_lloyd_pass(dense, start)
+    assert passes == 1 and (labels == expected_labels).all() and not (labels == 3).any()
+    np.testing.assert_allclose(centres, expected_centres, rtol=1e-5, atol=1e-6)
+    # to convergence: the labels of the last pass are the nearest centres of the centres before it, and the
+    # returned centres are their means
+    labels, centres, passes = kernels.csr_lloyd(X.indptr, X.indices, X.data, start, max_iter=100)
+    assert passes < 100
+    again, moved = _dense_lloyd_pass(dense, centres)
+    assert (again == labels).all()
+    np.testing.assert_allclose(moved, centres, rtol=1e-5, atol=1e-6)
+
+
+def test_kmeans_plusplus_seeds_one_row_per_planted_group():
+    from core import kernels
+
+    X, truth = _planted(sparse=True, per_group=40)
+    seeds = kernels.csr_kmeans_plusplus(X.indptr, X.indices, X.data, X.shape[1], 3, np.random.default_rng(0))
+    assert sorted(truth[seeds]) == [0, 1, 2]
+    again = kernels.csr_kmeans_plusplus(X.indptr, X.indices, X.data, X.shape[1], 3, np.random.default_rng(0))
+    assert (seeds == again).all()
+    with pytest.raises(ValueError, match="cannot seed"):
+        kernels.csr_kmeans_plusplus(X.indptr, X.indices, X.data, X.shape[1], len(truth) + 1,
+                                    np.random.default_rng(0))
+
+
+def test_sparse_k_means_on_a_sample_recovers_planted_groups_and_matches_scikit_learns_inertia(monkeypatch):
+    """Above MINIBATCH_THRESHOLD sparse rows go through the compiled passes, fitted on a sample above
+    CLUSTER_FIT_ROWS; on planted groups every row must land with its group, and on unstructured rows the
+    objective must be as low as scikit-learn's KMeans reaches (within 2%)."""
+    from sklearn.cluster import KMeans
+
+    monkeypatch.setattr(analysis, "MINIBATCH_THRESHOLD", 50)
+    monkeypatch.setattr(analysis, "CLUSTER_FIT_ROWS", 120)
+    monkeypatch.setattr(analysis, "SEED_ROWS", 60)
+    X, truth = _planted(sparse=True, per_group=100)
+    labels = cluster_rows(X, 3, seed=0)
+    assert adjusted_rand_score(truth, labels) == 1.0 and np.array_equal(labels, cluster_rows(X, 3, seed=0))
+    assert set(np.unique(labels)) == {0, 1, 2}
+
+    rng = np.random.default_rng(2)
+    dense = rng.random((3000, 40)).astype(np.float32)
+    dense[rng.random(dense.shape) < 0.8] = 0.0
+    rows = sp.csr_matrix(dense)
+    monkeypatch.setattr(analysis, "CLUSTER_FIT_ROWS", 1000)
+    monkeypatch.setattr(analysis, "SEED_ROWS", 500)
+
+    def inertia(labels: np.ndarray) -> float:
+        return sum(((dense[labels == c] - dense[labels == c].mean(axis=0)) ** 2).sum() for c in np.unique(labels))
+
+    ours = inertia(cluster_rows(rows, 8, seed=0))
+    theirs = min(inertia(KMeans(n_clusters=8, n_init=1, random_state=s).fit_predict(rows)) for s in (0, 1))
+    assert ours <= 1.02 * theirs
+
+
+def test_sparse_k_means_of_all_zero_rows_is_one_cluster(monkeypatch):
+    monkeypatch.setattr(analysis, "MINIBATCH_THRESHOLD", 10)
+    labels = cluster_rows(sp.csr_matrix((40, 12), dtype=np.float32), 3, seed=0)
+    assert labels.dtype == np.int64 and (labels == 0).all()
+
+
 def test_split_label_counts_equal_pandas_groupby():
     from core.analysis import split_label_counts
 
