@@ -483,7 +483,8 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                      clusters_line(k + 1, rows))
             out[STEP_MEDIAN] = statistics.median(
                 seconds for name, seconds in out.items() if name.startswith(STEP_PREFIX))
-            drawn = "drawn" if rows <= analysis.DENSITY_ABOVE else "as density + a 10,000-point sample"
+            drawn = ("drawn" if rows <= analysis.DENSITY_ABOVE
+                     else f"as density + a {analysis.DENSITY_SAMPLE:,}-point sample")
             step(f"Map page from stored UMAP coordinates, from the page list ({rows:,} points {drawn})",
                  visit("Map"),
                  f"{MAP_CHART} .legendtitletext:has-text('true label')")
@@ -1034,7 +1035,7 @@ def scale_report(results: dict, rows: int) -> str:
                   f"{core['examples']:.2f} | {verdict(core['examples'], TARGET_INTERACTION_S)} |",
                   f"| examples page with a search (“bad”), least confident first | {core['examples_search']:.2f} | "
                   f"{verdict(core['examples_search'], TARGET_INTERACTION_S)} |",
-                  f"| map redraw as density + 10,000-point sample (figure + JSON, "
+                  f"| map redraw as density + {analysis.DENSITY_SAMPLE:,}-point sample (figure + JSON, "
                   f"{core['map_density']['json_mb']:.2f} MB) | {core['map_density']['seconds']:.2f} | "
                   f"{verdict(core['map_density']['seconds'], TARGET_INTERACTION_S)} |",
                   f"| map box selection over all rows ({core['map_region_rows']:,} rows inside) | "

@@ -107,12 +107,13 @@ def chart_payload(figure: Any, *, name: str, scope: str, height: int, selectable
                   plotly_url: str) -> tuple[bytes, str]:
     """Return (the component's data: UTF-8 JSON of the settings and the figure, the figure's revision).
 
-    The revision is the first 16 hex digits of the SHA-256 of the figure's JSON: the browser redraws only when it
+    `figure` is a plotly figure or its JSON already written (``plotly.io.to_json``: a figure kept in a cache). The
+    revision is the first 16 hex digits of the SHA-256 of the figure's JSON: the browser redraws only when it
     changes. The figure's JSON is spliced in as plotly wrote it, not parsed and written again.
     """
     import plotly.io as pio
 
-    figure_json = pio.to_json(figure, validate=False)
+    figure_json = figure if isinstance(figure, str) else pio.to_json(figure, validate=False)
     revision = hashlib.sha256(figure_json.encode("utf-8")).hexdigest()[:16]
     settings = json.dumps({"name": name, "revision": revision, "scope": scope, "height": int(height),
                            "selectable": selectable, "send_points": send_points, "plotly_url": plotly_url})
@@ -121,7 +122,8 @@ def chart_payload(figure: Any, *, name: str, scope: str, height: int, selectable
 
 def live_chart(figure: Any, *, key: str, height: int = DEFAULT_HEIGHT, scope: str = "", selectable: bool = False,
                send_points: bool = False) -> dict | None:
-    """Draw `figure` in the component (its element in the page carries ``data-chart=<key>``) and return the user's
+    """Draw `figure` (a plotly figure or its JSON) in the component (its element in the page carries
+    ``data-chart=<key>``) and return the user's
     last box or lasso selection on it, or None (always None unless `selectable`, which also shows the chart's tools
     all the time instead of on hover).
 

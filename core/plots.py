@@ -117,10 +117,15 @@ def density_map(grid, examples: pd.DataFrame, sample_colour: pd.Series, coords: 
     """Return a map that draws each colour group's density and a sample of points over it.
 
     ``grid`` is an analysis.DensityGrid of the points; each group gets a heatmap of log(1 + count) shaded from
-    transparent to the group's colour (cells without points stay empty), in a legend group with a WebGL scatter
+    transparent to the group's colour (cells without points stay empty), in a legend group with an SVG scatter
     of the group's sampled points (``grid.sample``; ``examples``, ``sample_colour`` and ``coords`` are the
     sampled rows, aligned, ``customdata`` = row id as in ``scatter_map``), so hover and the lasso/box tools work
     on the sample. The JSON stays a few hundred kB however many points are counted.
+
+    SVG, not WebGL: a browser without GPU rendering (chromium on a 2-core machine here) took 0.8-0.85 s to draw a
+    WebGL scatter of any size (most of it creating the WebGL context and compiling its shaders) against 0.2 s for
+    SVG markers of the 1,000-point sample (analysis.DENSITY_SAMPLE), and 0.18 s instead of 0.25-0.28 s to recolour
+    them (Plotly.react).
     """
     fig = go.Figure()
     row_ids = examples.index.to_numpy()
@@ -138,7 +143,7 @@ def density_map(grid, examples: pd.DataFrame, sample_colour: pd.Series, coords: 
             customdata=grid.counts[i].astype(np.int32), hovertemplate=f"%{{customdata:,}} points<extra>{name}</extra>",
         ))
         members = values == str(group)
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(
             x=coords[members, 0], y=coords[members, 1], mode="markers", name=name, legendgroup=name,
             customdata=row_ids[members], hovertemplate=f"row %{{customdata}}<extra>{name}</extra>",
             marker={"size": 3, "opacity": 0.7, "color": f"rgb({r},{g},{b})",

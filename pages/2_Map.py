@@ -33,14 +33,11 @@ def map_view(view: ui.View) -> None:
 
     ex = view.examples
     names = dict(enumerate(view.run.label_names))
-    colour_by: pd.Series
+    colour_by: pd.Series | None
     # colour groups as categoricals (codes + a few names): a million strings cost the density grid 0.6 s
-    if colour == "label":
-        colour_by = ui.coded_groups(ex["label"], names, "true label")
-    elif colour == "prediction":
-        colour_by = ui.coded_groups(ex["pred"], names, "prediction")
-    elif colour == "correctness":
-        colour_by = ui.coded_groups(ex["correct"].astype(int), {1: "correct", 0: "misclassified"}, "correctness")
+    if colour in ui.MAP_STATIC_COLOURINGS:  # a density map of these is kept whole (View.density_map)
+        colour_by = None if len(ex) > analysis.DENSITY_ABOVE else ui.map_colour_groups(ex, view.run.label_names,
+                                                                                        colour)
     elif colour == "cluster":
         view = ui.cluster_count_input(view, controls[2])
         if len(view.rows) < view.n_clusters:
@@ -78,13 +75,16 @@ def map_view(view: ui.View) -> None:
     coords = view.projection(method)
     title = f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}"
     density = len(ex) > analysis.DENSITY_ABOVE
-    if density:  # a million WebGL points take the browser seconds per redraw: density per colour + a sample
+    if density and colour in ui.MAP_STATIC_COLOURINGS:  # kept per view and colouring (also computed ahead)
+        figure, n_sampled = view.density_map(method, colour)
+    elif density:  # a million WebGL points take the browser seconds per redraw: density per colour + a sample
         grid = analysis.density_grid(coords, colour_by.array)
-        sample = grid.sample
-        figure = plots.density_map(grid, ex.iloc[sample], colour_by.iloc[sample], coords[sample], title,
-                                   str(colour_by.name or ""))
+        n_sampled = len(grid.sample)
+        figure = plots.density_map(grid, ex.iloc[grid.sample], colour_by.iloc[grid.sample], coords[grid.sample],
+                                   title, str(colour_by.name or ""))
+    if density:
         st.caption(f"{len(ex):,} points, drawn as the density of each colour group (cells shaded by the log of "
-                   f"their count; hover a cell for it) with a seeded sample of {len(sample):,} points on top, "
+                   f"their count; hover a cell for it) with a seeded sample of {n_sampled:,} points on top, "
                    f"above {analysis.DENSITY_ABOVE:,} points. A lasso or box selects **every** example inside "
                    "it, not only the sampled points; narrow the slice to see all points.")
     else:
@@ -102,7 +102,7 @@ def map_view(view: ui.View) -> None:
     event = live_chart.live_chart(figure, key="map_chart", height=620, scope=scope, selectable=True,
                                   send_points=not density)
 
-    selected = ui.selected_rows(event, figure)
+    selected = ui.selected_rows(event, None if density else figure)  # density: no point is sent back
     box, lasso = ui.selection_region(event)
     if density and (box or lasso):  # the drawn region, over every point of the slice
         selected = view.rows[analysis.rows_in_region(coords, box, lasso)]

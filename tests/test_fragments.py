@@ -186,3 +186,45 @@ def test_another_page_computes_the_clusters_pages_first_view_ahead(  # noqa: F81
     assert at.radio(key=ui.TERM_RANKING_KEY).value == ui.DEFAULT_TERM_RANKING
     assert counts["kmeans"] == 3 and clouds["drawn"] == drawn, "the first visit recomputed what was computed ahead"
     assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 3  # 4 and 2 were computed from that page
+
+
+def test_the_maps_density_figure_is_kept_per_colouring_and_computed_ahead(run_id, monkeypatch):  # noqa: F811
+    """Above DENSITY_ABOVE points the Map's figure for a colouring that depends on the slice alone (true label,
+    prediction, correctness) is built once per view: a recolour back to one drawn before recounts no point. Once
+    the map's projection is stored, another page builds the figure of the last colouring ahead while it is read,
+    so the Map's visit counts nothing."""
+    import streamlit as st
+
+    grids = {"built": 0}
+    density_grid = analysis.density_grid
+
+    def counted(*args, **kwargs):
+        grids["built"] += 1
+        return density_grid(*args, **kwargs)
+
+    monkeypatch.setattr(analysis, "density_grid", counted)
+    monkeypatch.setattr(analysis, "DENSITY_ABOVE", 5)
+    st.cache_data.clear()
+    at = open_page("map", proj="tsne")
+    no_exception(at)
+    assert grids["built"] == 1
+    assert {t["type"] for t in map_figure(at)["data"]} == {"heatmap", "scatter"}
+    for colour, built in (("prediction", 2), ("label", 2), ("correctness", 3), ("prediction", 3)):
+        at.selectbox(key="colour").set_value(colour)
+        run_fragments(at, monkeypatch)
+        no_exception(at)
+        assert grids["built"] == built, f"colouring by {colour} again recounted the points"
+        assert any(t.get("legendgroup") for t in map_figure(at)["data"])
+
+    st.cache_data.clear()
+    monkeypatch.setenv(ui.PREFETCH_ENV, "1")
+    at.switch_page(ui.PAGE_FILES["clusters"])
+    at.run()
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60)
+    assert grids["built"] == 4  # the map coloured by prediction, the last colouring, built ahead
+    at.switch_page(ui.PAGE_FILES["map"])
+    at.run()
+    no_exception(at)
+    assert at.selectbox(key="colour").value == "prediction" and grids["built"] == 4, \
+        "the Map's visit rebuilt the figure computed ahead"

@@ -241,7 +241,7 @@ def test_map_page_draws_density_above_the_threshold(tiny_run_path, isolated_cach
     assert "drawn as the density of each colour group" in texts(at.caption)
     traces = map_figure(at)["data"]
     heatmaps = [t for t in traces if t["type"] == "heatmap"]
-    points = [t for t in traces if t["type"] == "scattergl"]
+    points = [t for t in traces if t["type"] == "scatter"]  # SVG markers: no WebGL context to create
     assert len(heatmaps) == len(points) == 2  # one density and one sample per true label
     assert sum(len(plotly_array(t["x"])) for t in points) == 5
     counted = sum(np.nansum(plotly_array(t["customdata"]).astype(float)) for t in heatmaps)

@@ -53,9 +53,12 @@ function themed(layout, element) {
     const title = typeof layout.title === "string" ? {text: layout.title} : layout.title;
     layout.title = Object.assign({x: 0, xref: "paper", xanchor: "left"}, title);
   }
-  // room for tick labels and axis titles (the figures keep narrow margins, as st.plotly_chart's theme widens them)
+  // room for tick labels and axis titles (the figures keep narrow margins, as st.plotly_chart's theme widens them);
+  // not for an axis that shows neither (the map's): automargin costs the first draw a second layout pass
   for (const axis of new Set(["xaxis", "yaxis", ...Object.keys(layout).filter((k) => /^[xy]axis\d*$/.test(k))])) {
-    layout[axis] = Object.assign({automargin: true}, layout[axis]);
+    const spec = layout[axis] || {};
+    const title = spec.title && (typeof spec.title === "string" ? spec.title : spec.title.text);
+    layout[axis] = Object.assign(spec.showticklabels === false && !title ? {} : {automargin: true}, spec);
   }
   return layout;
 }
