@@ -643,6 +643,18 @@ def prefetch_map_jobs(view: View) -> list[Callable[[], Any]]:
     return [functools.partial(view.density_map, method, colour)]
 
 
+def prefetch_map_colourings(view: View, method: str) -> list[str]:
+    """Queue, from the Map page, the density figures of the view's `method` map in every colouring of
+    MAP_STATIC_COLOURINGS (those drawn already are cache hits), for when the user is reading the map; return the
+    colourings queued (none when prefetching is off, below DENSITY_ABOVE rows or without a stored projection). At
+    1,000,000 rows a recolour to a colouring not built yet costs 0.3-0.4 s of server work before the browser
+    draws."""
+    if not prefetch_enabled() or len(view.rows) <= analysis.DENSITY_ABOVE or not map_projection_stored(view, method):
+        return []
+    _PREFETCH.submit([functools.partial(view.density_map, method, colour) for colour in MAP_STATIC_COLOURINGS])
+    return list(MAP_STATIC_COLOURINGS)
+
+
 def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bool = False) -> list[int]:
     """Queue the clusters of the cluster counts next to the view's (one more, then one fewer) for when the user
     is reading the page, and return those counts (empty when prefetching is off). `include_current` queues the

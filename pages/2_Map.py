@@ -102,6 +102,8 @@ def map_view(view: ui.View) -> None:
     event = live_chart.live_chart(figure, key="map_chart", height=620, scope=scope, selectable=True,
                                   send_points=not density)
 
+    if colour != "cluster":  # (a cluster colouring computes the counts one step away instead)
+        ui.prefetch_map_colourings(view, method)  # the other colourings, built while the map is read
     selected = ui.selected_rows(event, None if density else figure)  # density: no point is sent back
     box, lasso = ui.selection_region(event)
     if density and (box or lasso):  # the drawn region, over every point of the slice

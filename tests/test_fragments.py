@@ -192,7 +192,7 @@ def test_the_maps_density_figure_is_kept_per_colouring_and_computed_ahead(run_id
     """Above DENSITY_ABOVE points the Map's figure for a colouring that depends on the slice alone (true label,
     prediction, correctness) is built once per view: a recolour back to one drawn before recounts no point. Once
     the map's projection is stored, another page builds the figure of the last colouring ahead while it is read,
-    so the Map's visit counts nothing."""
+    so the Map's visit counts nothing, and while the map is read the other colourings are built."""
     import streamlit as st
 
     grids = {"built": 0}
@@ -228,3 +228,10 @@ def test_the_maps_density_figure_is_kept_per_colouring_and_computed_ahead(run_id
     no_exception(at)
     assert at.selectbox(key="colour").value == "prediction" and grids["built"] == 4, \
         "the Map's visit rebuilt the figure computed ahead"
+    assert ui._PREFETCH.wait_until_done(60)
+    assert grids["built"] == 6  # while the map is read: the two other colourings
+    for colour in ("correctness", "label"):
+        at.selectbox(key="colour").set_value(colour)
+        run_fragments(at, monkeypatch)
+        no_exception(at)
+        assert grids["built"] == 6, f"the recolour to {colour} rebuilt the figure computed ahead"
