@@ -61,23 +61,29 @@ def csr_cluster_column_sums(member_of: np.ndarray, n_clusters: int, indptr: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _csr_nearest_centre(indptr, indices, data, centres_t, half_norms, out):
+def _nearest(row, indptr, indices, data, centres_t, half_norms, scores):
+    # the centre c maximising x.c - |c|^2 / 2 for one CSR row (ties to the lower index); `scores` is scratch
     n_centres = centres_t.shape[1]
-    scores = np.empty(n_centres, dtype=centres_t.dtype)
+    scores[:] = 0
+    for entry in range(indptr[row], indptr[row + 1]):
+        value = data[entry]
+        centre_values = centres_t[indices[entry]]
+        for c in range(n_centres):
+            scores[c] += value * centre_values[c]
+    best = 0
+    best_score = scores[0] - half_norms[0]
+    for c in range(1, n_centres):
+        score = scores[c] - half_norms[c]
+        if score > best_score:
+            best, best_score = c, score
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def _csr_nearest_centre(indptr, indices, data, centres_t, half_norms, out):
+    scores = np.empty(centres_t.shape[1], dtype=centres_t.dtype)
     for row in range(len(indptr) - 1):
-        scores[:] = 0
-        for entry in range(indptr[row], indptr[row + 1]):
-            value = data[entry]
-            centre_values = centres_t[indices[entry]]
-            for c in range(n_centres):
-                scores[c] += value * centre_values[c]
-        best = 0
-        best_score = scores[0] - half_norms[0]
-        for c in range(1, n_centres):
-            score = scores[c] - half_norms[c]
-            if score > best_score:
-                best, best_score = c, score
-        out[row] = best
+        out[row] = _nearest(row, indptr, indices, data, centres_t, half_norms, scores)
     return 0
 
 
@@ -176,22 +182,10 @@ def csr_presence(row_ptr: np.ndarray, ids: np.ndarray, n_columns: int) -> tuple[
 @numba.njit(cache=True, nogil=True)
 def _csr_lloyd_pass(indptr, indices, data, centres_t, half_norms, labels, sums_t, counts):
     # one k-means pass: each row to its nearest centre (as _csr_nearest_centre), then into that centre's sums
-    n_centres = centres_t.shape[1]
-    scores = np.empty(n_centres, dtype=centres_t.dtype)
+    scores = np.empty(centres_t.shape[1], dtype=centres_t.dtype)
     changed = 0
     for row in range(len(indptr) - 1):
-        scores[:] = 0
-        for entry in range(indptr[row], indptr[row + 1]):
-            value = data[entry]
-            centre_values = centres_t[indices[entry]]
-            for c in range(n_centres):
-                scores[c] += value * centre_values[c]
-        best = 0
-        best_score = scores[0] - half_norms[0]
-        for c in range(1, n_centres):
-            score = scores[c] - half_norms[c]
-            if score > best_score:
-                best, best_score = c, score
+        best = _nearest(row, indptr, indices, data, centres_t, half_norms, scores)
         if labels[row] != best:
             labels[row] = best
             changed += 1
