@@ -151,8 +151,8 @@ def density_map(grid, examples: pd.DataFrame, sample_colour: pd.Series, coords: 
         ))
     fig.update_layout(title=title, dragmode="lasso", legend_title_text=colour_name,
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
-    fig.update_xaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
-    fig.update_yaxes(showticklabels=False, title=None, zeroline=False, showgrid=False)
+    fig.update_xaxes(showticklabels=False, ticks="", title=None, zeroline=False, showgrid=False)
+    fig.update_yaxes(showticklabels=False, ticks="", title=None, zeroline=False, showgrid=False)
     return fig
 
 
