@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numba
 import numpy as np
+
+T = TypeVar("T")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -46,17 +50,12 @@ def csr_cluster_column_sums(member_of: np.ndarray, n_clusters: int, indptr: np.n
     bounds = _row_blocks(indptr)
     sums_t = [np.zeros((n_columns, n_clusters), dtype=np.float64) for _ in bounds[1:]]
     supports_t = [np.zeros((n_columns, n_clusters), dtype=np.int64) for _ in bounds[1:]]
-    if len(bounds) == 2:
-        _csr_cluster_column_sums(member_of, indptr, indices, data, sums_t[0], supports_t[0])
-    else:  # each core sums its rows into its own arrays, added up in block order (the same result on every run)
-        futures = [_pool().submit(_csr_cluster_column_sums, member_of[lo:hi], indptr[lo:hi + 1], indices, data,
-                                  block_sums, block_supports)
-                   for lo, hi, block_sums, block_supports in zip(bounds[:-1], bounds[1:], sums_t, supports_t)]
-        for future in futures:
-            future.result()
-        for block_sums, block_supports in zip(sums_t[1:], supports_t[1:]):
-            sums_t[0] += block_sums
-            supports_t[0] += block_supports
+    # each block of rows sums into its own arrays, added up in block order (the same result on every run)
+    _each_block(bounds, lambda block, lo, hi: _csr_cluster_column_sums(
+        member_of[lo:hi], indptr[lo:hi + 1], indices, data, sums_t[block], supports_t[block]))
+    for block_sums, block_supports in zip(sums_t[1:], supports_t[1:]):
+        sums_t[0] += block_sums
+        supports_t[0] += block_supports
     return np.ascontiguousarray(sums_t[0].T), np.ascontiguousarray(supports_t[0].T)
 
 
@@ -96,16 +95,10 @@ def csr_nearest_centre(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray
     half_norms = (0.5 * (centres * centres).sum(axis=1)).astype(centres.dtype)  # summed as numpy sums rows
     centres_t = np.ascontiguousarray(centres.T)
     out = np.empty(len(indptr) - 1, dtype=np.int64)
-    bounds = _row_blocks(indptr)
-    if len(bounds) == 2:
-        _csr_nearest_centre(indptr, indices, data, centres_t, half_norms, out)
-        return out
     # the kernel releases the GIL (nogil): plain threads share the work, with no thread pool spinning afterwards
     # (an OpenMP pool busy-waits, which stalls a browser drawing on the same cores: ui.leave_a_core_for_the_browser)
-    futures = [_pool().submit(_csr_nearest_centre, indptr[lo:hi + 1], indices, data, centres_t, half_norms,
-                              out[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    for future in futures:
-        future.result()
+    _each_block(_row_blocks(indptr), lambda block, lo, hi: _csr_nearest_centre(
+        indptr[lo:hi + 1], indices, data, centres_t, half_norms, out[lo:hi]))
     return out
 
 
@@ -119,6 +112,16 @@ def _pool() -> ThreadPoolExecutor:
         if not _POOL:
             _POOL.append(ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="kernels"))
         return _POOL[0]
+
+
+def _each_block(bounds: np.ndarray, work: Callable[[int, int, int], T]) -> list[T]:
+    """Return [work(block, lo, hi) for each block of rows [lo, hi) between `bounds`], in block order: on this thread
+    for one block, else the blocks at once on the kernels' threads (the kernels release the GIL)."""
+    blocks = list(enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())))
+    if len(blocks) == 1:
+        return [work(0, *blocks[0][1])]
+    futures = [_pool().submit(work, block, lo, hi) for block, (lo, hi) in blocks]
+    return [future.result() for future in futures]
 
 
 def _row_blocks(indptr: np.ndarray, min_entries: int | None = None) -> np.ndarray:
@@ -294,22 +297,16 @@ def csr_lloyd(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, centres
     bounds = _row_blocks(indptr, LLOYD_PARALLEL_MIN_ENTRIES)
     sums = [np.zeros((n_columns, n_clusters), dtype=np.float64) for _ in bounds[1:]]
     counts = [np.zeros(n_clusters, dtype=np.int64) for _ in bounds[1:]]
-    blocks = list(zip(bounds[:-1], bounds[1:], sums, counts))
     passes = 0
     while passes < max_iter:
         passes += 1
-        if len(blocks) == 1:
-            changed = _csr_lloyd_pass(indptr, indices, data, centres_t, half_norms, labels, sums[0], counts[0])
-        else:
-            futures = [_pool().submit(_csr_lloyd_pass, indptr[lo:hi + 1], indices, data, centres_t, half_norms,
-                                      labels[lo:hi], block_sums, block_counts)
-                       for lo, hi, block_sums, block_counts in blocks]
-            changed = sum(future.result() for future in futures)
-            for block_sums, block_counts in zip(sums[1:], counts[1:]):
-                sums[0] += block_sums  # summed in block order: the same floating-point result on every run
-                counts[0] += block_counts
-                block_sums[:] = 0
-                block_counts[:] = 0
+        changed = sum(_each_block(bounds, lambda block, lo, hi: _csr_lloyd_pass(
+            indptr[lo:hi + 1], indices, data, centres_t, half_norms, labels[lo:hi], sums[block], counts[block])))
+        for block_sums, block_counts in zip(sums[1:], counts[1:]):
+            sums[0] += block_sums  # summed in block order: the same floating-point result on every run
+            counts[0] += block_counts
+            block_sums[:] = 0
+            block_counts[:] = 0
         _move_centres(sums[0], counts[0], centres_t, half_norms)
         if changed <= tolerance_rows:
             break
