@@ -453,7 +453,7 @@ def _projection(path: str, stamp: int, key: tuple, spec_json: str, method: str, 
     coords = stored()
     if coords is not None:
         return coords
-    title = {"umap": "UMAP", "tsne": "t-SNE"}.get(method, method)
+    title = PROJECTION_NAMES.get(method, method)
     slot = st.empty()  # the status box goes away once the map is drawn
     with slot.container():
         status = st.status(f"Computing the {title} map of {len(rows):,} points: {describe_estimate(len(rows), method)}"
@@ -591,6 +591,9 @@ def prefetch_enabled() -> bool:
 MAP_STATIC_COLOURINGS = ("label", "prediction", "correctness")
 
 
+PROJECTION_NAMES = {"umap": "UMAP", "tsne": "t-SNE"}  # the Map page's projections, as its controls name them
+
+
 def map_colour_groups(examples: pd.DataFrame, label_names: Sequence[str], colour: str) -> pd.Series:
     """Return the Map page's colour groups of a slice's examples for one of MAP_STATIC_COLOURINGS (a categorical
     Series named after the colouring, aligned with `examples`)."""
@@ -636,11 +639,17 @@ def prefetch_map_jobs(view: View) -> list[Callable[[], Any]]:
     last chose (else UMAP by true label), when that map is drawn as density from a stored projection (a job
     never starts a projection); else no job."""
     kept = st.session_state.get(_KEEP, {})
-    method = kept.get("proj") if kept.get("proj") in ("umap", "tsne") else "umap"
+    method = kept.get("proj") if kept.get("proj") in PROJECTION_NAMES else "umap"
     colour = kept.get("colour") if kept.get("colour") in MAP_STATIC_COLOURINGS else "label"
+    return _density_map_jobs(view, method, [colour])
+
+
+def _density_map_jobs(view: View, method: str, colours: Sequence[str]) -> list[Callable[[], Any]]:
+    # jobs building the view's density figures, only when the Map draws density from a stored projection (a job
+    # must never start a projection)
     if len(view.rows) <= analysis.DENSITY_ABOVE or not map_projection_stored(view, method):
         return []
-    return [functools.partial(view.density_map, method, colour)]
+    return [functools.partial(view.density_map, method, colour) for colour in colours]
 
 
 def prefetch_map_colourings(view: View, method: str) -> list[str]:
@@ -649,10 +658,10 @@ def prefetch_map_colourings(view: View, method: str) -> list[str]:
     colourings queued (none when prefetching is off, below DENSITY_ABOVE rows or without a stored projection). At
     1,000,000 rows a recolour to a colouring not built yet costs 0.3-0.4 s of server work before the browser
     draws."""
-    if not prefetch_enabled() or len(view.rows) <= analysis.DENSITY_ABOVE or not map_projection_stored(view, method):
-        return []
-    _PREFETCH.submit([functools.partial(view.density_map, method, colour) for colour in MAP_STATIC_COLOURINGS])
-    return list(MAP_STATIC_COLOURINGS)
+    jobs = _density_map_jobs(view, method, MAP_STATIC_COLOURINGS) if prefetch_enabled() else []
+    if jobs:
+        _PREFETCH.submit(jobs)
+    return list(MAP_STATIC_COLOURINGS) if jobs else []
 
 
 def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bool = False) -> list[int]:
@@ -815,13 +824,15 @@ class View:
         """Return the slice's (n, 2) coordinates from `method` ("umap" or "tsne"), computed once and stored."""
         return _projection(self.path, self.stamp, key_tuple(self.key), self.spec_json, method, PROJECTION_SEED)
 
+    def map_title(self, method: str) -> str:
+        """Return the title of the Map page's `method` map of the slice."""
+        return f"{PROJECTION_NAMES.get(method, method)} of {len(self.rows):,} examples · {self.key.label()}"
+
     def density_map(self, method: str, colour: str) -> tuple[str, int]:
         """Return (the plotly JSON of the Map page's density figure of the slice, coloured by one of
         MAP_STATIC_COLOURINGS, the number of sampled points drawn on it); computed once per view and colouring."""
-        title = f"{ {'umap': 'UMAP', 'tsne': 't-SNE'}.get(method, method)} of {len(self.rows):,} examples · " \
-                f"{self.key.label()}"
         return _density_map(self.path, self.stamp, key_tuple(self.key), self.spec_json, method, colour,
-                            PROJECTION_SEED, title)
+                            PROJECTION_SEED, self.map_title(method))
 
     def map_hover(self) -> list[str] | None:
         """Return each slice row's map hover text (text, top terms, row, label, prediction), or None when the

@@ -8,7 +8,6 @@ from core.ui import escape_markdown as md  # typed words, patterns and label nam
 
 COLOUR_BY = {"label": "true label", "prediction": "prediction", "correctness": "correctness",
              "cluster": "k-means cluster", "match": "contains word / matches regex"}
-PROJECTIONS = {"umap": "UMAP", "tsne": "t-SNE"}
 
 view = ui.current_view()
 ui.page_header("Map", view,
@@ -22,8 +21,8 @@ def map_view(view: ui.View) -> None:
     """Controls, map and lasso selection: a fragment, so a colour change, a projection switch or a lasso reruns
     only this block (the sidebar's slice and representation are not rebuilt)."""
     controls = st.columns([1, 1, 2])
-    method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap", options=list(PROJECTIONS),
-                       format_func=PROJECTIONS.get, required=True,
+    method = ui.synced(controls[0].segmented_control, "Projection", "proj", "umap",
+                       options=list(ui.PROJECTION_NAMES), format_func=ui.PROJECTION_NAMES.get, required=True,
                        help="Computed once per run, slice and representation, with a progress bar, and saved in "
                             "the run folder (UMAP of 100,000 examples: about 2 minutes on a 2-core CPU; the "
                             "precompute stores the default UMAP of the whole run). t-SNE embeds a seeded sample of "
@@ -73,7 +72,7 @@ def map_view(view: ui.View) -> None:
             st.caption(f"{matched.sum():,} of {len(ex):,} examples match {md(what)}.")
 
     coords = view.projection(method)
-    title = f"{PROJECTIONS[method]} of {len(ex):,} examples · {view.key.label()}"
+    title = view.map_title(method)
     density = len(ex) > analysis.DENSITY_ABOVE
     if density and colour in ui.MAP_STATIC_COLOURINGS:  # kept per view and colouring (also computed ahead)
         figure, n_sampled = view.density_map(method, colour)
