@@ -28,22 +28,23 @@ def run_fragments(at: AppTest, monkeypatch) -> AppTest:
         return at.run()
 
 
+def count_calls(monkeypatch, owner: object, name: str, tally: dict[str, int], key: str) -> None:
+    """Replace `owner.name` by a wrapper that adds 1 to `tally[key]` on each call, then calls the original."""
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        tally[key] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+
+
 @pytest.fixture
 def counts(monkeypatch) -> dict[str, int]:
     """Count full script runs (the sidebar is drawn once per full run) and k-means fits."""
     calls = {"sidebar": 0, "kmeans": 0}
-    render_sidebar, cluster_rows = ui.render_sidebar, analysis.cluster_rows
-
-    def counted_sidebar(*args, **kwargs):
-        calls["sidebar"] += 1
-        return render_sidebar(*args, **kwargs)
-
-    def counted_kmeans(*args, **kwargs):
-        calls["kmeans"] += 1
-        return cluster_rows(*args, **kwargs)
-
-    monkeypatch.setattr(ui, "render_sidebar", counted_sidebar)
-    monkeypatch.setattr(analysis, "cluster_rows", counted_kmeans)
+    count_calls(monkeypatch, ui, "render_sidebar", calls, "sidebar")
+    count_calls(monkeypatch, analysis, "cluster_rows", calls, "kmeans")
     return calls
 
 
@@ -54,13 +55,7 @@ def clouds(monkeypatch) -> dict[str, int]:
     from core import plots
 
     drawn = {"drawn": 0}
-    wordcloud_image = plots.wordcloud_image
-
-    def counted_cloud(*args, **kwargs):
-        drawn["drawn"] += 1
-        return wordcloud_image(*args, **kwargs)
-
-    monkeypatch.setattr(plots, "wordcloud_image", counted_cloud)
+    count_calls(monkeypatch, plots, "wordcloud_image", drawn, "drawn")
     ui.wordcloud_png.clear()
     return drawn
 
@@ -196,13 +191,7 @@ def test_the_maps_density_figure_is_kept_per_colouring_and_computed_ahead(run_id
     import streamlit as st
 
     grids = {"built": 0}
-    density_grid = analysis.density_grid
-
-    def counted(*args, **kwargs):
-        grids["built"] += 1
-        return density_grid(*args, **kwargs)
-
-    monkeypatch.setattr(analysis, "density_grid", counted)
+    count_calls(monkeypatch, analysis, "density_grid", grids, "built")
     monkeypatch.setattr(analysis, "DENSITY_ABOVE", 5)
     st.cache_data.clear()
     at = open_page("map", proj="tsne")
