@@ -212,7 +212,9 @@ IDLE_BEFORE_PREFETCH_S = 1.0
 
 class IdleQueue:
     """A daemon thread that runs the jobs of the latest `submit`, one at a time, once no page script has run for
-    `idle_s` seconds; the next job follows at once while no script runs, and waits for `idle_s` again otherwise.
+    `idle_s` seconds; the next job follows at once while no script has run since the previous one started (nor
+    submitted jobs: pages submit as they run), and waits for `idle_s` again otherwise, so a job does not start
+    right after a page the user has just asked for, when the next click is likeliest.
 
     A new `submit` replaces the jobs not started yet: work guessed for a view the user has since left is dropped.
     A job is never paused midway (see warm_up_when_idle), so keep each one short; a failed job is logged and the
@@ -228,11 +230,13 @@ class IdleQueue:
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
         self._running = 0
+        self._submitted = False  # a submit since the running job started: a page has just run
 
     def submit(self, jobs: Sequence[Callable[[], None]]) -> None:
         """Replace the pending jobs with `jobs` (run in order, once the server is idle)."""
         with self._ready:
             self._jobs = deque(jobs)
+            self._submitted = True
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._thread.start()
@@ -259,13 +263,15 @@ class IdleQueue:
                 while not self._jobs:
                     after_a_job = False
                     self._ready.wait()
-            if not (after_a_job and not self._busy()):  # else the user is still reading: the next job runs at once
+                page_ran = self._submitted
+            if not after_a_job or page_ran or self._busy():  # else the user is still reading: next job at once
                 wait_until_idle(self.idle_s, poll_s=min(0.25, self.idle_s / 4), busy=self._busy)
             with self._ready:
                 if not self._jobs:  # a submit emptied the list while this waited
                     continue
                 job = self._jobs.popleft()
                 self._running = 1
+                self._submitted = False
             try:
                 job()
             except Exception:  # noqa: BLE001  guessed work: a failure only means the page computes it when asked

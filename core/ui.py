@@ -543,13 +543,29 @@ def _staleness(path: str, stamp: int) -> list[str]:
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def wordcloud_png(weights: tuple[tuple[str, float], ...], width: int = 400, height: int = 220) -> bytes | None:
-    """Return a PNG word cloud of (term, weight) pairs, or None when there is no positive weight."""
+    """Return a PNG word cloud of (term, weight) pairs in at most CLOUD_PNG_COLOURS colours, or None when there
+    is no positive weight."""
     image = plots.wordcloud_image(dict(weights), width=width, height=height)
     if image is None:
         return None
+    from PIL import Image
+
+    # A cloud holds a dozen word colours and their anti-aliased edges on white: a 64-colour palette looks the same
+    # and its PNG is 2.6x smaller (eight clouds of a recluster: 79 KB against 206 KB, sent in the page's HTML) and
+    # quicker to make (1.1 ms against 2.1 ms a cloud, quantising included); level 1: 2x quicker than the default 6
+    palette = image.quantize(colors=CLOUD_PNG_COLOURS, method=Image.Quantize.FASTOCTREE)
+    # the octree averages the white background to (254, 254, 254): its entry, the lightest, is set back to white
+    colours = np.asarray(palette.getpalette(), dtype=np.int64).reshape(-1, 3)
+    lightest = int(colours.sum(axis=1).argmax())
+    if colours[lightest].min() >= 250:
+        colours[lightest] = 255
+        palette.putpalette(colours.astype(np.uint8).ravel().tolist())
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)  # 2.9 ms against 5.5 ms at the default 6, 6% larger
+    palette.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+CLOUD_PNG_COLOURS = 64
 
 
 def cluster_cloud_cards(summary: pd.DataFrame, ranking: str) -> list[CloudCard]:

@@ -102,6 +102,30 @@ def test_wordcloud_image_size_and_empty():
     assert wordcloud_image({"zero": 0.0, " ": 1.0}) is None
 
 
+def test_the_dashboards_word_cloud_png_is_a_palette_image_that_looks_like_the_cloud():
+    import io
+
+    from PIL import Image
+
+    from core import ui
+
+    words = ("terrible", "waste", "boring", "awful", "stupid", "money", "pointless", "mediocre", "dull", "worst",
+             "mess", "bland")
+    weights = tuple((w, 1.0 / (1 + i)) for i, w in enumerate(words))
+    png = ui.wordcloud_png(weights, 400, 220)
+    image = Image.open(io.BytesIO(png))
+    assert image.size == (400, 220) and image.mode == "P"
+    assert len(image.getcolors()) <= ui.CLOUD_PNG_COLOURS
+    full = wordcloud_image(dict(weights), width=400, height=220)
+    drawn, shown = np.asarray(full, dtype=float), np.asarray(image.convert("RGB"), dtype=float)
+    assert np.abs(drawn - shown).mean() < 1.0  # out of 255: the same picture
+    assert np.percentile(np.abs(drawn - shown).max(axis=2), 99.9) < 48  # no pixel far off, edges included
+    full_png = io.BytesIO()
+    full.save(full_png, format="PNG", compress_level=1)
+    assert len(png) < 0.6 * len(full_png.getvalue())
+    assert ui.wordcloud_png((("zero", 0.0),), 400, 220) is None
+
+
 # --------------------------------------------------------------------------- plotly figures
 
 

@@ -230,3 +230,30 @@ def test_the_idle_queue_runs_only_the_latest_jobs_and_only_while_no_page_runs():
     assert log == ["a", "b"]  # the replaced job never ran; a failing job does not stop the next
     queue.submit([job("c")])
     assert queue.wait_until_done(5) and log == ["a", "b", "c"]  # the thread serves later submits
+
+
+def test_the_idle_queue_waits_again_after_a_page_ran_during_a_job_and_not_otherwise():
+    import threading
+    import time
+
+    never_busy = threading.Event()
+    queue = projection.IdleQueue("test-idle-queue-gap", idle_s=0.3, busy=never_busy.is_set)
+    times: dict[str, float] = {}
+
+    def job(name: str, during=None):
+        def run() -> None:
+            times[name + " start"] = time.monotonic()
+            if during:
+                during()
+            time.sleep(0.05)
+            times[name + " end"] = time.monotonic()
+        return run
+
+    # a job that a page's run outlasts: the next one follows at once, the user is still reading
+    queue.submit([job("a"), job("b")])
+    assert queue.wait_until_done(5)
+    assert times["b start"] - times["a end"] < 0.15
+    # a page ran (and submitted, as pages do) while a job ran, and ended before it: the next job waits idle_s again
+    queue.submit([job("c", during=lambda: queue.submit([job("d")]))])
+    assert queue.wait_until_done(5)
+    assert times["d start"] - times["c end"] >= 0.3
