@@ -17,7 +17,7 @@ measures what the pages do on it:
 - cache size per component;
 - in Debian chromium through playwright: server start, first open, reclusters to counts not computed yet and
   steps of the count's + after reading the page (counts computed ahead), a slice change, the map drawn from
-  stored coordinates and recoloured.
+  stored coordinates and recoloured, then the first visit of every other page.
 
 Warm timings are the median of 5 repeats after one warm-up, in one process. Writes bench/results/dashboard.md.
 """
@@ -504,6 +504,12 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                 step(name, recolour(option), f"{MAP_CHART} .legendtitletext:has-text('{option}')")
             out[RECOLOUR_MEDIAN] = statistics.median(
                 seconds for name, seconds in out.items() if name.startswith("map redraw"))
+            # every other page once, as a user moves on after reading the page before: its first visit in this
+            # server, ready when its title is drawn and its script is idle
+            for link, title in OTHER_PAGES:
+                time.sleep(READ_BEFORE_STEP_S)
+                step(f"{link} page, first visit (from the page list, after reading the page before "
+                     f"{READ_BEFORE_STEP_S:g} s)", visit(link), f"h1:has-text('{title}')")
         finally:
             _stop(proc)
             browser.close()
@@ -514,6 +520,9 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
 
 
 RECLUSTER_MEDIAN = "recluster, median of the five above"
+# the pages the browser steps visit after the Map: (their link in the sidebar's page list, their title)
+OTHER_PAGES = (("Examples", "Examples"), ("Neighbours", "Neighbours"), ("Seed terms", "Seed terms"),
+               ("Sensitivity", "Model sensitivity"), ("Checks", "Checks"), ("Compare", "Compare"))
 CLOCK_NOTE = ("Timed on the page's own clock (`page_latency`): from the key press or click (for a first open, the "
               "navigation's start) to the animation frame that drew the page's last change, once the content only "
               "the finished run draws is on screen and the script is idle. Playwright's wait for that content, "

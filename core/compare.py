@@ -228,35 +228,6 @@ def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequen
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def _average_ranks(owner: np.ndarray, values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return each value's rank within its row (0-based, ties get their average rank) and, per row, the number
-    of distinct values. `owner` is the row of each value (sorted ascending), `starts` each row's first position."""
-    order = np.lexsort((values, owner))
-    o, v = owner[order], values[order]
-    new = np.ones(len(o), dtype=bool)
-    new[1:] = (o[1:] != o[:-1]) | (v[1:] != v[:-1])
-    group = np.cumsum(new) - 1
-    first = np.flatnonzero(new)
-    last = np.append(first[1:], len(o)) - 1
-    ranks = np.empty(len(o), dtype=np.float64)
-    ranks[order] = (first + last)[group] / 2.0 - starts[o]
-    return ranks, np.bincount(o[new], minlength=len(starts))
-
-
-def _top_mask(owner: np.ndarray, position: np.ndarray, values: np.ndarray, starts: np.ndarray,
-              k: np.ndarray) -> np.ndarray:
-    """Return a mask of the `k[row]` largest values of each row (ties broken by the earlier position)."""
-    order = np.lexsort((position, -values, owner))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order)) - starts[owner[order]]
-    return rank < k[owner]
-
-
-# Examples scored per step by map_agreement: its per-token temporaries (positions, ranks, sort keys; about 30 bytes
-# a token each) scale with one chunk (1,000,000 demo-like examples in one step peaked near 5 GB).
-AGREEMENT_CHUNK_ROWS = 100_000
-
-
 def map_agreement(row_ptr: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, rows: np.ndarray | None = None,
                   keep: np.ndarray | None = None, top_fraction: float = TOP_FRACTION) -> pd.DataFrame:
     """Return, per example of `rows` (default all), how much two saliency maps over the same tokens agree.
@@ -270,40 +241,13 @@ def map_agreement(row_ptr: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarra
     """
     if not 0 < top_fraction <= 1:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction!r}")
+    from core import kernels  # numba's import costs about 0.3 s: paid by the first comparison
+
     row_ptr = np.asarray(row_ptr, dtype=np.int64)
     ids = _rows(rows, len(row_ptr) - 1)
-    if len(ids) > AGREEMENT_CHUNK_ROWS:  # each example is scored on its own: bounded memory, same result
-        return pd.concat([map_agreement(row_ptr, scores_a, scores_b, ids[start:start + AGREEMENT_CHUNK_ROWS], keep,
-                                        top_fraction) for start in range(0, len(ids), AGREEMENT_CHUNK_ROWS)])
-    lo, lengths = row_ptr[ids], row_ptr[ids + 1] - row_ptr[ids]
-    owner = np.repeat(np.arange(len(ids), dtype=np.int64), lengths)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    position = np.arange(int(lengths.sum()), dtype=np.int64) - offsets[owner] + lo[owner]
-    if keep is not None:
-        mask = np.asarray(keep, dtype=bool)[position]
-        owner, position = owner[mask], position[mask]
-    a = np.abs(np.asarray(scores_a)[position].astype(np.float64))  # only the chunk's tokens are read and widened
-    b = np.abs(np.asarray(scores_b)[position].astype(np.float64))
-    m = len(ids)
-    counts = np.bincount(owner, minlength=m)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-    k = np.where(counts > 0, np.maximum(1, np.ceil(top_fraction * counts - 1e-9)), 0).astype(np.int64)
-    both = _top_mask(owner, position, a, starts, k) & _top_mask(owner, position, b, starts, k)
-    inter = np.bincount(owner[both], minlength=m).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        jaccard = np.where(counts > 0, inter / (2 * k - inter), np.nan)
-    rank_a, distinct_a = _average_ranks(owner, a, starts)
-    rank_b, distinct_b = _average_ranks(owner, b, starts)
-    nf = counts.astype(np.float64)
-    sa, sb = np.bincount(owner, rank_a, m), np.bincount(owner, rank_b, m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cov = np.bincount(owner, rank_a * rank_b, m) - sa * sb / nf
-        var_a = np.bincount(owner, rank_a * rank_a, m) - sa * sa / nf
-        var_b = np.bincount(owner, rank_b * rank_b, m) - sb * sb / nf
-        spearman = np.clip(cov / np.sqrt(var_a * var_b), -1.0, 1.0)
-    constant_a, constant_b = distinct_a <= 1, distinct_b <= 1
-    spearman = np.where(constant_a & constant_b, 1.0, np.where(constant_a | constant_b, np.nan, spearman))
-    spearman[counts < 2] = np.nan
+    keep = np.ones(int(row_ptr[-1]), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    counts, k, jaccard, spearman = kernels.map_agreement(row_ptr, ids, keep, np.asarray(scores_a),
+                                                         np.asarray(scores_b), float(top_fraction))
     return pd.DataFrame({"tokens": counts, "top_k": k, "jaccard": jaccard, "spearman": spearman},
                         index=pd.Index(ids, name="row"))
 

@@ -313,6 +313,123 @@ def csr_lloyd(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, centres
     return labels, np.ascontiguousarray(centres_t.T), passes
 
 
+@numba.njit(cache=True, nogil=True)
+def _order_largest_first(values, n, order):
+    # order[:n] = the positions of values[:n], largest value first, ties in position order: an insertion sort for
+    # a short example (most have a few dozen tokens), where numba's mergesort allocates on every call
+    if n > 64:
+        order[:n] = np.argsort(-values[:n], kind="mergesort")
+        return
+    for j in range(n):
+        value = values[j]
+        at = j
+        while at > 0 and values[order[at - 1]] < value:
+            order[at] = order[at - 1]
+            at -= 1
+        order[at] = j
+
+
+@numba.njit(cache=True, nogil=True)
+def _average_ranks_of(values, n, order, ranks):
+    # each of values[:n]'s 0-based rank, ascending (ties share their average rank), from order[:n] sorting them
+    # largest first (the top-k's order: positions first..last from the top are ranks n-1-last..n-1-first, exactly
+    # in floating point); returns the number of distinct values
+    distinct = 0
+    first = 0
+    while first < n:
+        last = first
+        while last + 1 < n and values[order[last + 1]] == values[order[first]]:
+            last += 1
+        for j in range(first, last + 1):
+            ranks[order[j]] = (n - 1) - (first + last) / 2.0
+        distinct += 1
+        first = last + 1
+    return distinct
+
+
+@numba.njit(cache=True, nogil=True)
+def _map_agreement(row_ptr, ids, keep, scores_a, scores_b, top_fraction, tokens, top_k, jaccard, spearman):
+    longest = 0
+    for i in range(len(ids)):
+        longest = max(longest, row_ptr[ids[i] + 1] - row_ptr[ids[i]])
+    a = np.empty(longest, dtype=np.float64)
+    b = np.empty(longest, dtype=np.float64)
+    rank_a = np.empty(longest, dtype=np.float64)
+    rank_b = np.empty(longest, dtype=np.float64)
+    in_top_a = np.zeros(longest, dtype=np.bool_)
+    order_a = np.empty(longest, dtype=np.int64)
+    order_b = np.empty(longest, dtype=np.int64)
+    for i in range(len(ids)):
+        n = 0
+        for position in range(row_ptr[ids[i]], row_ptr[ids[i] + 1]):
+            if keep[position]:
+                a[n] = abs(np.float64(scores_a[position]))
+                b[n] = abs(np.float64(scores_b[position]))
+                n += 1
+        tokens[i] = n
+        if n == 0:
+            top_k[i] = 0
+            jaccard[i] = np.nan
+            spearman[i] = np.nan
+            continue
+        k = max(1, int(np.ceil(top_fraction * n - 1e-9)))
+        top_k[i] = k
+        # the k largest of each map, ties to the earlier token: a stable sort, largest first
+        _order_largest_first(a, n, order_a)
+        _order_largest_first(b, n, order_b)
+        in_top_a[:n] = False
+        for j in range(k):
+            in_top_a[order_a[j]] = True
+        both = 0
+        for j in range(k):
+            if in_top_a[order_b[j]]:
+                both += 1
+        jaccard[i] = both / (2.0 * k - both)
+        if n < 2:
+            spearman[i] = np.nan
+            continue
+        distinct_a = _average_ranks_of(a, n, order_a, rank_a)
+        distinct_b = _average_ranks_of(b, n, order_b, rank_b)
+        if distinct_a <= 1 or distinct_b <= 1:
+            spearman[i] = 1.0 if distinct_a <= 1 and distinct_b <= 1 else np.nan
+            continue
+        # Pearson's correlation of the ranks, summed in token order
+        sum_a = sum_b = sum_ab = sum_aa = sum_bb = 0.0
+        for j in range(n):
+            sum_a += rank_a[j]
+            sum_b += rank_b[j]
+            sum_ab += rank_a[j] * rank_b[j]
+            sum_aa += rank_a[j] * rank_a[j]
+            sum_bb += rank_b[j] * rank_b[j]
+        cov = sum_ab - sum_a * sum_b / n
+        var_a = sum_aa - sum_a * sum_a / n
+        var_b = sum_bb - sum_b * sum_b / n
+        spearman[i] = min(1.0, max(-1.0, cov / np.sqrt(var_a * var_b)))
+    return 0
+
+
+def map_agreement(row_ptr: np.ndarray, ids: np.ndarray, keep: np.ndarray, scores_a: np.ndarray,
+                  scores_b: np.ndarray, top_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return (tokens int64, top_k int64, jaccard float64, spearman float64), one value per example of `ids`: the
+    computation of core.compare.map_agreement (which documents it) in one compiled pass over each example's kept
+    tokens (`keep`, a bool per token), the examples split between the cores by token count (1,000,000 demo-like
+    examples: about 0.5 s, where numpy's sorts over every token took 35 s)."""
+    row_ptr = np.asarray(row_ptr, dtype=np.int64)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    keep = np.ascontiguousarray(keep, dtype=np.bool_)
+    scores_a, scores_b = (s if s.dtype in (np.float32, np.float64) else s.astype(np.float64)
+                          for s in (np.asarray(scores_a), np.asarray(scores_b)))
+    m = len(ids)
+    tokens, top_k = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64)
+    jaccard, spearman = np.empty(m, dtype=np.float64), np.empty(m, dtype=np.float64)
+    lengths = row_ptr[ids + 1] - row_ptr[ids]
+    bounds = _row_blocks(np.concatenate([[0], np.cumsum(lengths)]))
+    _each_block(bounds, lambda block, lo, hi: _map_agreement(
+        row_ptr, ids[lo:hi], keep, scores_a, scores_b, top_fraction, tokens[lo:hi], top_k[lo:hi], jaccard[lo:hi],
+        spearman[lo:hi]))
+    return tokens, top_k, jaccard, spearman
+
+
 def warm_up() -> None:
     """Compile (first process) or load from numba's disk cache (later ones) every kernel for the array types the
     dashboard passes (int32 or int64 indices, float32 or float64 values)."""
@@ -326,3 +443,6 @@ def warm_up() -> None:
             csr_lloyd(indptr, indices, data, np.ones((1, 2), dtype=np.float32), max_iter=1)
             csr_kmeans_plusplus(indptr, indices, data, 2, 2, np.random.default_rng(0))
         csr_presence(np.array([0, 2]), np.array([1, 1], dtype=index_type), 2)
+    for score_type in (np.float32, np.float64):  # a run's stored scores, and scores computed in memory
+        map_agreement(np.array([0, 2]), np.array([0]), np.ones(2, dtype=bool), np.ones(2, dtype=score_type),
+                      np.ones(2, dtype=score_type), 0.25)

@@ -176,6 +176,40 @@ def test_map_agreement_spearman_matches_scipy_with_ties():
     assert got.loc[1, "spearman"] == pytest.approx(spearmanr(a[15:], b[15:]).statistic)
 
 
+def test_map_agreement_equals_a_per_example_reference_with_ties_long_examples_and_dropped_tokens():
+    import math
+
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    lengths = [0, 1, 2, 3, 7, 28, 40, 65, 130, 5]  # over 64 tokens: the kernel's other sort
+    row_ptr = np.concatenate([[0], np.cumsum(lengths)])
+    n = int(row_ptr[-1])
+    a = rng.integers(-3, 4, n).astype(np.float32)  # few distinct values: many ties, signs that |.| folds
+    b = np.where(rng.random(n) < 0.5, a, rng.integers(0, 6, n)).astype(np.float32)
+    keep = rng.random(n) < 0.85
+    got = compare.map_agreement(row_ptr, a, b, keep=keep)
+    for row in range(len(lengths)):
+        span = [p for p in range(row_ptr[row], row_ptr[row + 1]) if keep[p]]
+        x, y = np.abs(a[span]).astype(float), np.abs(b[span]).astype(float)
+        assert got.loc[row, "tokens"] == len(span)
+        if not span:
+            assert np.isnan(got.loc[row, "jaccard"]) and np.isnan(got.loc[row, "spearman"])
+            continue
+        k = max(1, math.ceil(0.25 * len(span)))
+        top_x = set(sorted(range(len(span)), key=lambda i: (-x[i], i))[:k])  # ties to the earlier token
+        top_y = set(sorted(range(len(span)), key=lambda i: (-y[i], i))[:k])
+        assert got.loc[row, "top_k"] == k
+        assert got.loc[row, "jaccard"] == pytest.approx(len(top_x & top_y) / len(top_x | top_y))
+        constant_x, constant_y = len(set(x)) <= 1, len(set(y)) <= 1
+        if len(span) < 2 or constant_x != constant_y:
+            assert np.isnan(got.loc[row, "spearman"])
+        elif constant_x:
+            assert got.loc[row, "spearman"] == 1.0
+        else:
+            assert got.loc[row, "spearman"] == pytest.approx(spearmanr(x, y).statistic)
+
+
 def test_identical_maps_agree_fully(runs):
     a = open_run(runs["a"])
     keep = ~a.ignore_mask[a.token_ids]

@@ -428,17 +428,19 @@ def test_warnings_of_a_large_run_are_computed_in_a_child_process(tiny_run_path, 
     assert [c["summary"] for c in report["checks"]] == [c["summary"] for c in expected["checks"]]
 
 
-def test_map_agreement_in_chunks_equals_one_pass(tiny_run_path, monkeypatch):
+def test_map_agreement_split_between_threads_equals_one_pass(tiny_run_path, monkeypatch):
     import pandas as pd
 
-    from core import compare
+    from core import compare, kernels
 
     run = open_run(tiny_run_path)
     keep = ~run.ignore_mask[np.asarray(run.token_ids)]
     whole = compare.map_agreement(run.row_ptr, run.scores("grad_l2"), run.scores("grad_x_input"), keep=keep)
-    monkeypatch.setattr(compare, "AGREEMENT_CHUNK_ROWS", 3)
-    chunked = compare.map_agreement(run.row_ptr, run.scores("grad_l2"), run.scores("grad_x_input"), keep=keep)
-    pd.testing.assert_frame_equal(chunked, whole)
+    monkeypatch.setattr(kernels, "PARALLEL_MIN_ENTRIES", 20)
+    monkeypatch.setattr(kernels.os, "cpu_count", lambda: 4)
+    assert len(kernels._row_blocks(np.asarray(run.row_ptr))) > 3  # the examples are split into several blocks
+    split = compare.map_agreement(run.row_ptr, run.scores("grad_l2"), run.scores("grad_x_input"), keep=keep)
+    pd.testing.assert_frame_equal(split, whole)
     rows = np.array([1, 4, 5, 9, 12])
     pd.testing.assert_frame_equal(
         compare.map_agreement(run.row_ptr, run.scores("grad_l2"), run.scores("grad_x_input"), rows=rows, keep=keep),
