@@ -303,8 +303,8 @@ def log_odds_seed_list(run: Run, target_class: int, *, top_n: int = 10, min_coun
 
     rows, y = _split_classes(run, split, by)
     space = run.term_space(unit)
-    ranked = log_odds_terms(space.presence[rows], y, target_class, space.vocab, space.ignore_mask,
-                            min_count=min_count, top_n=len(space.vocab))
+    ranked = log_odds_terms(space.presence, y, target_class, space.vocab, space.ignore_mask,
+                            min_count=min_count, top_n=len(space.vocab), rows=rows)
     return _from_ranked(ranked, name or ("log-odds" if by == "label" else "log-odds (by prediction)"), "log_odds",
                         top_n, "z")
 
@@ -319,8 +319,8 @@ def pmi_seed_list(run: Run, target_class: int, *, top_n: int = 10, min_count: in
 
     rows, y = _split_classes(run, split, by)
     space = run.term_space(unit)
-    ranked = pmi_terms(space.presence[rows], y, target_class, space.vocab, space.ignore_mask,
-                       min_count=min_count, top_n=len(space.vocab))
+    ranked = pmi_terms(space.presence, y, target_class, space.vocab, space.ignore_mask,
+                       min_count=min_count, top_n=len(space.vocab), rows=rows)
     return _from_ranked(ranked, name or ("PMI" if by == "label" else "PMI (by prediction)"), "pmi", top_n, "pmi")
 
 

@@ -167,16 +167,21 @@ def warm_up_stages() -> list[Callable[[], None]]:
     """Return the steps that load in advance what the pages would otherwise load on first use in this process:
     the compiled kernels (core.kernels), scikit-learn's k-means (its import takes about 1.3 s), the word clouds'
     fonts and colour maps (0.3 s before the first cloud) and UMAP's numba code (warm_up_umap, about 2 s from
-    numba's disk cache); then freeze_long_lived_objects."""
+    numba's disk cache), then torch and the model loader (core.models: about 1.8 s, which the Sensitivity page
+    paid on its first visit); then freeze_long_lived_objects."""
     from core import kernels, plots
 
     def import_kmeans() -> None:
         import sklearn.cluster  # noqa: F401
 
+    def import_model_loader() -> None:
+        import core.models  # noqa: F401
+
     def draw_a_cloud() -> None:
         plots.wordcloud_image({"warm": 1.0, "up": 0.5}, width=120, height=60)
 
-    return [kernels.warm_up, import_kmeans, draw_a_cloud, warm_up_umap, freeze_long_lived_objects]
+    return [kernels.warm_up, import_kmeans, draw_a_cloud, warm_up_umap, import_model_loader,
+            freeze_long_lived_objects]
 
 
 def freeze_long_lived_objects() -> None:

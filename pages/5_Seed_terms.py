@@ -58,9 +58,9 @@ presence = view.presence()
 salient = analysis.class_salient_terms(view.vocab_matrix(), presence, class_rows, other_rows, view.vocab,
                                        view.ignore_mask, min_count=int(min_count), top_n=int(top_n),
                                        ranking=salient_rank)
-assoc = analysis.class_association_terms(presence[pool], examples["label"].to_numpy()[pool], target_id, view.vocab,
+assoc = analysis.class_association_terms(presence, examples["label"].to_numpy()[pool], target_id, view.vocab,
                                          view.ignore_mask, min_count=int(min_count), top_n=int(top_n),
-                                         ranking=assoc_rank)
+                                         ranking=assoc_rank, rows=pool)
 st.caption(f"{len(class_rows):,} examples labelled *{md(target)}* among {len(pool):,} in {scope} · "
            f"salience from S1 ({md(view.method)}, k = {view.vocab_key.k or 'all'})")
 

@@ -487,6 +487,36 @@ def test_pmi_terms_by_hand():
     assert pmi_terms(presence, y, 7, vocab, ignore, min_count=1).empty
 
 
+def test_term_lists_over_some_rows_count_them_in_place_as_over_a_copy_of_them():
+    rng = np.random.default_rng(5)
+    n, width = 60, 12
+    presence = sp.csr_matrix((rng.random((n, width)) < 0.3).astype(np.float32))
+    salience = sp.csr_matrix(presence.multiply(rng.random((n, width))).astype(np.float32))
+    vocab, ignore = [f"t{i}" for i in range(width)], np.zeros(width, dtype=bool)
+    ignore[0] = True
+    y = rng.integers(0, 3, n)
+    rows = np.sort(rng.choice(n, 40, replace=False))
+    for terms in (analysis.log_odds_terms, pmi_terms):
+        in_place = terms(presence, y[rows], 1, vocab, ignore, min_count=2, top_n=width, rows=rows)
+        copied = terms(presence[rows], y[rows], 1, vocab, ignore, min_count=2, top_n=width)
+        pd.testing.assert_frame_equal(in_place, copied)
+        assert len(in_place) >= 3
+        with pytest.raises(ValueError, match="y has"):
+            terms(presence, y, 1, vocab, ignore, rows=rows)
+    # the salient lists: column means and counts of the class's rows against the copies' (float64 sums)
+    class_rows, other_rows = rows[y[rows] == 1], rows[y[rows] != 1]
+    got = analysis.distinctive_salient_terms(salience, presence, class_rows, other_rows, vocab, ignore,
+                                             min_count=2, top_n=width)
+    dense = salience.toarray().astype(np.float64)
+    mean_in, mean_out = dense[class_rows].mean(axis=0), dense[other_rows].mean(axis=0)
+    assert len(got) >= 2
+    np.testing.assert_allclose(got["mean_salience"], mean_in[got["token_id"]], rtol=1e-12)
+    np.testing.assert_allclose(got["mean_salience_rest"], mean_out[got["token_id"]], rtol=1e-12)
+    assert got["count"].tolist() == (presence.toarray()[class_rows] > 0).sum(axis=0)[got["token_id"]].tolist()
+    with pytest.raises(ValueError, match="overlap"):
+        analysis._rows_column_stats(presence, [rows, rows[:3]])
+
+
 # --------------------------------------------------------------------------- export
 
 

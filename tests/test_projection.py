@@ -155,13 +155,13 @@ def test_the_warm_up_runs_each_stage_only_after_the_pages_have_been_idle():
     assert log == [("first", False), ("second", False)]
 
 
-def test_the_warm_up_stages_start_with_the_kernels_and_end_with_umap_and_a_freeze():
+def test_the_warm_up_stages_start_with_the_kernels_and_end_with_umap_torch_and_a_freeze():
     from core import kernels
     from core.projection import warm_up_stages
 
     stages = warm_up_stages()
-    assert stages[0] is kernels.warm_up and [s.__name__ for s in stages[-2:]] == ["warm_up_umap",
-                                                                                   "freeze_long_lived_objects"]
+    assert stages[0] is kernels.warm_up and [s.__name__ for s in stages[-3:]] == [
+        "warm_up_umap", "import_model_loader", "freeze_long_lived_objects"]
     kernels.warm_up()  # every kernel signature loads (or compiles) without error
 
 
