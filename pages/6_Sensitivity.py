@@ -1,4 +1,5 @@
 """Sensitivity: how much do seed terms move the model? Counterfactual insertion and masking (method.md §4.3)."""
+import functools
 import json
 import threading
 from pathlib import Path
@@ -42,7 +43,7 @@ def _run_lists(_run, path: str, stamp: int, target: int, top_n: int, min_count: 
     split_arg = None if split == "all" else split
     common = {"top_n": top_n, "min_count": min_count, "split": split_arg, "by": by, "unit": unit}
     return {"salient": cf.salient_seed_list(_run, target, method=method, k=k, ranking=ranking, weighting=weighting,
-                                            **common),
+                                            matrix_of=functools.partial(ui.run_matrix, _run), **common),
             "log-odds": cf.log_odds_seed_list(_run, target, **common),
             "PMI": cf.pmi_seed_list(_run, target, **common)}
 

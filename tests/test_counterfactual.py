@@ -322,6 +322,16 @@ def test_seed_lists_from_a_run(tiny_run_path):
     # the default ranking is the distinctive one, best first, every score positive
     distinct = [d["distinctiveness"] for d in salient_seed_list(run, 1, top_n=50, min_count=1).details]
     assert distinct == sorted(distinct, reverse=True) and all(d > 0 for d in distinct)
+    # a caller holding the matrix (the dashboard's shared cache) passes its reader: the same list, no disk read
+    asked = []
+
+    def held(key):
+        asked.append(key)
+        return run.representation(key)
+
+    assert salient_seed_list(run, 1, top_n=50, min_count=1, matrix_of=held).terms == tuple(
+        salient_seed_list(run, 1, top_n=50, min_count=1).terms)
+    assert len(asked) == 1 and asked[0].name == "s1" and asked[0].k == 5
     log_odds = log_odds_seed_list(run, 1, top_n=5, min_count=1)
     assert log_odds.source == "log_odds" and 0 < len(log_odds.terms) <= 5
     z = [d["z"] for d in log_odds.details]
