@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from core.analysis import default_min_support
+from core.analysis import _rows_column_stats, default_min_support
 
 Matrix = np.ndarray | sp.spmatrix
 
@@ -90,8 +90,9 @@ def check_comparable(run_a: ComparableRun, run_b: ComparableRun) -> Comparabilit
                       f"{len(ex_b):,}): they were precomputed with another --limit, --sample or columns. Precompute "
                       "both with the same data options.")
     for column in ("text", "label", "split"):
-        if column in ex_a and column in ex_b and not np.array_equal(ex_a[column].astype(str).to_numpy(),
-                                                                     ex_b[column].astype(str).to_numpy()):
+        if column not in ex_a or column not in ex_b or ex_a[column].equals(ex_b[column]):
+            continue  # equal columns of equal types, compared without making a Python string of each cell
+        if not np.array_equal(ex_a[column].astype(str).to_numpy(), ex_b[column].astype(str).to_numpy()):
             differ = int((ex_a[column].astype(str).to_numpy() != ex_b[column].astype(str).to_numpy()).sum())
             return refuse(f"The runs read the same data file into different examples ({differ:,} of "
                           f"{len(ex_a):,} rows have another {column}): they were precomputed with another --sample "
@@ -130,13 +131,14 @@ def prediction_flips(examples_a: pd.DataFrame, examples_b: pd.DataFrame, rows: n
     whose prediction changed from one wrong class to another is not a flip.
     """
     ids = _rows(rows, len(examples_a))
-    a, b = examples_a.iloc[ids], examples_b.iloc[ids]
-    labels = a["label"].to_numpy(dtype=np.int64)
-    pred_a, pred_b = a["pred"].to_numpy(dtype=np.int64), b["pred"].to_numpy(dtype=np.int64)
+    # columns read for the rows, texts for the flips only (not 1,000,000 Python strings to keep a few thousand)
+    labels = examples_a["label"].to_numpy(dtype=np.int64)[ids]
+    pred_a = examples_a["pred"].to_numpy(dtype=np.int64)[ids]
+    pred_b = examples_b["pred"].to_numpy(dtype=np.int64)[ids]
     right_a, right_b = pred_a == labels, pred_b == labels
     flip = right_a != right_b
     keep = np.flatnonzero(flip)
-    frame = pd.DataFrame({"text": a["text"].to_numpy()[keep],
+    frame = pd.DataFrame({"text": examples_a["text"].iloc[ids[keep]].to_numpy(),
                           "label": _names(labels[keep], label_names),
                           "pred_a": _names(pred_a[keep], label_names),
                           "pred_b": _names(pred_b[keep], label_names)},
@@ -144,24 +146,16 @@ def prediction_flips(examples_a: pd.DataFrame, examples_b: pd.DataFrame, rows: n
     change = np.zeros(len(keep))
     prob_cols = [c for c in examples_a.columns if c.startswith("prob_")]
     if prob_cols and all(c in examples_b.columns for c in prob_cols):
-        probs_a = a[sorted(prob_cols, key=lambda c: int(c[5:]))].to_numpy(dtype=np.float64)
-        probs_b = b[sorted(prob_cols, key=lambda c: int(c[5:]))].to_numpy(dtype=np.float64)
-        frame["p_true_a"] = probs_a[keep, labels[keep]]
-        frame["p_true_b"] = probs_b[keep, labels[keep]]
+        ordered = sorted(prob_cols, key=lambda c: int(c[5:]))
+        flipped = ids[keep]
+        probs_a = examples_a[ordered].to_numpy(dtype=np.float64)[flipped]
+        probs_b = examples_b[ordered].to_numpy(dtype=np.float64)[flipped]
+        frame["p_true_a"] = probs_a[np.arange(len(keep)), labels[keep]]
+        frame["p_true_b"] = probs_b[np.arange(len(keep)), labels[keep]]
         change = np.abs(frame["p_true_b"].to_numpy() - frame["p_true_a"].to_numpy())
     frame["direction"] = np.where(right_a[keep], BROKEN, FIXED)
     order = np.lexsort((frame.index.to_numpy(), -change, ~right_a[keep]))
     return frame.iloc[order]
-
-
-def _column_means(R: Matrix, rows: np.ndarray) -> np.ndarray:
-    if len(rows) == 0:
-        return np.zeros(R.shape[1])
-    return np.asarray(R[rows].mean(axis=0), dtype=np.float64).ravel()
-
-
-def _counts(M: Matrix, rows: np.ndarray) -> np.ndarray:
-    return np.asarray((M[rows] > 0).sum(axis=0), dtype=np.int64).ravel()
 
 
 def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequence[str], labels: np.ndarray,
@@ -202,17 +196,25 @@ def term_shift(R_a: Matrix, R_b: Matrix, vocab_a: Sequence[str], vocab_b: Sequen
     if idf_a is not None:
         weight[col_a] = np.asarray(idf_a, dtype=np.float64)
     labels = np.asarray(labels)
+    # each class's sums and counts in one pass over each matrix (its rows as groups), not a copy of its rows
+    members_of = [ids[labels[ids] == c] for c in range(len(label_names))]
+    sums_a, counts_a = _rows_column_stats(R_a, members_of)
+    sums_b, counts_b = _rows_column_stats(R_b, members_of)
+    if presence_a is not None:
+        counts_a = _rows_column_stats(presence_a, members_of)[1]
+    if presence_b is not None:
+        counts_b = _rows_column_stats(presence_b, members_of)[1]
     frames = []
     for c, name in enumerate(label_names):
-        members = ids[labels[ids] == c]
+        members = members_of[c]
         if len(members) == 0:
             continue
         mean_a, mean_b = np.zeros(len(union)), np.zeros(len(union))
-        np.add.at(mean_a, col_a, _column_means(R_a, members))
-        np.add.at(mean_b, col_b, _column_means(R_b, members))
+        np.add.at(mean_a, col_a, sums_a[c] / len(members))
+        np.add.at(mean_b, col_b, sums_b[c] / len(members))
         count = np.zeros(len(union), dtype=np.int64)
-        np.maximum.at(count, col_a, _counts(R_a if presence_a is None else presence_a, members))
-        np.maximum.at(count, col_b, _counts(R_b if presence_b is None else presence_b, members))
+        np.maximum.at(count, col_a, counts_a[c])
+        np.maximum.at(count, col_b, counts_b[c])
         threshold = default_min_support(len(members)) if min_count is None else int(min_count)
         change = mean_b - mean_a
         ok = (count >= threshold) & ~ignored
@@ -289,13 +291,12 @@ def slice_accuracy(examples_a: pd.DataFrame, examples_b: pd.DataFrame, label_nam
     classes without examples in the rows are left out.
     """
     ids = _rows(rows, len(examples_a))
-    a, b = examples_a.iloc[ids], examples_b.iloc[ids]
-    labels = a["label"].to_numpy(dtype=np.int64)
-    right_a = a["pred"].to_numpy(dtype=np.int64) == labels
-    right_b = b["pred"].to_numpy(dtype=np.int64) == labels
+    labels = examples_a["label"].to_numpy(dtype=np.int64)[ids]
+    right_a = examples_a["pred"].to_numpy(dtype=np.int64)[ids] == labels
+    right_b = examples_b["pred"].to_numpy(dtype=np.int64)[ids] == labels
     records = [("all", "all", np.ones(len(ids), dtype=bool))]
-    if "split" in a:
-        splits = a["split"].astype(str).to_numpy()
+    if "split" in examples_a:
+        splits = examples_a["split"].astype(str).to_numpy()[ids]
         records += [(f"split {s}", "split", splits == s) for s in dict.fromkeys(splits)]
     records += [(f"class {name}", "class", labels == c) for c, name in enumerate(label_names)
                 if (labels == c).any()]
