@@ -129,6 +129,17 @@ def test_the_dashboards_word_cloud_png_is_a_palette_image_that_looks_like_the_cl
 # --------------------------------------------------------------------------- plotly figures
 
 
+def test_agreement_histogram_sends_bin_counts_not_values():
+    agreement = pd.DataFrame({"jaccard": [0.0, 0.02, 0.5, 1.0, 1.0, np.nan] * 1000,
+                              "spearman": [-1.0, 0.0, 0.96, 1.0, np.nan, np.nan] * 1000})
+    fig = plots.agreement_histogram(agreement)
+    jaccard, spearman = fig.data
+    assert len(jaccard.x) == len(jaccard.y) == plots.AGREEMENT_BINS  # not 6,000 values
+    assert list(jaccard.y[[0, 10, -1]]) == [2000, 1000, 2000] and sum(jaccard.y) == 5000  # 1.0 in the last bin
+    assert list(spearman.y[[0, 10, -1]]) == [1000, 1000, 2000] and sum(spearman.y) == 4000  # 0.96: bin [0.9, 1]
+    assert jaccard.x[0] == pytest.approx(0.025) and spearman.x[-1] == pytest.approx(0.95)
+
+
 def test_scatter_map_categories_and_customdata():
     examples = pd.DataFrame({"text": list("abcdef")}, index=[10, 11, 12, 13, 14, 15])
     coords = np.arange(12, dtype=np.float32).reshape(6, 2)
