@@ -107,6 +107,15 @@ def check_comparable(run_a: ComparableRun, run_b: ComparableRun) -> Comparabilit
     return Comparability(True, None, same, token_reason)
 
 
+def same_examples(manifest_a: dict, manifest_b: dict) -> bool:
+    """Return whether two runs' manifests name the same data file (its sha256) read into as many examples: the
+    runs the Compare page offers first as run B (another --limit or --sample of one file is refused by
+    check_comparable)."""
+    data_a, data_b = manifest_a.get("data", {}), manifest_b.get("data", {})
+    return (bool(data_a.get("digest")) and data_a.get("digest") == data_b.get("digest")
+            and manifest_a.get("counts", {}).get("examples") == manifest_b.get("counts", {}).get("examples"))
+
+
 def _rows(rows: np.ndarray | None, n: int) -> np.ndarray:
     if rows is None:
         return np.arange(n, dtype=np.int64)

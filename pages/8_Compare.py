@@ -31,12 +31,11 @@ ui.page_header("Compare", view,
 healthy = [e for e in ui.run_entries() if e.problem is None]
 titles = {e.run_id: e.title for e in healthy}
 others = [rid for rid in titles if rid != run_a.run_id]
-digest_a = run_a.manifest.get("data", {}).get("digest")
 
 
 def _same_data(rid: str) -> bool:
     try:
-        return read_manifest(run_a.path.parent / rid).get("data", {}).get("digest") == digest_a
+        return compare.same_examples(run_a.manifest, read_manifest(run_a.path.parent / rid))
     except CacheError:
         return False
 

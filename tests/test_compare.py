@@ -74,6 +74,18 @@ def runs(tmp_path_factory, tiny_data_csv) -> dict[str, Path]:
 # ---------------------------------------------------------------- check_comparable
 
 
+def test_the_run_b_offered_first_holds_the_same_data_read_into_as_many_examples(runs):
+    import copy
+
+    a, b, d = (open_run(runs[k]).manifest for k in "abd")
+    assert compare.same_examples(a, b) and compare.same_examples(b, a)
+    assert not compare.same_examples(a, d)  # another data file
+    fewer = copy.deepcopy(b)
+    fewer["counts"]["examples"] -= 4  # the same file with --limit: check_comparable refuses it
+    assert not compare.same_examples(a, fewer)
+    assert not compare.same_examples({"data": {}}, {"data": {}})  # no digest: nothing to match
+
+
 def test_same_data_is_comparable_and_other_data_is_refused(runs):
     a, b, c, d = (open_run(runs[k]) for k in "abcd")
     assert compare.check_comparable(a, a) == compare.Comparability(True, None, True, None)
