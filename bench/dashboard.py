@@ -1245,6 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     browser = None
     if args.browser:
         other = ensure_scaled_run(args.rows, seed=1)
+        linked_copy(run_path)  # a run the Compare page can compare with (the seed-1 run holds other rows)
         core["browser_wait"] = {}
         browser = browser_timings(run_path.name, other.name, core["rows"],
                                   core["slices"]["contains the word “bad”"][1], walls=core["browser_wait"])
