@@ -12,6 +12,7 @@ unchanged. The run is written through `core.store.publish_run`, so the dashboard
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -37,6 +38,13 @@ def _ragged_take(values: np.ndarray, row_ptr: np.ndarray, rows: np.ndarray) -> t
     # index of every output element in the source: start of its row + position inside the row
     positions = np.arange(new_ptr[-1], dtype=np.int64) - np.repeat(new_ptr[:-1], lengths) + np.repeat(starts, lengths)
     return np.asarray(values)[positions], new_ptr
+
+
+def scaled_data_digest(source_digest: str, n_rows: int, seed: int) -> str:
+    """Return the data digest a scaled run records: its rows are a seeded draw of `n_rows` copies, another data
+    set than the source's file or than a draw of another size or seed (the Compare page offers as run B only a run
+    over the same data)."""
+    return hashlib.sha256(f"{source_digest} scaled to {n_rows} rows, seed {seed}".encode()).hexdigest()
 
 
 def scaled_run_folder(out_root: Path, source_run_id: str, n_rows: int, seed: int = 0) -> Path:
@@ -193,7 +201,8 @@ def scale_run(source: Run, n_rows: int, out_root: Path, seed: int = 0, chunk_row
                                "score_noise_sigma": SCORE_NOISE_SIGMA, "cls_noise_fraction": CLS_NOISE_FRACTION}
     # The model and data files belong to the source run; mark the data as a different file so the dashboard's
     # staleness check does not compare this run with the source's CSV.
-    manifest["data"] = {**manifest["data"], "path": f"{manifest['data']['path']} (scaled to {n_rows} rows)"}
+    manifest["data"] = {**manifest["data"], "path": f"{manifest['data']['path']} (scaled to {n_rows} rows)",
+                        "digest": scaled_data_digest(manifest["data"]["digest"], n_rows, seed)}
     if representations:  # what the precompute stores too: the default representation and the terms' S1
         staged = Run(staging, {"settings": {"methods": list(source.stored_methods)},
                                "model": {"id2label": manifest["model"]["id2label"]}})

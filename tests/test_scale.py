@@ -16,6 +16,12 @@ def test_scaled_run_in_chunks_copies_rows_and_their_word_index(tiny_run_path, is
     run = open_run(scale_run(source, n, isolated_cache, seed=3, chunk_rows=7), verify=True)
     rows = run.examples["source_row"].to_numpy()
     assert run.n_examples == n and np.array_equal(rows[:source.n_examples], np.arange(source.n_examples))
+    # its own data: not the source's file, nor a draw of another size or seed (Compare pairs runs by it)
+    from bench.scaled_run import scaled_data_digest
+
+    digest = run.manifest["data"]["digest"]
+    assert digest == scaled_data_digest(source.manifest["data"]["digest"], n, 3)
+    assert digest != source.manifest["data"]["digest"] != scaled_data_digest(source.manifest["data"]["digest"], n, 4)
     assert (run.examples["text"].to_numpy() == source.examples["text"].to_numpy()[rows]).all()
     for i in (0, source.n_examples + 1, n - 1):  # tokens of a copy are its source row's tokens
         lo, hi = run.row_ptr[i], run.row_ptr[i + 1]
