@@ -595,7 +595,8 @@ def write_report(core: dict, browser: dict | None, args: argparse.Namespace, sta
         for name, seconds in browser.items():
             if name == "server start" or name.startswith("floor"):
                 continue
-            target = TARGET_FIRST_OPEN_S if "first open" in name or "first visit" in name else TARGET_INTERACTION_S
+            # a page's first visit is a click like any other: the 3 s target is for the first open of a run
+            target = TARGET_FIRST_OPEN_S if "first open" in name else TARGET_INTERACTION_S
             lines.append(f"| browser: {name} | {seconds:.2f} s ({browser_floor_ratio(browser, name)}) | "
                          f"{verdict(seconds, target)} |")
 
