@@ -157,8 +157,8 @@ def prediction_flips(examples_a: pd.DataFrame, examples_b: pd.DataFrame, rows: n
     if prob_cols and all(c in examples_b.columns for c in prob_cols):
         ordered = sorted(prob_cols, key=lambda c: int(c[5:]))
         flipped = ids[keep]
-        probs_a = examples_a[ordered].to_numpy(dtype=np.float64)[flipped]
-        probs_b = examples_b[ordered].to_numpy(dtype=np.float64)[flipped]
+        probs_a = examples_a[ordered].iloc[flipped].to_numpy(dtype=np.float64)
+        probs_b = examples_b[ordered].iloc[flipped].to_numpy(dtype=np.float64)
         frame["p_true_a"] = probs_a[np.arange(len(keep)), labels[keep]]
         frame["p_true_b"] = probs_b[np.arange(len(keep)), labels[keep]]
         change = np.abs(frame["p_true_b"].to_numpy() - frame["p_true_a"].to_numpy())
@@ -305,7 +305,7 @@ def slice_accuracy(examples_a: pd.DataFrame, examples_b: pd.DataFrame, label_nam
     right_b = examples_b["pred"].to_numpy(dtype=np.int64)[ids] == labels
     records = [("all", "all", np.ones(len(ids), dtype=bool))]
     if "split" in examples_a:
-        splits = examples_a["split"].astype(str).to_numpy()[ids]
+        splits = examples_a["split"].iloc[ids].astype(str).to_numpy()
         records += [(f"split {s}", "split", splits == s) for s in dict.fromkeys(splits)]
     records += [(f"class {name}", "class", labels == c) for c, name in enumerate(label_names)
                 if (labels == c).any()]

@@ -413,7 +413,7 @@ def map_agreement(row_ptr: np.ndarray, ids: np.ndarray, keep: np.ndarray, scores
     """Return (tokens int64, top_k int64, jaccard float64, spearman float64), one value per example of `ids`: the
     computation of core.compare.map_agreement (which documents it) in one compiled pass over each example's kept
     tokens (`keep`, a bool per token), the examples split between the cores by token count (1,000,000 demo-like
-    examples: about 0.5 s, where numpy's sorts over every token took 35 s)."""
+    examples: 0.7 s on 2 cores, where numpy's sorts over every token took 35 s)."""
     row_ptr = np.asarray(row_ptr, dtype=np.int64)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     keep = np.ascontiguousarray(keep, dtype=np.bool_)
