@@ -17,7 +17,7 @@ measures what the pages do on it:
 - cache size per component;
 - in Debian chromium through playwright: server start, first open, reclusters to counts not computed yet and
   steps of the count's + after reading the page (counts computed ahead), a slice change, the map drawn from
-  stored coordinates and recoloured, then the first visit of every other page.
+  stored coordinates and recoloured, then the first visit of every other page and the Compare page's other tabs.
 
 Warm timings are the median of 5 repeats after one warm-up, in one process. Writes bench/results/dashboard.md.
 """
@@ -510,6 +510,21 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
                 time.sleep(READ_BEFORE_STEP_S)
                 step(f"{link} page, first visit (from the page list, after reading the page before "
                      f"{READ_BEFORE_STEP_S:g} s)", visit(link), ready)
+
+            def open_tab(name: str) -> Callable[[], None]:
+                def act() -> None:
+                    tab = page.get_by_role("tab", name=name, exact=True)
+                    tab.wait_for()
+                    arm_page_clock(page)
+                    tab.click()
+                return act
+
+            # the Compare page's other tabs, each opened after reading the tab before (their work is queued while
+            # the open tab is read)
+            for name, ready in COMPARE_TABS:
+                time.sleep(READ_BEFORE_STEP_S)
+                step(f"Compare page, {name} tab (after reading the tab before {READ_BEFORE_STEP_S:g} s)",
+                     open_tab(name), ready)
         finally:
             _stop(proc)
             browser.close()
@@ -521,11 +536,17 @@ def browser_timings(run_id: str, other_run_id: str | None, rows: int, rows_with_
 
 RECLUSTER_MEDIAN = "recluster, median of the five above"
 # the pages the browser steps visit after the Map: (their link in the sidebar's page list, a selector for content
-# only the finished page draws: the title, or for Compare its last section, which a refused pair of runs never shows)
+# only the finished page draws: the title, or for Compare its first tab's accuracy table, which a refused pair of
+# runs never shows)
+_CAPTION = "[data-testid=stCaptionContainer]"
 OTHER_PAGES = (("Examples", "h1:has-text('Examples')"), ("Neighbours", "h1:has-text('Neighbours')"),
                ("Seed terms", "h1:has-text('Seed terms')"), ("Sensitivity", "h1:has-text('Model sensitivity')"),
                ("Checks", "h1:has-text('Checks')"),
-               ("Compare", "h3:has-text(\"Where run A's clusters went in run B\")"))
+               ("Compare", f"{_CAPTION}:has-text('Accuracy over the slice')"))
+# the Compare page's other tabs (pages/8_Compare.py SECTIONS) and a caption only each draws
+COMPARE_TABS = (("Terms that rose or fell", f"{_CAPTION}:has-text(\"A term's salience in a class\")"),
+                ("Map agreement", f"{_CAPTION}:has-text('Per example, over its tokens')"),
+                ("Cluster flow", f"{_CAPTION}:has-text(\"cluster numbers are the Clusters page's\")"))
 CLOCK_NOTE = ("Timed on the page's own clock (`page_latency`): from the key press or click (for a first open, the "
               "navigation's start) to the animation frame that drew the page's last change, once the content only "
               "the finished run draws is on screen and the script is idle. Playwright's wait for that content, "

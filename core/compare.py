@@ -37,11 +37,13 @@ class ComparableRun(Protocol):
     """What `check_comparable` reads of a run (core.store.Run has it)."""
 
     manifest: dict[str, Any]
-    examples: pd.DataFrame
+    example_column_names: list[str]
     label_names: list[str]
     token_ids: np.ndarray
     row_ptr: np.ndarray
     vocab: list[str]
+
+    def example_columns(self, columns: Sequence[str]) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -84,27 +86,53 @@ def check_comparable(run_a: ComparableRun, run_b: ComparableRun) -> Comparabilit
         return refuse(f"The runs were computed on different data: run A's data file {_data_name(run_a)} (sha256 "
                       f"{digest_a[:12] or '?'}…) is not run B's {_data_name(run_b)} (sha256 "
                       f"{digest_b[:12] or '?'}…). Compare runs precomputed on the same data file.")
-    ex_a, ex_b = run_a.examples, run_b.examples
-    if len(ex_a) != len(ex_b):
-        return refuse(f"The runs read the same data file into different examples (A has {len(ex_a):,}, B "
-                      f"{len(ex_b):,}): they were precomputed with another --limit, --sample or columns. Precompute "
-                      "both with the same data options.")
-    for column in ("text", "label", "split"):
-        if column not in ex_a or column not in ex_b or ex_a[column].equals(ex_b[column]):
+    n_a, n_b = len(run_a.row_ptr) - 1, len(run_b.row_ptr) - 1
+    if n_a != n_b:
+        return refuse(f"The runs read the same data file into different examples (A has {n_a:,}, B {n_b:,}): they "
+                      "were precomputed with another --limit, --sample or columns. Precompute both with the same "
+                      "data options.")
+    for column in _example_columns_to_compare(run_a, run_b):
+        col_a, col_b = run_a.example_columns([column])[column], run_b.example_columns([column])[column]
+        if col_a.equals(col_b):
             continue  # equal columns of equal types, compared without making a Python string of each cell
-        if not np.array_equal(ex_a[column].astype(str).to_numpy(), ex_b[column].astype(str).to_numpy()):
-            differ = int((ex_a[column].astype(str).to_numpy() != ex_b[column].astype(str).to_numpy()).sum())
-            return refuse(f"The runs read the same data file into different examples ({differ:,} of "
-                          f"{len(ex_a):,} rows have another {column}): they were precomputed with another --sample "
-                          "or other text, label or split columns. Precompute both with the same data options.")
-    same = (np.array_equal(np.asarray(run_a.row_ptr), np.asarray(run_b.row_ptr))
-            and np.array_equal(np.asarray(run_a.token_ids), np.asarray(run_b.token_ids))
-            and list(run_a.vocab) == list(run_b.vocab))
+        if not np.array_equal(col_a.astype(str).to_numpy(), col_b.astype(str).to_numpy()):
+            differ = int((col_a.astype(str).to_numpy() != col_b.astype(str).to_numpy()).sum())
+            what = "row of the data file" if column == "source_row" else column
+            return refuse(f"The runs read the same data file into different examples ({differ:,} of {n_a:,} rows "
+                          f"have another {what}): they were precomputed with another --sample or other text, "
+                          "label or split columns. Precompute both with the same data options.")
+    same = (list(run_a.vocab) == list(run_b.vocab)
+            and all(_same_recorded_file(run_a, run_b, f"tokens/{name}.npy")
+                    or np.array_equal(np.asarray(getattr(run_a, name)), np.asarray(getattr(run_b, name)))
+                    for name in ("row_ptr", "token_ids")))
     token_reason = None if same else (
         "The two runs tokenize the texts differently (another tokenizer or max_length), so their saliency maps "
         "are over different tokens: per-token map agreement needs the same tokens and is not computed. "
         "Predictions, whole-word terms and clusters are compared as usual.")
     return Comparability(True, None, same, token_reason)
+
+
+def _example_columns_to_compare(run_a: ComparableRun, run_b: ComparableRun) -> list[str]:
+    # the columns that must be equal row by row (the data digests are equal). Texts are read only when the rows'
+    # positions in the file do not settle them: the same file's same rows, read from the same text column, are the
+    # same texts, and a 1,000,000-row run's texts take most of the time to open it (0.3-0.5 s)
+    def names(run: ComparableRun) -> set[str]:
+        return set(run.example_column_names)
+
+    shared = names(run_a) & names(run_b)
+    text_col_a = run_a.manifest.get("settings", {}).get("text_col")
+    same_text_column = text_col_a is not None and text_col_a == run_b.manifest.get("settings", {}).get("text_col")
+    rows_settle_texts = "source_row" in shared and same_text_column
+    wanted = ("source_row", "label", "split") if rows_settle_texts else ("text", "label", "split")
+    return [c for c in wanted if c in shared]
+
+
+def _same_recorded_file(run_a: ComparableRun, run_b: ComparableRun, name: str) -> bool:
+    # the same sha256 in both manifests: the same bytes, since an opened run's files are verified against its
+    # manifest (core.store.open_run), so the arrays need not be read (0.15 s at 1,000,000 examples); other hashes
+    # may still hold equal values (another dtype), which the caller then compares
+    digest_a = run_a.manifest.get("files", {}).get(name, {}).get("sha256")
+    return bool(digest_a) and digest_a == run_b.manifest.get("files", {}).get(name, {}).get("sha256")
 
 
 def same_examples(manifest_a: dict, manifest_b: dict) -> bool:
@@ -114,6 +142,16 @@ def same_examples(manifest_a: dict, manifest_b: dict) -> bool:
     data_a, data_b = manifest_a.get("data", {}), manifest_b.get("data", {})
     return (bool(data_a.get("digest")) and data_a.get("digest") == data_b.get("digest")
             and manifest_a.get("counts", {}).get("examples") == manifest_b.get("counts", {}).get("examples"))
+
+
+def texts_of(texts: pd.Series, ids: np.ndarray) -> np.ndarray:
+    """Return the values of `texts` at the positions `ids` (an object array, in the order of `ids`)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) <= 2_000:
+        # one by one (4 us each): a take from a text column held in several Arrow chunks concatenates them all
+        # first, 10-25 ms at 1,000,000 rows and 0.4 s the first time
+        return np.array([texts.iat[i] for i in ids.tolist()] or [], dtype=object)
+    return texts.iloc[ids].to_numpy(dtype=object)
 
 
 def _rows(rows: np.ndarray | None, n: int) -> np.ndarray:
@@ -147,7 +185,7 @@ def prediction_flips(examples_a: pd.DataFrame, examples_b: pd.DataFrame, rows: n
     right_a, right_b = pred_a == labels, pred_b == labels
     flip = right_a != right_b
     keep = np.flatnonzero(flip)
-    frame = pd.DataFrame({"text": examples_a["text"].iloc[ids[keep]].to_numpy(),
+    frame = pd.DataFrame({"text": texts_of(examples_a["text"], ids[keep]),
                           "label": _names(labels[keep], label_names),
                           "pred_a": _names(pred_a[keep], label_names),
                           "pred_b": _names(pred_b[keep], label_names)},
@@ -263,6 +301,66 @@ def map_agreement(row_ptr: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarra
                         index=pd.Index(ids, name="row"))
 
 
+def _lowest(keys: np.ndarray, ids: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    # (the ids whose key is below the n-th lowest key, the ids tied with it; keys without NaN), without a sort of
+    # every key. For a few rows: one pass per distinct lowest value (np.partition takes 0.2 s on 1,000,000 keys
+    # that are all equal but a few, as two maps that agree everywhere give)
+    if n > 64:
+        threshold = np.partition(keys, n - 1)[n - 1]
+    else:
+        threshold, counted = keys.min(), 0
+        while True:
+            counted += int(np.count_nonzero(keys == threshold))
+            if counted >= n:
+                break
+            threshold = keys[keys > threshold].min()
+    return ids[keys < threshold], ids[keys == threshold]
+
+
+def least_agreeing(agreement: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Return the `n` rows of `agreement` (map_agreement's frame) whose maps agree least: lowest Jaccard, then
+    lowest Spearman (missing last), then in the frame's order; rows without a Jaccard are left out. The same rows,
+    in the same order, as a stable sort by (jaccard, spearman), without sorting every row (0.3 s at 1,000,000)."""
+    jaccard = agreement["jaccard"].to_numpy(dtype=np.float64)
+    spearman = agreement["spearman"].to_numpy(dtype=np.float64)
+    chosen = np.flatnonzero(~np.isnan(jaccard))
+    if 0 < n < len(chosen):
+        below, tied = _lowest(jaccard[chosen], chosen, n)
+        need = n - len(below)
+        if len(tied) > need:  # among the tied Jaccards: the lowest Spearman, then the first rows
+            second = np.where(np.isnan(spearman[tied]), np.inf, spearman[tied])
+            lower, level = _lowest(second, tied, need)
+            tied = np.concatenate([lower, level[:need - len(lower)]])
+        chosen = np.sort(np.concatenate([below, tied]))
+    order = np.lexsort((spearman[chosen], jaccard[chosen]))[:max(n, 0)]  # stable: frame order breaks ties
+    return agreement.iloc[chosen[order]]
+
+
+@dataclass(frozen=True)
+class AgreementSummary:
+    """What the Compare page shows of map_agreement's per-example frame: the medians (NaN without values), the
+    number of examples with a Jaccard, and the least-agreeing rows (least_agreeing)."""
+
+    median_jaccard: float
+    median_spearman: float
+    compared: int
+    least: pd.DataFrame
+
+
+def summarize_agreement(agreement: pd.DataFrame, n_least: int) -> AgreementSummary:
+    """Return the AgreementSummary of map_agreement's frame, with its `n_least` least-agreeing rows."""
+    jaccard = agreement["jaccard"].to_numpy(dtype=np.float64)
+    spearman = agreement["spearman"].to_numpy(dtype=np.float64)
+    counted = ~np.isnan(jaccard)
+
+    def median(values: np.ndarray) -> float:
+        values = values[~np.isnan(values)]
+        return float(np.median(values)) if len(values) else math.nan
+
+    return AgreementSummary(median(jaccard), median(spearman), int(counted.sum()),
+                            least_agreeing(agreement, n_least))
+
+
 def cluster_flow(labels_a: np.ndarray, labels_b: np.ndarray) -> pd.DataFrame:
     """Return the contingency table of two clusterings of the same examples: how many examples of each cluster of
     A (rows, ascending id) are in each cluster of B (columns).
@@ -274,10 +372,7 @@ def cluster_flow(labels_a: np.ndarray, labels_b: np.ndarray) -> pd.DataFrame:
     labels_a, labels_b = np.asarray(labels_a, dtype=np.int64), np.asarray(labels_b, dtype=np.int64)
     if labels_a.shape != labels_b.shape:
         raise ValueError(f"the clusterings cover {len(labels_a)} and {len(labels_b)} examples; they must be equal")
-    ids_a, inv_a = np.unique(labels_a, return_inverse=True)
-    ids_b, inv_b = np.unique(labels_b, return_inverse=True)
-    table = np.zeros((len(ids_a), len(ids_b)), dtype=np.int64)
-    np.add.at(table, (inv_a, inv_b), 1)
+    table, ids_a, ids_b = _contingency(labels_a, labels_b)
     if table.size:
         home = table.argmax(axis=0)
         order = np.lexsort((ids_b, -table[home, np.arange(len(ids_b))], home))
@@ -285,6 +380,27 @@ def cluster_flow(labels_a: np.ndarray, labels_b: np.ndarray) -> pd.DataFrame:
         order = np.arange(len(ids_b))
     return pd.DataFrame(table[:, order], index=pd.Index(ids_a, name="A cluster"),
                         columns=pd.Index(ids_b[order], name="B cluster"))
+
+
+def _contingency(labels_a: np.ndarray, labels_b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # (counts of each pair of ids present, A's ids, B's ids), both ascending: one bincount over the pairs when the
+    # ids span a small range (cluster ids: 0.01 s at 1,000,000 examples, against 0.3 s for np.unique + np.add.at)
+    if not len(labels_a):
+        empty = np.zeros(0, dtype=np.int64)
+        return np.zeros((0, 0), dtype=np.int64), empty, empty
+    low_a, low_b = int(labels_a.min()), int(labels_b.min())
+    span_a, span_b = int(labels_a.max()) - low_a + 1, int(labels_b.max()) - low_b + 1
+    if span_a * span_b > 4 * len(labels_a) + 1_000_000:  # sparse ids: count the distinct ones
+        ids_a, inv_a = np.unique(labels_a, return_inverse=True)
+        ids_b, inv_b = np.unique(labels_b, return_inverse=True)
+        table = np.zeros((len(ids_a), len(ids_b)), dtype=np.int64)
+        np.add.at(table, (inv_a, inv_b), 1)
+        return table, ids_a, ids_b
+    pairs = (labels_a - low_a) * span_b + (labels_b - low_b)
+    table = np.bincount(pairs, minlength=span_a * span_b).reshape(span_a, span_b)
+    present_a, present_b = table.any(axis=1), table.any(axis=0)
+    return (table[np.ix_(present_a, present_b)], np.flatnonzero(present_a) + low_a,
+            np.flatnonzero(present_b) + low_b)
 
 
 def _accuracy(correct: np.ndarray) -> float:
@@ -305,8 +421,9 @@ def slice_accuracy(examples_a: pd.DataFrame, examples_b: pd.DataFrame, label_nam
     right_b = examples_b["pred"].to_numpy(dtype=np.int64)[ids] == labels
     records = [("all", "all", np.ones(len(ids), dtype=bool))]
     if "split" in examples_a:
-        splits = examples_a["split"].iloc[ids].astype(str).to_numpy()
-        records += [(f"split {s}", "split", splits == s) for s in dict.fromkeys(splits)]
+        # codes, not a Python string per row (0.15 s at 1,000,000 rows); names in order of first appearance
+        codes, splits = pd.factorize(examples_a["split"].iloc[ids].astype(str), sort=False)
+        records += [(f"split {s}", "split", codes == i) for i, s in enumerate(splits)]
     records += [(f"class {name}", "class", labels == c) for c, name in enumerate(label_names)
                 if (labels == c).any()]
     out = pd.DataFrame([{"slice": title, "kind": kind, "examples": int(mask.sum()),

@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -408,10 +409,33 @@ class Run:
     @cached_property
     def examples(self) -> pd.DataFrame:
         """Return one row per example: text, label, split, source_row, pred, correct, prob_<i>."""
+        return self._read_examples(None)
+
+    @cached_property
+    def example_column_names(self) -> list[str]:
+        """Return the examples table's column names (read from the file's schema, not its rows)."""
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(self.path / "examples.parquet").names)
+
+    def example_columns(self, columns: Sequence[str]) -> pd.DataFrame:
+        """Return the examples table's `columns` (every row, in order): from `examples` once that has been read,
+        else read from the file alone and kept (the texts, most of the table, are then not read: a second run
+        compared with this one needs its predictions only)."""
+        columns = list(columns)
+        if "examples" in self.__dict__:
+            return self.examples[columns]
+        kept = self.__dict__.setdefault("_example_columns", {})
+        key = tuple(columns)
+        if key not in kept:
+            kept[key] = self._read_examples(columns)
+        return kept[key]
+
+    def _read_examples(self, columns: list[str] | None) -> pd.DataFrame:
         import pyarrow as pa
 
         try:
-            return pd.read_parquet(self.path / "examples.parquet")
+            return pd.read_parquet(self.path / "examples.parquet", columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise CacheError(f"Run {self.run_id} is corrupt: examples.parquet cannot be read ({exc}). Re-run "
                              f"precompute on the same model and data to rebuild it, or delete {self.path}.") from exc

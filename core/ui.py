@@ -320,9 +320,9 @@ def _damaged_runs() -> dict[tuple[str, int], str]:
 def _checked_run(path: str, stamp: int) -> Run | str:
     """Return the run, fully verified (schema, sizes, every file's hash), or the reason it is damaged."""
     try:
-        run = open_run(path, verify=True)
-        run.examples  # noqa: B018 - every page needs the table; read it once per process
-        return run
+        # the examples table is read on first use (kept with the run): a second run the Compare page reads needs
+        # its predictions only (Run.example_columns), not its texts
+        return open_run(path, verify=True)
     except CacheError as exc:
         _damaged_runs()[(path, stamp)] = str(exc)
         return str(exc)
@@ -709,6 +709,16 @@ def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bo
     return counts
 
 
+def prefetch(jobs: Sequence[Callable[[], Any]]) -> bool:
+    """Queue `jobs` (calls filling the caches a page reads) to run one at a time once the server is idle,
+    replacing the work queued before (by this page or another); return whether they were queued (False when
+    prefetching is off)."""
+    if not prefetch_enabled():
+        return False
+    _PREFETCH.submit(list(jobs))
+    return True
+
+
 def prefetch_clusters_page(view: View) -> list[int]:
     """Queue, from another page, what the Clusters page draws first for this view (its clusters, table and word
     clouds at the view's count and the term ranking it last showed, else its default) and then the counts one step
@@ -990,6 +1000,45 @@ def synced(widget: Callable[..., T], label: str, key: str, default: T, *, option
         except st.errors.StreamlitAPIException:  # a parameter bound elsewhere: leave the URL alone
             pass
     return value
+
+
+def synced_tabs(labels: Sequence[str], key: str) -> Sequence[Any]:
+    """Draw st.tabs over `labels`, keyed by `key`, whose open tab is kept across pages and in the URL (the query
+    parameter is left out on the first tab); return the tab containers.
+
+    Lazy tabs: opening one reruns the script (or the fragment the tabs are in), and only the open tab's
+    container has `.open` True, so a page computes only what that tab shows.
+    """
+    _seed(key, labels[0], options=list(labels))
+
+    def keep() -> None:
+        st.session_state[_KEEP][key] = st.session_state[key]
+
+    tabs = st.tabs(list(labels), key=key, on_change=keep)
+    st.session_state[_KEEP][key] = st.session_state[key]
+    try:
+        if st.session_state[key] == labels[0]:
+            if key in st.query_params:
+                del st.query_params[key]
+        else:
+            st.query_params[key] = st.session_state[key]
+    except st.errors.StreamlitAPIException:
+        pass
+    return tabs
+
+
+def remembered(key: str, default: T) -> T:
+    """Return the value the `synced` widget `key` has or will be drawn with (its current value, else its value
+    from an earlier visit, else the shared link's), else `default`; draws nothing (for work queued ahead of a
+    widget that is not on the page yet)."""
+    keep = st.session_state.get(_KEEP, {})
+    if key in st.session_state:
+        return st.session_state[key]
+    if key in keep:
+        return keep[key]
+    if key in _initial_query():
+        return _parse_query(_initial_query()[key], default)
+    return default
 
 
 def forget(key: str) -> None:

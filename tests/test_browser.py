@@ -233,6 +233,22 @@ def test_every_page_in_a_browser(server):
         assert "removal: mask · computed in" in text  # the stored result is drawn (table, curves, caption)
         shoot(page, "checks")
 
+        # Compare (one run: two of its attribution methods), one tab at a time: a tab's click computes and draws
+        # that tab alone, in the tabs' fragment, and the open tab is in the link.
+        page.get_by_role("link", name="Compare").first.click()
+        settle(page)
+        text = main_text(page)
+        assert "Accuracy over the slice" in text and "least-agreeing examples" not in text
+        page.get_by_role("tab", name="Map agreement").click()
+        settle(page)
+        text = main_text(page)
+        assert "least-agreeing examples" in text and "Accuracy over the slice" not in text
+        assert "section=Map" in page.url
+        page.get_by_role("tab", name="Cluster flow").click()
+        settle(page)
+        assert "adjusted Rand index" in main_text(page)
+        shoot(page, "compare")
+
         # Back on the Summary page after pages that drew st.plotly_chart, whose code sets window.Plotly to the
         # plotly.js Streamlit bundles: the live charts are still drawn by the package's, which wrote the figures.
         page.get_by_role("link", name="Summary").first.click()

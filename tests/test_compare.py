@@ -101,24 +101,51 @@ def test_same_data_is_comparable_and_other_data_is_refused(runs):
     assert "different data" in refused.reason and "other.csv" in refused.reason and "tiny.csv" in refused.reason
 
 
+class FakeRun:
+    """A run as check_comparable reads it, from an examples table and token arrays given here."""
+
+    def __init__(self, run, examples: pd.DataFrame, row_ptr: np.ndarray | None = None, manifest: dict | None = None,
+                 label_names: list[str] | None = None) -> None:
+        self.manifest, self.vocab, self.token_ids = manifest or run.manifest, run.vocab, run.token_ids
+        self.label_names = label_names or run.label_names
+        self.row_ptr = run.row_ptr[:len(examples) + 1] if row_ptr is None else row_ptr
+        self.table, self.read = examples, []
+
+    @property
+    def example_column_names(self) -> list[str]:
+        return list(self.table.columns)
+
+    def example_columns(self, columns):
+        self.read += list(columns)
+        return self.table[list(columns)]
+
+
 def test_same_file_read_into_other_examples_is_refused(runs):
     a = open_run(runs["a"])
+    fewer = FakeRun(a, a.examples.iloc[:10])  # the same data file precomputed with --limit
+    assert "different examples (A has 16, B 10)" in compare.check_comparable(a, fewer).reason
 
-    class Fewer:  # the same data file precomputed with --limit
-        manifest, label_names, vocab = a.manifest, a.label_names, a.vocab
-        examples, token_ids, row_ptr = a.examples.iloc[:10], a.token_ids, a.row_ptr[:11]
+    shuffled = FakeRun(a, a.examples.iloc[::-1].reset_index(drop=True))  # --sample: same count, other order
+    assert "another row of the data file" in compare.check_comparable(a, shuffled).reason
 
-    assert "different examples (A has 16, B 10)" in compare.check_comparable(a, Fewer).reason
+    renamed = FakeRun(a, a.examples, label_names=["bad", "good"])
+    assert "different classes" in compare.check_comparable(a, renamed).reason
 
-    class Shuffled(Fewer):  # --sample: same count, other order
-        examples = a.examples.iloc[::-1].reset_index(drop=True)
 
-    assert "another text" in compare.check_comparable(a, Shuffled).reason
+def test_texts_are_compared_only_when_the_rows_do_not_settle_them(runs):
+    a = open_run(runs["a"])
+    same = FakeRun(a, a.examples)  # the same rows of the same file, from the same text column
+    assert compare.check_comparable(a, same).comparable and "text" not in same.read
 
-    class Renamed(Fewer):
-        label_names = ["bad", "good"]
+    other_column = {**a.manifest, "settings": {**a.manifest["settings"], "text_col": "summary"}}
+    other_texts = a.examples.assign(text=a.examples["text"].str.upper())
+    upper = FakeRun(a, other_texts, manifest=other_column)  # the same rows, another text column
+    assert "another text" in compare.check_comparable(a, upper).reason and "text" in upper.read
+    same_texts = FakeRun(a, a.examples, manifest=other_column)  # another column that holds the same texts
+    assert compare.check_comparable(a, same_texts).comparable
 
-    assert "different classes" in compare.check_comparable(a, Renamed).reason
+    no_rows = FakeRun(a, other_texts.drop(columns="source_row"))  # an older table without source rows
+    assert "another text" in compare.check_comparable(a, no_rows).reason
 
 
 # ---------------------------------------------------------------- prediction flips
@@ -316,6 +343,38 @@ def test_cluster_flow_orders_relabelled_clusters_onto_the_diagonal():
         compare.cluster_flow(a, b[:3])
 
 
+def test_cluster_flow_counts_like_a_crosstab_with_dense_sparse_and_negative_ids():
+    rng = np.random.default_rng(0)
+    for a, b in ((rng.integers(0, 7, 500), rng.integers(2, 9, 500)),  # ids from 0 and from 2, some unused
+                 (rng.integers(0, 4, 300) * 10**9, rng.integers(-3, 3, 300)),  # far apart, negative
+                 (np.array([], dtype=np.int64), np.array([], dtype=np.int64))):
+        flow = compare.cluster_flow(a, b)
+        want = pd.crosstab(pd.Series(a, name="A cluster"), pd.Series(b, name="B cluster"))
+        assert sorted(flow.columns) == sorted(want.columns) and flow.index.tolist() == want.index.tolist()
+        assert (flow[want.columns].to_numpy() == want.to_numpy()).all()
+
+
+def test_least_agreeing_equals_a_stable_sort_with_ties_and_missing_values():
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        m, n = int(rng.integers(0, 200)), int(rng.integers(0, 100))  # n over 64: the partition
+        frame = pd.DataFrame({"jaccard": rng.choice([0.0, 0.25, 0.5, 1.0, np.nan], size=m),
+                              "spearman": rng.choice([-1.0, 0.0, 0.5, 1.0, np.nan], size=m)},
+                             index=pd.Index(rng.permutation(1000)[:m], name="row"))
+        want = frame.dropna(subset=["jaccard"]).sort_values(["jaccard", "spearman"], kind="stable").iloc[:n]
+        pd.testing.assert_frame_equal(compare.least_agreeing(frame, n), want)
+
+
+def test_agreement_summary_has_the_medians_without_missing_values_and_the_least_agreeing_rows():
+    frame = pd.DataFrame({"jaccard": [0.5, np.nan, 0.2, 1.0, 0.2], "spearman": [np.nan, np.nan, 0.3, 0.9, -0.5]},
+                         index=pd.Index([7, 3, 9, 1, 4], name="row"))
+    summary = compare.summarize_agreement(frame, 2)
+    assert summary.median_jaccard == pytest.approx(0.35) and summary.median_spearman == pytest.approx(0.3)
+    assert summary.compared == 4 and summary.least.index.tolist() == [4, 9]  # Jaccard ties: lower Spearman first
+    empty = compare.summarize_agreement(frame.iloc[[1]], 2)
+    assert np.isnan(empty.median_jaccard) and empty.compared == 0 and empty.least.empty
+
+
 def test_slice_accuracy_side_by_side(runs):
     a, b = open_run(runs["a"]), open_run(runs["b"])
     table = compare.slice_accuracy(a.examples, b.examples, a.label_names).set_index("slice")
@@ -339,20 +398,43 @@ def _into_cache(cache: Path, *paths: Path) -> list[str]:
     return ids
 
 
+SECTIONS = ("Accuracy and flips", "Terms that rose or fell", "Map agreement", "Cluster flow")
+
+
+def open_section(at, name: str):
+    """Open the Compare page's tab `name`, as a click on it does (the tabs are keyed `section`), and rerun."""
+    at.session_state["section"] = name
+    return at.run()
+
+
 def test_page_compares_two_runs_and_opens_a_flip_in_examples(runs, isolated_cache):
     id_a, id_b = _into_cache(isolated_cache, runs["a"], runs["b"])
     at = open_page("compare", run=id_a, run_b=id_b, clusters="2")
     no_exception(at)
     assert at.title[0].value == "Compare"
+    assert [t.label for t in at.tabs] == list(SECTIONS)
     flips = at.dataframe(key="flips_table").value
     assert len(flips) == 16  # the swapped head flips every example
     accuracy = table_with(at, "accuracy_a")
     assert accuracy["slice"].tolist()[0] == "all"
     np.testing.assert_allclose(accuracy["accuracy_a"] + accuracy["accuracy_b"], 1.0)
-    assert "No term's salience changed" in texts(at.info)  # the same maps
-    assert at.dataframe(key="least_agreeing").value["jaccard"].min() == 1.0
-    assert len(at.get("plotly_chart")) == 2  # agreement histogram, cluster flow
+    assert not at.get("plotly_chart") and not at.info  # the other tabs are not computed until opened
 
+    open_section(at, "Terms that rose or fell")
+    no_exception(at)
+    assert "No term's salience changed" in texts(at.info)  # the same maps
+    assert "flip_pick" not in [s.key for s in at.selectbox]
+    open_section(at, "Map agreement")
+    no_exception(at)
+    assert at.dataframe(key="least_agreeing").value["jaccard"].min() == 1.0
+    assert len(at.get("plotly_chart")) == 1  # the agreement histogram only
+    open_section(at, "Cluster flow")
+    no_exception(at)
+    assert len(at.get("plotly_chart")) == 1 and "adjusted Rand index 1.00" in texts(at.caption)
+    assert at.query_params["section"] == "Cluster flow"  # a shared link opens the same tab
+
+    open_section(at, "Accuracy and flips")
+    assert "section" not in at.query_params
     row = int(flips.index[3])
     at.selectbox(key="flip_pick").set_value(row).run()
     at.button(key="flip_to_examples").click().run()
@@ -361,13 +443,52 @@ def test_page_compares_two_runs_and_opens_a_flip_in_examples(runs, isolated_cach
     assert at.subheader[0].value.startswith(f"Example {row}")
 
 
+def test_the_other_tabs_are_computed_while_one_is_read_and_opening_them_is_a_cache_hit(runs, isolated_cache,
+                                                                                       monkeypatch):
+    import streamlit as st
+
+    from core import ui
+    from tests.test_fragments import count_calls, run_fragments
+
+    id_a, id_b = _into_cache(isolated_cache, runs["a"], runs["b"])
+    calls = {"term shift": 0, "map agreement": 0, "k-means": 0}
+    count_calls(monkeypatch, compare, "term_shift", calls, "term shift")
+    count_calls(monkeypatch, compare, "map_agreement", calls, "map agreement")
+    count_calls(monkeypatch, analysis, "cluster_rows", calls, "k-means")
+    st.cache_data.clear()
+    monkeypatch.setenv(ui.PREFETCH_ENV, "1")
+    at = open_page("compare", run=id_a, run_b=id_b, clusters="2")
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60)
+    # while the first tab is read: the other three tabs' work (the flow's clusters of A and of B)
+    assert calls == {"term shift": 1, "map agreement": 1, "k-means": 2}
+    for section in SECTIONS[1:]:
+        at.session_state["section"] = section
+        run_fragments(at, monkeypatch)  # a tab click reruns the tabs' fragment only
+        no_exception(at)
+        assert [t.label for t in at.tabs] == list(SECTIONS)
+    assert len(at.get("plotly_chart")) == 1  # the cluster flow, drawn from what was computed ahead
+    assert calls == {"term shift": 1, "map agreement": 1, "k-means": 2}, "a tab recomputed what was computed ahead"
+    assert ui._PREFETCH.wait_until_done(60)
+
+    monkeypatch.setenv(ui.PREFETCH_ENV, "0")  # turned off: a tab computes its own section when opened
+    st.cache_data.clear()
+    at.session_state["section"] = "Map agreement"
+    run_fragments(at, monkeypatch)
+    assert ui._PREFETCH.wait_until_done(60) and calls["map agreement"] == 2 and calls["term shift"] == 1
+
+
 def test_page_with_other_tokenizer_says_why_no_map_agreement(runs, isolated_cache):
     id_a, id_c = _into_cache(isolated_cache, runs["a"], runs["c"])
-    at = open_page("compare", run=id_a, run_b=id_c, clusters="2")
+    at = open_page("compare", run=id_a, run_b=id_c, clusters="2", section="Map agreement")
     no_exception(at)
     assert "map agreement needs the same tokens" in texts(at.info)
-    assert "accuracy_a" in table_with(at, "accuracy_a") and table_with(at, "salience_b") is not None
-    assert len(at.get("plotly_chart")) == 2  # term shift, cluster flow
+    open_section(at, "Accuracy and flips")
+    assert "accuracy_a" in table_with(at, "accuracy_a")
+    open_section(at, "Terms that rose or fell")
+    assert table_with(at, "salience_b") is not None and len(at.get("plotly_chart")) == 1
+    open_section(at, "Cluster flow")
+    assert len(at.get("plotly_chart")) == 1
 
     at.button(key="swap_runs").click().run()  # B becomes the sidebar's run
     no_exception(at)
@@ -389,7 +510,9 @@ def test_page_with_one_run_compares_its_methods_or_says_it_needs_two(runs, isola
     assert "needs two runs" in texts(at.info) and "attribution methods" in texts(at.info)
     assert at.selectbox(key="method_b").value == "grad_x_input"
     assert "No prediction flips" in texts(at.success)  # one model: the same predictions
+    open_section(at, "Map agreement")
     assert at.dataframe(key="least_agreeing").value["jaccard"].min() < 1.0  # two methods' maps differ
+    open_section(at, "Terms that rose or fell")
     assert table_with(at, "salience_b") is not None
 
     manifest = isolated_cache / "runs" / id_a / "manifest.json"  # the run made single-method
@@ -405,9 +528,13 @@ def test_page_with_one_run_compares_its_methods_or_says_it_needs_two(runs, isola
 def test_page_does_not_render_class_names_or_terms_as_markdown(hostile_data_run):
     # the fixture run (3 methods) with link and image class names and a word piece: the page compares its methods
     at = open_page("compare", clusters="2", terms="piece", shift_min="1")
-    no_exception(at)
-    assert_no_live_markup(at)
-    assert any("evil" in v for v in markdown_values(at))
+    seen = []
+    for section in SECTIONS:  # each tab draws its own class names, terms and texts
+        open_section(at, section)
+        no_exception(at)
+        assert_no_live_markup(at)
+        seen += markdown_values(at)
+    assert any("evil" in v for v in seen)
 
 
 def test_term_shift_ranks_by_change_times_idf():

@@ -113,6 +113,16 @@ def fresh_run(tiny_model_dir, tiny_data_csv, tmp_path):
     return precompute(tiny_model_dir, data, SETTINGS, progress=False).run_path, data
 
 
+def test_some_columns_of_the_examples_are_read_without_the_others(fresh_run):
+    path, _ = fresh_run
+    run = open_run(path, verify=True)
+    assert "examples" not in run.__dict__  # opening reads no row
+    assert {"text", "label", "pred", "source_row"} <= set(run.example_column_names)
+    preds = run.example_columns(["pred", "prob_1"])
+    assert list(preds.columns) == ["pred", "prob_1"] and "examples" not in run.__dict__
+    pd.testing.assert_frame_equal(preds, run.examples[["pred", "prob_1"]])  # the same rows, in order
+
+
 def test_corrupt_files_are_reported_not_used(fresh_run):
     path, _ = fresh_run
     scores = path / "saliency" / "grad_l2.npy"
