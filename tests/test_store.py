@@ -123,6 +123,24 @@ def test_some_columns_of_the_examples_are_read_without_the_others(fresh_run):
     pd.testing.assert_frame_equal(preds, run.examples[["pred", "prob_1"]])  # the same rows, in order
 
 
+def test_examples_stored_in_several_row_groups_are_read_into_one_piece_per_column(fresh_run):
+    import pyarrow.parquet as pq
+
+    path, _ = fresh_run
+    table = path / "examples.parquet"
+    before = pd.read_parquet(table)
+    pq.write_table(pq.read_table(table), table, row_group_size=3)  # as bench.scaled_run writes 1,000,000 rows
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"]["examples.parquet"] = {"bytes": table.stat().st_size, "sha256": file_digest(table)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    assert pq.ParquetFile(table).num_row_groups > 1 and pd.read_parquet(table)["text"].array._pa_array.num_chunks > 1
+    run = open_run(path, verify=True)
+    # one piece: a take of a few texts does not concatenate every piece first
+    assert run.example_columns(["text", "pred"])["text"].array._pa_array.num_chunks == 1  # read alone
+    assert run.examples["text"].array._pa_array.num_chunks == 1
+    pd.testing.assert_frame_equal(run.examples, before, check_exact=True)
+
+
 def test_corrupt_files_are_reported_not_used(fresh_run):
     path, _ = fresh_run
     scores = path / "saliency" / "grad_l2.npy"
