@@ -107,12 +107,18 @@ def _copy_word_index(source: Run, rows: np.ndarray, new_ptr: np.ndarray, staging
                                       encoding="utf-8")
 
 
+# The examples table's row groups: pyarrow's default, what the precompute's DataFrame.to_parquet writes (a run of up
+# to 1,048,576 examples is one group, read in one piece; groups of CHUNK_ROWS made the dashboard concatenate them)
+EXAMPLES_ROW_GROUP = 1024 * 1024
+
+
 def scale_run(source: Run, n_rows: int, out_root: Path, seed: int = 0, chunk_rows: int = CHUNK_ROWS,
               representations: bool = True) -> Path:
     """Write a run of `n_rows` examples copied (with noise, see module doc) from `source`; return its folder.
 
-    Written `chunk_rows` examples at a time into memory-mapped arrays (and parquet row groups), so memory stays
-    bounded by one chunk plus the per-example offsets, whatever `n_rows`. The source's word index is carried over
+    Written `chunk_rows` examples at a time into memory-mapped arrays (the examples table in row groups of
+    EXAMPLES_ROW_GROUP, as the precompute writes it), so memory stays bounded by one chunk (or row group) plus the
+    per-example offsets, whatever `n_rows`. The source's word index is carried over
     (`words/`, derived); with `representations`, the default representation and the whole-word S1 that every
     page reads its terms from are built into the run, as the precompute does.
     """
@@ -135,8 +141,9 @@ def scale_run(source: Run, n_rows: int, out_root: Path, seed: int = 0, chunk_row
     table = pa.Table.from_pandas(src_examples.assign(source_row=np.arange(n_src, dtype=np.int64)),
                                  preserve_index=False)
     with pq.ParquetWriter(staging / "examples.parquet", table.schema) as writer:
-        for lo in range(0, n_rows, chunk_rows):  # source_row: the source row each copy came from
-            writer.write_table(table.take(pa.array(rows[lo:lo + chunk_rows])), row_group_size=chunk_rows)
+        for lo in range(0, n_rows, EXAMPLES_ROW_GROUP):  # source_row: the source row each copy came from
+            part = table.take(pa.array(rows[lo:lo + EXAMPLES_ROW_GROUP]))
+            writer.write_table(part, row_group_size=EXAMPLES_ROW_GROUP)
 
     row_ptr = np.asarray(source.row_ptr, dtype=np.int64)
     lengths = (row_ptr[1:] - row_ptr[:-1])[rows]

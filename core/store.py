@@ -433,17 +433,23 @@ class Run:
 
     def _read_examples(self, columns: list[str] | None) -> pd.DataFrame:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         try:
-            # each column in one piece (the file's row groups are read as pieces): taking rows of a text column
-            # held in pieces concatenates them all first, every time, into fresh memory (0.2-0.4 s at 1,000,000
-            # rows, twice in a slice change by a word); concatenated once here instead (a copy only when the file
-            # has several row groups; large_string texts: no 2 GB limit)
-            return pq.read_table(self.path / "examples.parquet", columns=columns).combine_chunks().to_pandas()
+            frame = pd.read_parquet(self.path / "examples.parquet", columns=columns)
         except (OSError, pa.ArrowException) as exc:
             raise CacheError(f"Run {self.run_id} is corrupt: examples.parquet cannot be read ({exc}). Re-run "
                              f"precompute on the same model and data to rebuild it, or delete {self.path}.") from exc
+        # Each column in one piece. A file of several row groups (over 1,048,576 examples: the precompute writes
+        # pyarrow's default groups) is read as one piece per group, and taking rows of a text column in pieces
+        # concatenates them all first, every time, into fresh memory (0.2-0.4 s at 1,000,000 rows in 10 groups,
+        # twice in a slice change by a word): concatenated once here instead (large_string texts: no 2 GB limit).
+        for name in frame.columns:
+            array = frame[name].array
+            if hasattr(array, "__arrow_array__"):
+                pieces = array.__arrow_array__()
+                if isinstance(pieces, pa.ChunkedArray) and pieces.num_chunks > 1:
+                    frame[name] = pd.array(pieces.combine_chunks(), dtype=array.dtype)
+        return frame
 
     @cached_property
     def splits(self) -> list[str]:
