@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import streamlit as st
 
 from core import analysis, dataset_warnings, metrics, neighbours, plots
@@ -682,7 +683,8 @@ def prefetch_map_colourings(view: View, method: str) -> list[str]:
     return list(MAP_STATIC_COLOURINGS) if jobs else []
 
 
-def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bool = False) -> list[int]:
+def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bool = False,
+                            then: Sequence[Callable[[], Any]] = ()) -> list[int]:
     """Queue the clusters of the cluster counts next to the view's (one more, then one fewer) for when the user
     is reading the page, and return those counts (empty when prefetching is off). `include_current` queues the
     view's own count first (a page other than the Clusters page, so that page's first visit is a cache hit).
@@ -692,7 +694,7 @@ def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bo
     too, so a step of the cluster count is a cache hit: at 1,000,000 rows a new count costs 0.8-1.3 s of server
     work, a cached one 0.13 s. Each piece is its own job (the longest, k-means, 0.3-0.5 s at 1,000,000 rows), so a
     click made while one runs waits for that piece at most; the queue is replaced by the next call, so counts
-    guessed for a view the user has left are dropped.
+    guessed for a view the user has left are dropped. `then` is queued last (work for a page this one links to).
     """
     if not prefetch_enabled():
         return []
@@ -705,8 +707,8 @@ def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bo
         if ranking is not None:
             summary = functools.partial(ahead.cluster_summary, ranking=ranking)
             jobs += [ahead.label_agreement, summary, lambda summary=summary: cluster_cloud_cards(summary(), ranking)]
-    _PREFETCH.submit(jobs + prefetch_map_jobs(view))  # then the Map page's figure: the next page a user visits
-    return counts
+    _PREFETCH.submit(jobs + prefetch_map_jobs(view) + list(then))  # then the Map page's figure: the next page a
+    return counts  # user visits
 
 
 def prefetch(jobs: Sequence[Callable[[], Any]]) -> bool:
@@ -719,7 +721,7 @@ def prefetch(jobs: Sequence[Callable[[], Any]]) -> bool:
     return True
 
 
-def prefetch_clusters_page(view: View) -> list[int]:
+def prefetch_clusters_page(view: View, then: Sequence[Callable[[], Any]] = ()) -> list[int]:
     """Queue, from another page, what the Clusters page draws first for this view (its clusters, table and word
     clouds at the view's count and the term ranking it last showed, else its default) and then the counts one step
     away, for when the user is reading this page. Returns the counts queued (empty when prefetching is off). At
@@ -727,7 +729,25 @@ def prefetch_clusters_page(view: View) -> list[int]:
     (0.6-0.8 s)."""
     kept = st.session_state.get(_KEEP, {}).get(TERM_RANKING_KEY)
     ranking = kept if kept in analysis.TERM_RANKINGS else DEFAULT_TERM_RANKING
-    return prefetch_cluster_counts(view, ranking, include_current=True)
+    return prefetch_cluster_counts(view, ranking, include_current=True, then=then)
+
+
+def prefetch_neighbours_page(view: View) -> bool:
+    """Queue, from a page that links to the Neighbours page (the Examples page's *Find its neighbours*), the
+    exact neighbour index of the view's representation after the Clusters page's work (prefetch_clusters_page),
+    for when the user reads the page: at 1,000,000 rows the sparse index's posting lists take 0.3-0.8 s to
+    build. A representation whose index would be approximate (a large dense one: built once, in minutes, in a
+    child process) is left to the Neighbours page. Returns whether the index was queued."""
+    if not prefetch_enabled():
+        return False
+
+    def exact_index() -> None:
+        matrix = view.matrix()
+        if sp.issparse(matrix) or matrix.shape[0] <= neighbours.APPROXIMATE_ABOVE:
+            view.neighbour_index()
+
+    prefetch_clusters_page(view, then=[exact_index])
+    return True
 
 
 # ============================================================================ the view
@@ -991,15 +1011,20 @@ def synced(widget: Callable[..., T], label: str, key: str, default: T, *, option
     if sidebar:
         st.session_state[_SIDEBAR_PARAMS][key] = (value, default)
     else:
-        try:
-            if not always and value == default:
-                if key in st.query_params:
-                    del st.query_params[key]
-            else:
-                st.query_params[key] = _encode_query(value)
-        except st.errors.StreamlitAPIException:  # a parameter bound elsewhere: leave the URL alone
-            pass
+        _publish_param(key, value, default, always)
     return value
+
+
+def _publish_param(key: str, value: Any, default: Any, always: bool = False) -> None:
+    # the page's own query parameter: left out while the value is the default (unless `always`)
+    try:
+        if not always and value == default:
+            if key in st.query_params:
+                del st.query_params[key]
+        else:
+            st.query_params[key] = _encode_query(value)
+    except st.errors.StreamlitAPIException:  # a parameter bound elsewhere: leave the URL alone
+        pass
 
 
 def synced_tabs(labels: Sequence[str], key: str) -> Sequence[Any]:
@@ -1010,20 +1035,9 @@ def synced_tabs(labels: Sequence[str], key: str) -> Sequence[Any]:
     container has `.open` True, so a page computes only what that tab shows.
     """
     _seed(key, labels[0], options=list(labels))
-
-    def keep() -> None:
-        st.session_state[_KEEP][key] = st.session_state[key]
-
-    tabs = st.tabs(list(labels), key=key, on_change=keep)
+    tabs = st.tabs(list(labels), key=key, on_change="rerun")
     st.session_state[_KEEP][key] = st.session_state[key]
-    try:
-        if st.session_state[key] == labels[0]:
-            if key in st.query_params:
-                del st.query_params[key]
-        else:
-            st.query_params[key] = st.session_state[key]
-    except st.errors.StreamlitAPIException:
-        pass
+    _publish_param(key, st.session_state[key], labels[0])
     return tabs
 
 

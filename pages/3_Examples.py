@@ -100,6 +100,7 @@ title_col, button_col = st.columns([4, 1])
 title_col.subheader(f"Example {row}" + ("" if row in set(view.rows.tolist()) else " (outside the current slice)"))
 if button_col.button("Find its neighbours", icon=":material/hub:", key="to_neighbours", width="stretch"):
     ui.open_neighbours(row)
+ui.prefetch_neighbours_page(view)  # the button's page answers from cache once this one has been read
 
 text_col, info_col = st.columns([3, 2], gap="large")
 with text_col:

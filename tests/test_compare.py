@@ -432,6 +432,11 @@ def test_page_compares_two_runs_and_opens_a_flip_in_examples(runs, isolated_cach
     no_exception(at)
     assert len(at.get("plotly_chart")) == 1 and "adjusted Rand index 1.00" in texts(at.caption)
     assert at.query_params["section"] == "Cluster flow"  # a shared link opens the same tab
+    from core import ui
+
+    at.switch_page(ui.PAGE_FILES["summary"]).run()
+    at.switch_page(ui.PAGE_FILES["compare"]).run()  # back on the page: on the tab left open
+    assert at.session_state["section"] == "Cluster flow" and len(at.get("plotly_chart")) == 1
 
     open_section(at, "Accuracy and flips")
     assert "section" not in at.query_params

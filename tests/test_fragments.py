@@ -183,6 +183,31 @@ def test_another_page_computes_the_clusters_pages_first_view_ahead(  # noqa: F81
     assert ui._PREFETCH.wait_until_done(60) and counts["kmeans"] == 3  # 4 and 2 were computed from that page
 
 
+def test_the_examples_page_builds_the_neighbour_index_its_button_opens_ahead(run_id, monkeypatch):  # noqa: F811
+    import streamlit as st
+
+    from core import neighbours
+
+    built = {"index": 0}
+    count_calls(monkeypatch, neighbours, "neighbour_index", built, "index")
+    st.cache_resource.clear()
+    monkeypatch.setenv(ui.PREFETCH_ENV, "1")
+    at = open_page("examples")
+    no_exception(at)
+    assert ui._PREFETCH.wait_until_done(60)
+    assert built["index"] == 1  # while the example is read
+    at.button(key="to_neighbours").click().run()
+    no_exception(at)
+    assert at.title[0].value == "Neighbours" and any("nearest neighbours" in s.value for s in at.subheader)
+    assert built["index"] == 1, "the Neighbours page rebuilt the index built ahead"
+
+    monkeypatch.setenv(ui.PREFETCH_ENV, "0")  # turned off: nothing ahead, the Neighbours page builds its own
+    st.cache_resource.clear()
+    at.switch_page(ui.PAGE_FILES["examples"])
+    at.run()
+    assert ui._PREFETCH.wait_until_done(60) and built["index"] == 1
+
+
 def test_the_maps_density_figure_is_kept_per_colouring_and_computed_ahead(run_id, monkeypatch):  # noqa: F811
     """Above DENSITY_ABOVE points the Map's figure for a colouring that depends on the slice alone (true label,
     prediction, correctness) is built once per view: a recolour back to one drawn before recounts no point. Once
