@@ -4,8 +4,8 @@
 
 Runs the dashboard with Streamlit's AppTest (the page scripts, their caches and the sidebar exactly as the server
 runs them, without a browser) in this process, opening the run from a link (`?run=<id>`), then switching to every
-page in navigation order in the same session. After each page it records the seconds the script took and the
-process's memory from /proc/self/status: VmRSS (resident now: anonymous + file pages mapped and touched),
+page in navigation order in the same session, and on the Compare page each of its other tabs (computed when
+opened). After each page it records the seconds the script took and the process's memory from /proc/self/status: VmRSS (resident now: anonymous + file pages mapped and touched),
 RssAnon (the private part: what memory-mapped files do not explain) and VmHWM (the peak resident size so far),
 and the peak RSS of the child processes it ran (large index builds, a large run's dataset warnings).
 Prints one JSON object per page, then a summary line; `--json` writes them to a file. The cache root is the
@@ -65,6 +65,15 @@ def visit_pages(run_dir: Path, pages: tuple[str, ...], timeout_s: float) -> list
         records.append({"page": page, "seconds": round(seconds, 2), **memory_gb(), "exceptions": errors[:3],
                         "elements": len(list(at.main)), "view": view})
         print(json.dumps(records[-1]), flush=True)
+        if page == "compare":  # its tabs are computed when opened: each other one, as a user reads them
+            for section in ui.COMPARE_SECTIONS[1:]:
+                at.session_state[ui.COMPARE_SECTION_KEY] = section
+                t0 = time.perf_counter()
+                at.run()
+                records.append({"page": f"compare, {section} tab", "seconds": round(time.perf_counter() - t0, 2),
+                                **memory_gb(), "exceptions": [e.message for e in at.exception][:3],
+                                "elements": len(list(at.main)), "view": view})
+                print(json.dumps(records[-1]), flush=True)
     return records
 
 
@@ -80,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     records = visit_pages(args.run_dir.resolve(), tuple(p for p in args.pages.split(",") if p), args.timeout)
     summary = {"peak_rss_gb": max(r["VmHWM"] for r in records), "final_rss_gb": records[-1]["VmRSS"],
-               "final_anon_gb": records[-1]["RssAnon"], "pages": len(records) - 1,
+               "final_anon_gb": records[-1]["RssAnon"],
+               "pages": sum(1 for r in records[1:] if not r["page"].startswith("compare, ")),
                "pages_with_exceptions": [r["page"] for r in records if r.get("exceptions")]}
     print(json.dumps(summary), flush=True)
     if args.json:

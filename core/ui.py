@@ -81,6 +81,9 @@ CORRECTNESS_LABELS = {"all": "all examples", "correct": "correct only", "misclas
 DEFAULT_CLUSTERS = 5
 MAX_CLUSTERS = 100
 CLUSTER_COUNT_KEY = "clusters"  # widget key and query parameter of the number of k-means clusters
+# The Compare page's tabs, in order, and their widget key and query parameter
+COMPARE_SECTIONS = ("Accuracy and flips", "Terms that rose or fell", "Map agreement", "Cluster flow")
+COMPARE_SECTION_KEY = "section"
 CLOUDS_SHOWN = 8  # the Clusters page draws the word clouds of this many largest clusters
 SAMPLE_SEED = 0
 CLUSTER_SEED = 0

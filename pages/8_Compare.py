@@ -103,8 +103,7 @@ if not comparison.comparable:
     st.stop()
 ui.require_rows(view)
 
-SECTIONS = ("Accuracy and flips", "Terms that rose or fell", "Map agreement", "Cluster flow")
-SECTION_KEY = "section"
+SECTIONS = ui.COMPARE_SECTIONS
 TERMS_MIN_KEY = "shift_min"
 
 
@@ -355,8 +354,8 @@ def sections(pair: Pair) -> None:
     """The four comparisons, one tab each: a fragment of lazy tabs, so opening a tab computes and sends that
     section only (at 1,000,000 examples the four together took 3.4 s), and the others' work is queued for while
     the open one is read."""
-    tabs = ui.synced_tabs(SECTIONS, SECTION_KEY)
-    open_section = st.session_state[SECTION_KEY]
+    tabs = ui.synced_tabs(SECTIONS, ui.COMPARE_SECTION_KEY)
+    open_section = st.session_state[ui.COMPARE_SECTION_KEY]
     for name, tab in zip(SECTIONS, tabs):
         if tab.open:
             with tab:

@@ -398,7 +398,7 @@ def _into_cache(cache: Path, *paths: Path) -> list[str]:
     return ids
 
 
-SECTIONS = ("Accuracy and flips", "Terms that rose or fell", "Map agreement", "Cluster flow")
+SECTIONS = ("Accuracy and flips", "Terms that rose or fell", "Map agreement", "Cluster flow")  # as a user reads them
 
 
 def open_section(at, name: str):
