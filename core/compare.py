@@ -116,10 +116,7 @@ def _example_columns_to_compare(run_a: ComparableRun, run_b: ComparableRun) -> l
     # the columns that must be equal row by row (the data digests are equal). Texts are read only when the rows'
     # positions in the file do not settle them: the same file's same rows, read from the same text column, are the
     # same texts, and a 1,000,000-row run's texts take most of the time to open it (0.3-0.5 s)
-    def names(run: ComparableRun) -> set[str]:
-        return set(run.example_column_names)
-
-    shared = names(run_a) & names(run_b)
+    shared = set(run_a.example_column_names) & set(run_b.example_column_names)
     text_col_a = run_a.manifest.get("settings", {}).get("text_col")
     same_text_column = text_col_a is not None and text_col_a == run_b.manifest.get("settings", {}).get("text_col")
     rows_settle_texts = "source_row" in shared and same_text_column
@@ -150,7 +147,7 @@ def texts_of(texts: pd.Series, ids: np.ndarray) -> np.ndarray:
     if len(ids) <= 2_000:
         # one by one (4 us each): a take from a text column held in several Arrow chunks concatenates them all
         # first, 10-25 ms at 1,000,000 rows and 0.4 s the first time
-        return np.array([texts.iat[i] for i in ids.tolist()] or [], dtype=object)
+        return np.array([texts.iat[i] for i in ids.tolist()], dtype=object)
     return texts.iloc[ids].to_numpy(dtype=object)
 
 
