@@ -710,8 +710,9 @@ def prefetch_cluster_counts(view: View, ranking: str | None, include_current: bo
         if ranking is not None:
             summary = functools.partial(ahead.cluster_summary, ranking=ranking)
             jobs += [ahead.label_agreement, summary, lambda summary=summary: cluster_cloud_cards(summary(), ranking)]
-    _PREFETCH.submit(jobs + prefetch_map_jobs(view) + list(then))  # then the Map page's figure: the next page a
-    return counts  # user visits
+    # then the Map page's figure (the next page a user visits), then `then`
+    _PREFETCH.submit(jobs + prefetch_map_jobs(view) + list(then))
+    return counts
 
 
 def prefetch(jobs: Sequence[Callable[[], Any]]) -> bool:
@@ -974,15 +975,8 @@ def _seed(key: str, default: Any, options: Sequence[Any] | None = None,
     """Put a widget's value into session state before it is drawn: its current value, else the value
     remembered from an earlier visit to its page, else the shared link's query parameter, else `default`;
     values no longer valid (an option that vanished with another run, a number out of range) are repaired."""
-    keep = st.session_state.setdefault(_KEEP, {})
-    if key in st.session_state:
-        value = st.session_state[key]
-    elif key in keep:
-        value = keep[key]
-    elif key in _initial_query():
-        value = _parse_query(_initial_query()[key], default)
-    else:
-        value = default
+    st.session_state.setdefault(_KEEP, {})  # where `synced` keeps the value it draws
+    value = remembered(key, default)
     if options is not None:
         if isinstance(default, list):
             value = [v for v in (value or []) if v in options]

@@ -153,7 +153,7 @@ class Pair:
     def examples_b(self) -> pd.DataFrame:
         """Return run B's predictions and class probabilities (columns pred, prob_<i>; every row): what the
         sections read of B's examples, without its texts (run A's are the same, as the runs are comparable)."""
-        return self.run_b.example_columns(["pred", *(f"prob_{i}" for i in range(len(self.run_b.label_names)))])
+        return self.run_b.example_columns(["pred", *(f"prob_{i}" for i in range(self.run_b.num_labels))])
 
     def term_shift(self, minimum: int) -> pd.DataFrame:
         """Return compare.term_shift of the slice (every class; terms in at least `minimum` of a class's examples,
@@ -296,7 +296,7 @@ def agreement_section(pair: Pair) -> None:
     st.markdown(f"**The {len(least)} least-agreeing examples** (lowest Jaccard, then Spearman)")
     ids = least.index.to_numpy()
     class_names = np.asarray(names, dtype=object)
-    table = least.assign(text=compare.texts_of(ex_a["text"], ids),
+    table = least.assign(text=ex_a["text"].iloc[ids].to_numpy(),
                          label=class_names[ex_a["label"].to_numpy()[ids]],
                          pred_a=class_names[ex_a["pred"].to_numpy()[ids]],
                          pred_b=class_names[ex_b["pred"].to_numpy()[ids]])
